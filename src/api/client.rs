@@ -1,0 +1,417 @@
+//! HTTP to tru.ID over one kept-alive connection, within one `Deadline`.
+
+use super::types::{Challenge, ChallengeStatus, Factor, FactorList, Problem, TokenAnswer};
+use super::ApiError;
+use crate::cache::TokenCache;
+use crate::config::{ApiConfig, FactorId};
+use crate::deadline::Deadline;
+use crate::flow::Authenticator;
+use crate::secret::Secret;
+use crate::text::sanitize;
+use reqwest::blocking::Client as Http;
+use reqwest::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use std::io::Read;
+use std::time::Duration;
+
+/// No answer pam_truid reads comes near this; a bigger one is refused unread.
+const MAX_ANSWER: u64 = 256 * 1024;
+const JSON_PATCH: &str = "application/json-patch+json";
+/// Waited on a 429 without `Retry-After`, if the deadline allows.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Which credentials and scopes the token carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The project's credentials: `authenticator` (and `phone_check`, for push).
+    Authenticator,
+    /// The workspace's credentials: `console`.
+    Console,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Authenticator => "authenticator phone_check",
+            Scope::Console => "console",
+        }
+    }
+}
+
+/// A client for one login (or one CLI command). Dropping it closes its connection and ends
+/// reqwest's runtime thread, so nothing of it outlives the login.
+pub struct Client {
+    http: Http,
+    base: String,
+    client_id: String,
+    client_secret: Secret,
+    scope: Scope,
+    token: Option<Secret>,
+    cache: Option<TokenCache>,
+    pub deadline: Deadline,
+    /// HTTP requests sent, for `truid-pam test` and the benchmarks.
+    pub requests: u32,
+}
+
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Client {
+    /// A client with the project's credentials. Errors are local setup problems (an unreadable
+    /// `ca_file`, a bad proxy) and deny like config errors.
+    pub fn new(api: &ApiConfig) -> Result<Client, String> {
+        Client::with_credentials(api, Scope::Authenticator, &api.client_id, &api.client_secret)
+    }
+
+    pub fn with_credentials(
+        api: &ApiConfig,
+        scope: Scope,
+        client_id: &str,
+        client_secret: &Secret,
+    ) -> Result<Client, String> {
+        let tls = super::tls::client_config(api.roots, api.ca_file.as_deref())?;
+        let mut builder = Http::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1)
+            .connect_timeout(api.timeout)
+            .user_agent(concat!("pam_truid/", env!("CARGO_PKG_VERSION")));
+        // The config alone decides where the module connects: the host process's *_proxy
+        // variables are never read.
+        builder = match &api.proxy {
+            Some(p) => builder.proxy(
+                reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?,
+            ),
+            None => builder.no_proxy(),
+        };
+        let http = builder
+            .build()
+            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
+        let cache = match (scope, &api.token_cache) {
+            (Scope::Authenticator, Some(dir)) => Some(TokenCache::new(dir, &api.base_url, client_id)),
+            _ => None,
+        };
+        Ok(Client {
+            http,
+            base: api.base_url.clone(),
+            client_id: client_id.to_string(),
+            client_secret: client_secret.clone(),
+            scope,
+            token: None,
+            cache,
+            deadline: Deadline::new(api.timeout),
+            requests: 0,
+        })
+    }
+
+    /// A bearer token: this client's, the cache's, or a new one.
+    fn token(&mut self) -> Result<Secret, ApiError> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        if let Some(t) = self.cache.as_ref().and_then(TokenCache::load) {
+            self.token = Some(t.clone());
+            return Ok(t);
+        }
+        let t = self.fetch_token()?;
+        self.token = Some(t.clone());
+        Ok(t)
+    }
+
+    fn fetch_token(&mut self) -> Result<Secret, ApiError> {
+        let url = format!("{}/oauth2/v1/token", self.base);
+        let body = format!("grant_type=client_credentials&scope={}", self.scope.as_str().replace(' ', "%20"));
+        let (id, secret) = (self.client_id.clone(), self.client_secret.clone());
+        let ans = self.send_with_retry(|http| {
+            http.post(&url)
+                .basic_auth(&id, Some(secret.expose()))
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body.clone())
+        })?;
+        match ans.status {
+            200..=299 => {
+                let t: TokenAnswer = decode(&ans.body)?;
+                if t.access_token.is_empty() {
+                    return Err(ApiError::Unavailable("token answer has an empty access_token".into()));
+                }
+                if let Some(c) = &self.cache {
+                    c.store(&t.access_token, t.expires_in.unwrap_or(3600));
+                }
+                Ok(t.access_token)
+            }
+            400 | 401 | 403 => Err(ApiError::Unavailable(format!(
+                "token refused ({}); check [api] client_id and client_secret",
+                status_text(&ans)
+            ))),
+            _ => Err(unavailable_status(&ans)),
+        }
+    }
+
+    /// One authorised call, refreshing the token once if tru.ID refuses it.
+    fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<Vec<u8>, ApiError> {
+        let url = format!("{}{}", self.base, path);
+        for refreshed in [false, true] {
+            let token = self.token()?;
+            let ans = self.send_with_retry(|http| {
+                let mut r = http
+                    .request(method.clone(), &url)
+                    .bearer_auth(token.expose())
+                    .header(
+                        ACCEPT,
+                        "application/hal+json, application/json, application/problem+json",
+                    );
+                if let Some((ct, b)) = &body {
+                    r = r.header(CONTENT_TYPE, *ct).body(b.clone());
+                }
+                r
+            })?;
+            match ans.status {
+                200..=299 => return Ok(ans.body),
+                401 if !refreshed => {
+                    self.token = None;
+                    if let Some(c) = &self.cache {
+                        c.forget();
+                    }
+                }
+                401 => {
+                    return Err(ApiError::Unavailable(
+                        "tru.ID refused a freshly issued token (401)".into(),
+                    ))
+                }
+                408 | 429 | 500..=599 => return Err(unavailable_status(&ans)),
+                400..=499 => return Err(ApiError::Refused(status_text(&ans))),
+                _ => return Err(unavailable_status(&ans)),
+            }
+        }
+        Err(ApiError::Unavailable("token refused".into()))
+    }
+
+    /// Sends a request; on 429 waits for `Retry-After` and sends once more, only if the wait
+    /// and a request still fit in the deadline.
+    fn send_with_retry(
+        &mut self,
+        build: impl Fn(&Http) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<Answer, ApiError> {
+        let ans = self.send(&build)?;
+        if ans.status != 429 {
+            return Ok(ans);
+        }
+        let wait = ans.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+        match self.deadline.remaining() {
+            Some(left) if left > wait + Duration::from_millis(100) => {
+                self.deadline.charge(|| std::thread::sleep(wait));
+                self.send(&build)
+            }
+            _ => Ok(ans),
+        }
+    }
+
+    fn send(
+        &mut self,
+        build: &impl Fn(&Http) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<Answer, ApiError> {
+        let Some(left) = self.deadline.remaining() else {
+            return Err(ApiError::Unavailable(format!(
+                "no answer within [api] timeout ({} s)",
+                self.deadline.budget().as_secs()
+            )));
+        };
+        self.requests += 1;
+        let request = build(&self.http).timeout(left);
+        let budget = self.deadline.budget();
+        self.deadline.charge(|| {
+            let resp = request.send().map_err(|e| transport_error(&e, budget))?;
+            read_answer(resp, budget)
+        })
+    }
+
+    /// GET a factor.
+    pub fn get_factor(&mut self, factor: &str) -> Result<Factor, ApiError> {
+        let body = self.call(Method::GET, &factor_path(factor), None)?;
+        decode(&body)
+    }
+
+    /// Factors whose external user ID is `user` (RSQL search), first page of up to 100.
+    pub fn search_factors(&mut self, user: &str) -> Result<Vec<Factor>, ApiError> {
+        if !crate::config::is_valid_name(user) {
+            return Ok(Vec::new());
+        }
+        let path = format!(
+            "/authenticator/v0.1/factors?search=external_user_id%3D%3D{user}&page=1&size=100"
+        );
+        let body = self.call(Method::GET, &path, None)?;
+        let list: FactorList = decode(&body)?;
+        Ok(list.factors().to_vec())
+    }
+
+    /// Creates a factor (201 PENDING).
+    pub fn create_factor(&mut self, phone: &str, external_user_id: &str) -> Result<Factor, ApiError> {
+        let body = serde_json::json!({"phone_number": phone, "external_user_id": external_user_id});
+        let b = self.call(
+            Method::POST,
+            "/authenticator/v0.1/factors",
+            Some(("application/json", body.to_string().into_bytes())),
+        )?;
+        decode(&b)
+    }
+
+    /// Sends a JSON Patch to a factor (activate with a code, deactivate).
+    pub fn patch_factor(&mut self, factor: &str, patch: serde_json::Value) -> Result<Factor, ApiError> {
+        let b = self.call(
+            Method::PATCH,
+            &factor_path(factor),
+            Some((JSON_PATCH, patch.to_string().into_bytes())),
+        )?;
+        decode(&b)
+    }
+
+    /// GET or PATCH any JSON path (the console API of `truid-pam project`).
+    pub fn json(
+        &mut self,
+        method: Method,
+        path: &str,
+        patch: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let body = patch.map(|p| (JSON_PATCH, p.to_string().into_bytes()));
+        let b = self.call(method, path, body)?;
+        decode(&b)
+    }
+}
+
+impl Authenticator for Client {
+    fn create_challenge(&mut self, factor: &FactorId, reference_id: &str) -> Result<String, ApiError> {
+        let body = serde_json::json!({ "reference_id": reference_id });
+        let b = self.call(
+            Method::POST,
+            &format!("{}/challenges", factor_path(factor.as_str())),
+            Some(("application/json", body.to_string().into_bytes())),
+        )?;
+        let c: Challenge = decode(&b)?;
+        if c.challenge_id.is_empty() || c.challenge_id.len() > 128 || !c.challenge_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ApiError::Unavailable("challenge answer has no usable challenge_id".into()));
+        }
+        Ok(c.challenge_id)
+    }
+
+    fn verify(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+        code: &Secret,
+    ) -> Result<ChallengeStatus, ApiError> {
+        let patch = zeroize::Zeroizing::new(
+            serde_json::json!([{ "op": "add", "path": "/code", "value": code.expose() }]).to_string(),
+        );
+        let b = self.call(
+            Method::PATCH,
+            &format!("{}/challenges/{challenge_id}", factor_path(factor.as_str())),
+            Some((JSON_PATCH, patch.as_bytes().to_vec())),
+        )?;
+        let c: Challenge = decode(&b)?;
+        if c.challenge_id != challenge_id {
+            return Err(ApiError::Unavailable("answer is about another challenge".into()));
+        }
+        Ok(c.status)
+    }
+
+    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
+        let factors = self.search_factors(user)?;
+        Ok(factors
+            .iter()
+            .filter(|f| f.status == "ACTIVE" && f.external_user_id == user)
+            .find_map(|f| FactorId::parse(&f.factor_id)))
+    }
+}
+
+fn factor_path(factor: &str) -> String {
+    format!("/authenticator/v0.1/factors/{factor}")
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::Unavailable(format!("unreadable answer from tru.ID ({e})")))
+}
+
+fn status_text(ans: &Answer) -> String {
+    let problem: Problem = serde_json::from_slice(&ans.body).unwrap_or_default();
+    let summary = problem.summary();
+    if summary.is_empty() {
+        format!("HTTP {}", ans.status)
+    } else {
+        format!("HTTP {}: {summary}", ans.status)
+    }
+}
+
+fn unavailable_status(ans: &Answer) -> ApiError {
+    ApiError::Unavailable(status_text(ans))
+}
+
+fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
+    if e.is_timeout() {
+        return ApiError::Unavailable(format!(
+            "no answer within [api] timeout ({} s)",
+            budget.as_secs()
+        ));
+    }
+    // The innermost cause says what failed (refused, DNS, certificate).
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let what = if e.is_connect() { "cannot connect" } else { "request failed" };
+    ApiError::Unavailable(format!("{what}: {}", sanitize(&cause.to_string(), 200)))
+}
+
+fn read_answer(resp: reqwest::blocking::Response, budget: Duration) -> Result<Answer, ApiError> {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let declared = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ANSWER) {
+        return Err(ApiError::Unavailable(format!(
+            "answer of {} bytes is over the {MAX_ANSWER} byte limit",
+            declared.unwrap_or(0)
+        )));
+    }
+    let mut body = Vec::new();
+    resp.take(MAX_ANSWER + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                ApiError::Unavailable(format!(
+                    "no answer within [api] timeout ({} s)",
+                    budget.as_secs()
+                ))
+            } else {
+                ApiError::Unavailable(format!("answer cut short: {}", sanitize(&e.to_string(), 200)))
+            }
+        })?;
+    if body.len() as u64 > MAX_ANSWER {
+        return Err(ApiError::Unavailable(format!(
+            "answer is over the {MAX_ANSWER} byte limit"
+        )));
+    }
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}

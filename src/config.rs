@@ -1,0 +1,660 @@
+//! The TOML configuration: read strictly, checked whole, turned into typed values.
+//!
+//! Every error names the file and the key and says what to do, and every error denies the
+//! login whatever `failmode` says: a typo must never open the door.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/security/pam_truid.toml";
+pub const DEFAULT_TOKEN_CACHE: &str = "/run/pam_truid";
+/// Far above any real configuration (a thousand users is ~60 KB); refuses a file that would
+/// make the module read megabytes inside sshd.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+const MAX_SECRET_BYTES: u64 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(path: &Path, problem: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// tru.ID unreachable: refuse the login.
+    Secure,
+    /// tru.ID unreachable: let the login go on, with a loud warning in the log.
+    Safe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unenrolled {
+    Deny,
+    Ignore,
+}
+
+/// Which trust anchors, besides `ca_file`, verify tru.ID's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Roots {
+    /// The distribution's CA bundle (Debian, RHEL and SUSE paths).
+    System,
+    /// The Mozilla set compiled into the module: no file to read at login.
+    Builtin,
+    /// Only `ca_file`.
+    None,
+}
+
+/// Whose factor `su` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuFactor {
+    /// The user being switched to (what PAM names as the user).
+    Target,
+    /// The user who runs `su` (PAM_RUSER), as pam_duo does: the person at the keyboard.
+    Caller,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub api: ApiConfig,
+    pub login: LoginConfig,
+    pub users: BTreeMap<String, FactorId>,
+    pub console: Option<ConsoleConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub ca_file: Option<PathBuf>,
+    pub roots: Roots,
+    pub timeout: Duration,
+    pub proxy: Option<String>,
+    /// Folder of the token cache; `None` turns the cache off.
+    pub token_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    pub failmode: FailMode,
+    pub unenrolled: Unenrolled,
+    pub tries: u32,
+    pub prompt: String,
+    pub lookup: bool,
+    pub groups: Vec<String>,
+    pub su: SuFactor,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub workspace_id: String,
+    pub project_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// A tru.ID factor ID: a UUID, checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FactorId(String);
+
+impl FactorId {
+    pub fn parse(s: &str) -> Option<FactorId> {
+        let b = s.as_bytes();
+        let shape_ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => *c == b'-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        shape_ok.then(|| FactorId(s.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FactorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    api: RawApi,
+    #[serde(default)]
+    login: RawLogin,
+    #[serde(default)]
+    users: BTreeMap<String, String>,
+    console: Option<RawConsole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    region: Option<String>,
+    base_url: Option<String>,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    roots: Option<Roots>,
+    timeout: Option<u64>,
+    proxy: Option<String>,
+    token_cache: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    failmode: Option<FailMode>,
+    unenrolled: Option<Unenrolled>,
+    tries: Option<u32>,
+    prompt: Option<String>,
+    lookup: Option<bool>,
+    groups: Option<Vec<String>>,
+    su: Option<SuFactor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    workspace_id: String,
+    project_id: String,
+    client_id: String,
+    client_secret: String,
+}
+
+/// What a file holds, for the permission rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// Settings only: must not be writable by group or others.
+    Settings,
+    /// A secret: must not be readable or writable by group or others either.
+    Secret,
+}
+
+impl Config {
+    /// Reads and checks the file: regular, not a symlink, owned by root, not writable by group
+    /// or others (nor readable, when it holds the client secret), at most 1 MiB, UTF-8.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_checked(path, Holds::Settings, MAX_CONFIG_BYTES)?;
+        let cfg = Config::parse(path, &text)?;
+        Ok(cfg)
+    }
+
+    /// Parses configuration text; `path` names the file in errors and anchors the checks of
+    /// files it refers to.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!("{} (see pam_truid.toml(5) for the keys)", one_line(&e.to_string())),
+            )
+        })?;
+        let err = |key: &str, problem: String| ConfigError::new(path, format!("{key}: {problem}"));
+
+        let api = raw.api;
+        let base_url = match (&api.base_url, &api.region) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "[api] region",
+                    "set either region or base_url, not both".into(),
+                ))
+            }
+            (Some(url), None) => check_base_url(url).map_err(|p| err("[api] base_url", p))?,
+            (None, Some(r)) => match r.as_str() {
+                "eu" | "in" | "us" => format!("https://{r}.api.tru.id"),
+                other => {
+                    return Err(err(
+                        "[api] region",
+                        format!(
+                            "\"{}\" is not a tru.ID region; use \"eu\", \"in\" or \"us\"",
+                            crate::text::sanitize(other, 32)
+                        ),
+                    ))
+                }
+            },
+            (None, None) => "https://eu.api.tru.id".to_string(),
+        };
+        check_token_text(&api.client_id).map_err(|p| err("[api] client_id", p))?;
+        let client_secret = match (api.client_secret, &api.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "[api] client_secret",
+                    "set either client_secret or client_secret_file, not both".into(),
+                ))
+            }
+            (Some(s), None) => {
+                // The secret sits in this file, so this file must be as private as a secret.
+                check_mode_of(path, Holds::Secret)?;
+                Secret::new(s)
+            }
+            (None, Some(file)) => {
+                let text = read_checked(file, Holds::Secret, MAX_SECRET_BYTES)?;
+                Secret::new(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+            (None, None) => {
+                return Err(err(
+                    "[api] client_secret",
+                    "missing: set client_secret or client_secret_file".into(),
+                ))
+            }
+        };
+        check_token_text(client_secret.expose()).map_err(|p| err("[api] client_secret", p))?;
+        let timeout = match api.timeout {
+            None => 10,
+            Some(t @ 1..=120) => t,
+            Some(t) => {
+                return Err(err(
+                    "[api] timeout",
+                    format!("{t} is out of range; use 1 to 120 seconds"),
+                ))
+            }
+        };
+        let proxy = match api.proxy {
+            None => None,
+            Some(p) => Some(check_proxy(&p).map_err(|e| err("[api] proxy", e))?),
+        };
+        let token_cache = match api.token_cache.as_deref() {
+            None => Some(PathBuf::from(DEFAULT_TOKEN_CACHE)),
+            Some("") => None,
+            Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
+            Some(_) => {
+                return Err(err(
+                    "[api] token_cache",
+                    "must be an absolute folder path, or \"\" to turn the cache off".into(),
+                ))
+            }
+        };
+        if let Some(ca) = &api.ca_file {
+            if !ca.is_absolute() {
+                return Err(err("[api] ca_file", "must be an absolute path".into()));
+            }
+        }
+        let roots = api.roots.unwrap_or(Roots::System);
+        if roots == Roots::None && api.ca_file.is_none() {
+            return Err(err(
+                "[api] roots",
+                "\"none\" needs ca_file: nothing would be trusted".into(),
+            ));
+        }
+
+        let login = raw.login;
+        let tries = match login.tries {
+            None => 3,
+            Some(t @ 1..=10) => t,
+            Some(t) => {
+                return Err(err(
+                    "[login] tries",
+                    format!("{t} is out of range; use 1 to 10"),
+                ))
+            }
+        };
+        let prompt = login.prompt.unwrap_or_else(|| "tru.ID code: ".to_string());
+        if prompt.trim().is_empty() || prompt.chars().count() > 200 || prompt.chars().any(char::is_control)
+        {
+            return Err(err(
+                "[login] prompt",
+                "must be 1 to 200 printable characters".into(),
+            ));
+        }
+        let groups = login.groups.unwrap_or_default();
+        if let Some(bad) = groups.iter().find(|g| !is_valid_name(g)) {
+            return Err(err(
+                "[login] groups",
+                format!("\"{}\" is not a group name", crate::text::sanitize(bad, 64)),
+            ));
+        }
+
+        let mut users = BTreeMap::new();
+        for (user, id) in raw.users {
+            if !is_valid_name(&user) {
+                return Err(err(
+                    "[users]",
+                    format!("\"{}\" is not a user name", crate::text::sanitize(&user, 64)),
+                ));
+            }
+            let Some(factor) = FactorId::parse(&id) else {
+                return Err(err(
+                    &format!("[users] {user}"),
+                    format!(
+                        "\"{}\" is not a tru.ID factor ID (a UUID such as 5995afaf-f5d1-47ab-b586-50ad46904eec)",
+                        crate::text::sanitize(&id, 64)
+                    ),
+                ));
+            };
+            users.insert(user, factor);
+        }
+
+        let console = match raw.console {
+            None => None,
+            Some(c) => {
+                check_mode_of(path, Holds::Secret)?;
+                for (key, v) in [
+                    ("workspace_id", &c.workspace_id),
+                    ("project_id", &c.project_id),
+                    ("client_id", &c.client_id),
+                    ("client_secret", &c.client_secret),
+                ] {
+                    check_token_text(v).map_err(|p| err(&format!("[console] {key}"), p))?;
+                }
+                Some(ConsoleConfig {
+                    workspace_id: c.workspace_id,
+                    project_id: c.project_id,
+                    client_id: c.client_id,
+                    client_secret: Secret::new(c.client_secret),
+                })
+            }
+        };
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            api: ApiConfig {
+                base_url,
+                client_id: api.client_id,
+                client_secret,
+                ca_file: api.ca_file,
+                roots,
+                timeout: Duration::from_secs(timeout),
+                proxy,
+                token_cache,
+            },
+            login: LoginConfig {
+                failmode: login.failmode.unwrap_or(FailMode::Secure),
+                unenrolled: login.unenrolled.unwrap_or(Unenrolled::Deny),
+                tries,
+                prompt,
+                lookup: login.lookup.unwrap_or(false),
+                groups,
+                su: login.su.unwrap_or(SuFactor::Target),
+            },
+            users,
+            console,
+        })
+    }
+}
+
+/// A Unix user or group name as useradd accepts it (and nothing a log or RSQL query could
+/// misread): letters, digits, `.`, `_`, `-`, a trailing `$`, at most 64 bytes.
+pub fn is_valid_name(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= 64
+        && !body.starts_with('-')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn check_token_text(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("is empty".into());
+    }
+    if v.len() > 1024 || v.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("must be at most 1024 characters, without spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// `https://` anywhere; plain `http://` only to this machine, where nothing crosses a network.
+fn check_base_url(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials; use client_id and client_secret".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    match parsed.scheme() {
+        "https" => {}
+        "http" if is_loopback(&parsed) => {}
+        "http" => {
+            return Err(
+                "plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https://"
+                    .into(),
+            )
+        }
+        other => return Err(format!("scheme {other}:// is not supported; use https://")),
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn check_proxy(p: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(p).map_err(|e| format!("not a URL ({e})"))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(p.to_string()),
+        other => Err(format!(
+            "scheme {other}:// is not supported; use http:// or https://"
+        )),
+    }
+}
+
+/// Opens a file the strict way (no symlink, no FIFO, root-owned, mode checked on the open
+/// descriptor so nothing can be swapped in between) and returns its text.
+fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let what = match e.raw_os_error() {
+                Some(libc::ELOOP) => "is a symbolic link; point the module at the real file".to_string(),
+                Some(libc::ENOENT) => "does not exist; create it (see pam_truid.toml(5)) or fix the path".to_string(),
+                Some(libc::EACCES) => "cannot be read: permission denied".to_string(),
+                _ => format!("cannot be opened: {e}"),
+            };
+            ConfigError::new(path, what)
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ConfigError::new(path, format!("cannot be examined: {e}")))?;
+    check_meta(path, &meta, holds)?;
+    if meta.len() > max {
+        return Err(ConfigError::new(
+            path,
+            format!("is {} bytes, more than the {max} allowed", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ConfigError::new(path, format!("cannot be read: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(ConfigError::new(path, format!("is more than the {max} bytes allowed")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        ConfigError::new(
+            path,
+            format!("is not valid UTF-8 (byte {}); save it as UTF-8", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+fn check_mode_of(path: &Path, holds: Holds) -> Result<(), ConfigError> {
+    // Only reached for a file parsed from disk; a config parsed from text (tests, the CLI's
+    // dry runs) has no file whose mode could be wrong.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => check_meta(path, &meta, holds),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ConfigError::new(path, format!("cannot be examined: {e}"))),
+    }
+}
+
+fn check_meta(path: &Path, meta: &std::fs::Metadata, holds: Holds) -> Result<(), ConfigError> {
+    if !meta.file_type().is_file() {
+        return Err(ConfigError::new(path, "is not a regular file"));
+    }
+    if meta.uid() != 0 {
+        return Err(ConfigError::new(
+            path,
+            format!("is owned by uid {}, not root; run: chown root: {}", meta.uid(), path.display()),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "is writable by group or others (mode {mode:04o}); run: chmod go-w {}",
+                path.display()
+            ),
+        ));
+    }
+    if holds == Holds::Secret && mode & 0o044 != 0 {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "holds a secret but is readable by group or others (mode {mode:04o}); run: chmod 600 {}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[api]
+base_url = "https://127.0.0.1:8443/"
+client_id = "cid"
+client_secret = "csecret"
+
+[users]
+alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/nonexistent/pam_truid.toml"), text)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.api.base_url, "https://127.0.0.1:8443");
+        assert_eq!(c.api.timeout, Duration::from_secs(10));
+        assert_eq!(c.login.failmode, FailMode::Secure);
+        assert_eq!(c.login.unenrolled, Unenrolled::Deny);
+        assert_eq!(c.login.tries, 3);
+        assert_eq!(c.login.prompt, "tru.ID code: ");
+        assert_eq!(c.api.roots, Roots::System);
+        assert_eq!(c.api.token_cache.as_deref(), Some(Path::new("/run/pam_truid")));
+        assert_eq!(
+            c.users["alice"].as_str(),
+            "5995afaf-f5d1-47ab-b586-50ad46904eec"
+        );
+    }
+
+    #[test]
+    fn region_picks_the_host() {
+        let c = parse("[api]\nregion = \"us\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap();
+        assert_eq!(c.api.base_url, "https://us.api.tru.id");
+        let e = parse("[api]\nregion = \"mars\"\nclient_id = \"a\"\nclient_secret = \"b\"\n")
+            .unwrap_err();
+        assert!(e.problem.contains("[api] region"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_value_is_an_error_naming_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\ntimeout = \"10\"\n", "timeout"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\ntimeout = 0\n", "timeout"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\ntimeot = 10\n", "timeot"),
+            ("[api]\nclient_id = \"a\"\n", "client_secret"),
+            ("[api]\nclient_id = 5\nclient_secret = \"b\"\n", "client_id"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"http://example.com\"\n", "base_url"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"ftp://127.0.0.1\"\n", "base_url"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nfailmode = \"open\"\n", "failmode"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\ntries = 0\n", "tries"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\ntries = -1\n", "tries"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nunenrolled = \"allow\"\n", "unenrolled"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nprompt = \"\"\n", "prompt"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nlookup = \"yes\"\n", "lookup"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[users]\nbob = \"not-a-uuid\"\n", "[users] bob"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[users]\nbob = 5\n", "bob"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[users]\nbob = \"5995afaf-f5d1-47ab-b586-50ad46904eec\"\nbob = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n", "bob"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[extra]\nx = 1\n", "extra"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nroots = \"none\"\n", "roots"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).expect_err(text);
+            assert!(e.to_string().contains(key), "error for {text:?} does not name {key}: {e}");
+            assert!(e.to_string().starts_with("/nonexistent/pam_truid.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn loopback_http_is_allowed() {
+        for url in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"] {
+            let text = format!("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"{url}\"\n");
+            parse(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_the_secret() {
+        let text = "[api]\nclient_id = \"a\"\nclient_secret = \"s3cr3t value\"\n";
+        let e = parse(text).unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let ok = parse("[api]\nclient_id = \"a\"\nclient_secret = \"s3cr3t\"\n").unwrap();
+        assert!(!format!("{ok:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("alice"));
+        assert!(is_valid_name("svc-backup$"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("-rf"));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("a\u{1b}"));
+        assert!(!is_valid_name(&"a".repeat(65)));
+    }
+}

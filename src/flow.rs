@@ -1,0 +1,667 @@
+//! The login decision. Generic over the two things it talks to, the person (`Conversation`)
+//! and tru.ID (`Authenticator`), so unit tests script both and pin every prompt; the PAM module
+//! and `truid-pam test` run this same function with the real ones.
+
+use crate::api::{ApiError, ChallengeStatus};
+use crate::config::{is_valid_name, Config, FactorId, FailMode, SuFactor, Unenrolled};
+use crate::secret::Secret;
+use crate::text::sanitize;
+
+/// What the flow needs to say to and ask of the person logging in.
+pub trait Conversation {
+    /// Asks for a secret answer without echo (`PAM_PROMPT_ECHO_OFF`).
+    fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError>;
+    /// A message (`PAM_TEXT_INFO`); failures are ignored, the login does not depend on them.
+    fn info(&mut self, text: &str);
+    /// An error message (`PAM_ERROR_MSG`); failures are ignored too.
+    fn error(&mut self, text: &str);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvError(pub String);
+
+/// What the flow needs of tru.ID.
+pub trait Authenticator {
+    /// Creates a challenge on the factor; returns its ID.
+    fn create_challenge(&mut self, factor: &FactorId, reference_id: &str)
+        -> Result<String, ApiError>;
+    /// Sends the code for the challenge; returns the challenge's status after it.
+    fn verify(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+        code: &Secret,
+    ) -> Result<ChallengeStatus, ApiError>;
+    /// The ACTIVE factor whose external user ID is `user`, if tru.ID holds one.
+    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError>;
+}
+
+/// The login as PAM describes it.
+#[derive(Debug, Clone, Default)]
+pub struct LoginContext {
+    pub user: String,
+    pub service: String,
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    /// The requesting user (`PAM_RUSER`): for `su`, the person who typed it.
+    pub ruser: Option<String>,
+    /// Groups of the user whose factor is asked for, when `[login] groups` needs them.
+    pub groups: Option<Vec<String>>,
+    /// A random part of the challenge's reference ID, unique to this login.
+    pub nonce: String,
+}
+
+/// What happened, and so what the module answers. Mapped to a PAM code in `pam.rs` and to a
+/// log line in `log.rs`, each in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Verified { tries: u32 },
+    /// Every try used up on wrong or malformed codes.
+    WrongCode { tries: u32 },
+    /// No factor for the user. `ignore`: `unenrolled = "ignore"`, no prompt was shown.
+    NotEnrolled { ignore: bool, tries: u32 },
+    /// The user is outside `[login] groups`: the module stands aside.
+    NotRequired,
+    /// tru.ID answered and refused the request (a 4xx that is not about the code).
+    Refused { tries: u32, reason: String },
+    /// tru.ID could not be asked or its answer could not be used; `let_in` is `failmode = "safe"`.
+    Unavailable {
+        tries: u32,
+        reason: String,
+        let_in: bool,
+    },
+    ConfigError { reason: String },
+    ConvError { tries: u32, reason: String },
+    /// PAM items the module cannot work with (no user, a user name with control characters).
+    BadInput { reason: String },
+}
+
+impl Outcome {
+    /// The `outcome=` word of the log line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Verified { .. } => "verified",
+            Outcome::WrongCode { .. } => "wrong_code",
+            Outcome::NotEnrolled { ignore: false, .. } => "not_enrolled_denied",
+            Outcome::NotEnrolled { ignore: true, .. } => "not_enrolled_ignored",
+            Outcome::NotRequired => "not_required",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Unavailable { let_in: false, .. } => "unavailable_denied",
+            Outcome::Unavailable { let_in: true, .. } => "unavailable_allowed",
+            Outcome::ConfigError { .. } => "config_error",
+            Outcome::ConvError { .. } => "conversation_error",
+            Outcome::BadInput { .. } => "bad_input",
+        }
+    }
+
+    pub fn tries(&self) -> u32 {
+        match self {
+            Outcome::Verified { tries }
+            | Outcome::WrongCode { tries }
+            | Outcome::NotEnrolled { tries, .. }
+            | Outcome::Refused { tries, .. }
+            | Outcome::Unavailable { tries, .. }
+            | Outcome::ConvError { tries, .. } => *tries,
+            Outcome::NotRequired | Outcome::ConfigError { .. } | Outcome::BadInput { .. } => 0,
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Outcome::Verified { .. } => "code verified by tru.ID".into(),
+            Outcome::WrongCode { .. } => "tries used up on wrong codes".into(),
+            Outcome::NotEnrolled { ignore: true, .. } => {
+                "no tru.ID factor for the user; unenrolled = \"ignore\"".into()
+            }
+            Outcome::NotEnrolled { ignore: false, .. } => {
+                "no tru.ID factor for the user; unenrolled = \"deny\"".into()
+            }
+            Outcome::NotRequired => "user is in none of [login] groups".into(),
+            Outcome::Unavailable {
+                reason,
+                let_in: true,
+                ..
+            } => format!("{reason}; failmode = \"safe\": LOGIN ALLOWED WITHOUT SECOND FACTOR"),
+            Outcome::Refused { reason, .. }
+            | Outcome::Unavailable { reason, .. }
+            | Outcome::ConfigError { reason }
+            | Outcome::ConvError { reason, .. }
+            | Outcome::BadInput { reason } => reason.clone(),
+        }
+    }
+}
+
+pub const MSG_MALFORMED: &str = "A tru.ID code is 6 to 8 digits.";
+pub const MSG_TRY_AGAIN: &str = "Wrong code, try again.";
+pub const MSG_UNAVAILABLE: &str =
+    "tru.ID cannot be reached, so the login is refused. Ask your administrator.";
+pub const MSG_EXPIRED: &str = "The request expired while waiting for the code, try again.";
+
+/// A code as tru.ID's authenticator shows it: 6 to 8 ASCII digits, nothing else. Anything else
+/// uses up a try and is never sent.
+pub fn code_is_well_formed(code: &str) -> bool {
+    (6..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The user whose factor this login needs.
+fn factor_user<'a>(cfg: &Config, login: &'a LoginContext) -> Result<&'a str, Outcome> {
+    let is_su = matches!(login.service.as_str(), "su" | "su-l");
+    let name = if is_su && cfg.login.su == SuFactor::Caller {
+        login.ruser.as_deref().ok_or_else(|| Outcome::BadInput {
+            reason: "su = \"caller\" but PAM_RUSER is not set".into(),
+        })?
+    } else {
+        login.user.as_str()
+    };
+    if !is_valid_name(name) {
+        return Err(Outcome::BadInput {
+            reason: format!("user name \"{}\" is not valid", sanitize(name, 64)),
+        });
+    }
+    Ok(name)
+}
+
+/// The challenge's `reference_id`: lets an administrator find this login in tru.ID's console.
+pub fn reference_id(login: &LoginContext, user: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+            .take(64)
+            .collect()
+    };
+    let host = login.rhost.as_deref().map(clean).unwrap_or_default();
+    let host = if host.is_empty() { "local".to_string() } else { host };
+    format!(
+        "pam_truid/{}/{}/{}/{}",
+        clean(&login.service),
+        host,
+        clean(user),
+        clean(&login.nonce)
+    )
+}
+
+/// Runs one login: find the factor, then up to `tries` rounds of challenge, prompt and verify.
+pub fn authenticate(
+    cfg: &Config,
+    login: &LoginContext,
+    conv: &mut impl Conversation,
+    api: &mut impl Authenticator,
+) -> Outcome {
+    let user = match factor_user(cfg, login) {
+        Ok(u) => u,
+        Err(outcome) => return outcome,
+    };
+    if !cfg.login.groups.is_empty() {
+        // Groups that could not be read (NSS down) count as membership: when unsure, ask.
+        let member = login
+            .groups
+            .as_ref()
+            .is_none_or(|gs| gs.iter().any(|g| cfg.login.groups.contains(g)));
+        if !member {
+            return Outcome::NotRequired;
+        }
+    }
+    let unavailable = |tries: u32, reason: String| Outcome::Unavailable {
+        tries,
+        reason,
+        let_in: cfg.login.failmode == FailMode::Safe,
+    };
+
+    let factor = match cfg.users.get(user) {
+        Some(f) => Some(f.clone()),
+        None if cfg.login.lookup => match api.find_factor(user) {
+            Ok(f) => f,
+            Err(ApiError::Unavailable(reason)) => {
+                return finish_unavailable(conv, unavailable(0, reason))
+            }
+            Err(ApiError::Refused(reason)) => return Outcome::Refused { tries: 0, reason },
+        },
+        None => None,
+    };
+    let Some(factor) = factor else {
+        return not_enrolled(cfg, conv);
+    };
+
+    let reference = reference_id(login, user);
+    // A challenge that never got a code (the answer was malformed) is still good for the next try.
+    let mut pending: Option<String> = None;
+    for attempt in 1..=cfg.login.tries {
+        let challenge = match pending.take() {
+            Some(c) => c,
+            None => match api.create_challenge(&factor, &reference) {
+                Ok(c) => c,
+                Err(ApiError::Unavailable(reason)) => {
+                    return finish_unavailable(conv, unavailable(attempt - 1, reason))
+                }
+                Err(ApiError::Refused(reason)) => {
+                    return Outcome::Refused {
+                        tries: attempt - 1,
+                        reason,
+                    }
+                }
+            },
+        };
+        let code = match conv.prompt_secret(&cfg.login.prompt) {
+            Ok(c) => c,
+            Err(ConvError(reason)) => {
+                return Outcome::ConvError {
+                    tries: attempt - 1,
+                    reason,
+                }
+            }
+        };
+        let last = attempt == cfg.login.tries;
+        if !code_is_well_formed(code.expose()) {
+            conv.error(MSG_MALFORMED);
+            pending = Some(challenge);
+            continue;
+        }
+        match api.verify(&factor, &challenge, &code) {
+            Ok(ChallengeStatus::Verified) => return Outcome::Verified { tries: attempt },
+            Ok(ChallengeStatus::Expired) => {
+                if !last {
+                    conv.error(MSG_EXPIRED)
+                }
+            }
+            // FAILED, still PENDING, or a status this version does not know: not verified.
+            Ok(_) | Err(ApiError::Refused(_)) => {
+                if !last {
+                    conv.error(MSG_TRY_AGAIN)
+                }
+            }
+            Err(ApiError::Unavailable(reason)) => {
+                return finish_unavailable(conv, unavailable(attempt, reason))
+            }
+        }
+    }
+    Outcome::WrongCode {
+        tries: cfg.login.tries,
+    }
+}
+
+fn finish_unavailable(conv: &mut impl Conversation, outcome: Outcome) -> Outcome {
+    if let Outcome::Unavailable { let_in: false, .. } = outcome {
+        conv.error(MSG_UNAVAILABLE);
+    }
+    outcome
+}
+
+/// A user without a factor. With `deny`, the same prompts as an enrolled user's wrong codes,
+/// so that an outsider cannot learn who is enrolled; tru.ID is not asked.
+fn not_enrolled(cfg: &Config, conv: &mut impl Conversation) -> Outcome {
+    if cfg.login.unenrolled == Unenrolled::Ignore {
+        return Outcome::NotEnrolled {
+            ignore: true,
+            tries: 0,
+        };
+    }
+    for attempt in 1..=cfg.login.tries {
+        let code = match conv.prompt_secret(&cfg.login.prompt) {
+            Ok(c) => c,
+            Err(ConvError(reason)) => {
+                return Outcome::ConvError {
+                    tries: attempt - 1,
+                    reason,
+                }
+            }
+        };
+        if attempt == cfg.login.tries {
+            break;
+        }
+        conv.error(if code_is_well_formed(code.expose()) {
+            MSG_TRY_AGAIN
+        } else {
+            MSG_MALFORMED
+        });
+    }
+    Outcome::NotEnrolled {
+        ignore: false,
+        tries: cfg.login.tries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::path::Path;
+
+    /// A conversation that expects exactly these exchanges, in order.
+    #[derive(Default)]
+    struct Script {
+        answers: VecDeque<&'static str>,
+        seen: Vec<String>,
+        fail_prompt: bool,
+    }
+
+    impl Script {
+        fn answering(answers: &[&'static str]) -> Self {
+            Script {
+                answers: answers.iter().copied().collect(),
+                ..Default::default()
+            }
+        }
+    }
+
+    impl Conversation for Script {
+        fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError> {
+            self.seen.push(format!("prompt:{text}"));
+            if self.fail_prompt {
+                return Err(ConvError("conversation failed".into()));
+            }
+            let a = self
+                .answers
+                .pop_front()
+                .unwrap_or_else(|| panic!("unexpected prompt {text:?}"));
+            Ok(Secret::new(a))
+        }
+        fn info(&mut self, text: &str) {
+            self.seen.push(format!("info:{text}"));
+        }
+        fn error(&mut self, text: &str) {
+            self.seen.push(format!("error:{text}"));
+        }
+    }
+
+    /// tru.ID as a script: which code is right, and which calls fail.
+    #[derive(Default)]
+    struct FakeApi {
+        right_code: &'static str,
+        calls: Vec<String>,
+        fail_create: Option<ApiError>,
+        fail_verify: Option<ApiError>,
+        verify_status: Option<ChallengeStatus>,
+        lookup: Option<&'static str>,
+    }
+
+    impl Authenticator for FakeApi {
+        fn create_challenge(&mut self, f: &FactorId, r: &str) -> Result<String, ApiError> {
+            self.calls.push(format!("create {f} {r}"));
+            match &self.fail_create {
+                Some(e) => Err(e.clone()),
+                None => Ok(format!("ch{}", self.calls.len())),
+            }
+        }
+        fn verify(
+            &mut self,
+            _f: &FactorId,
+            c: &str,
+            code: &Secret,
+        ) -> Result<ChallengeStatus, ApiError> {
+            self.calls.push(format!("verify {c} {}", code.expose()));
+            if let Some(e) = &self.fail_verify {
+                return Err(e.clone());
+            }
+            if let Some(s) = &self.verify_status {
+                return Ok(s.clone());
+            }
+            Ok(if code.expose() == self.right_code {
+                ChallengeStatus::Verified
+            } else {
+                ChallengeStatus::Failed
+            })
+        }
+        fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
+            self.calls.push(format!("find {user}"));
+            Ok(self.lookup.and_then(FactorId::parse))
+        }
+    }
+
+    const FACTOR: &str = "5995afaf-f5d1-47ab-b586-50ad46904eec";
+
+    fn config(extra_login: &str) -> Config {
+        let text = format!(
+            "[api]\nbase_url = \"https://127.0.0.1:1\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [login]\nprompt = \"Code please: \"\n{extra_login}\n[users]\nalice = \"{FACTOR}\"\n"
+        );
+        Config::parse(Path::new("/nonexistent.toml"), &text).unwrap()
+    }
+
+    fn login(user: &str) -> LoginContext {
+        LoginContext {
+            user: user.into(),
+            service: "sshd".into(),
+            rhost: Some("192.0.2.7".into()),
+            nonce: "n0nce".into(),
+            ..Default::default()
+        }
+    }
+
+    fn fake(code: &'static str) -> FakeApi {
+        FakeApi {
+            right_code: code,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn right_code_first_time() {
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(conv.seen, ["prompt:Code please: "]);
+        assert_eq!(
+            api.calls,
+            [
+                format!("create {FACTOR} pam_truid/sshd/192.0.2.7/alice/n0nce"),
+                "verify ch1 123456".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_then_right_uses_a_fresh_challenge() {
+        let mut conv = Script::answering(&["111111", "123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 2 });
+        assert_eq!(
+            conv.seen,
+            ["prompt:Code please: ", &format!("error:{MSG_TRY_AGAIN}"), "prompt:Code please: "]
+        );
+        assert_eq!(api.calls.len(), 4);
+        assert_eq!(api.calls[1], "verify ch1 111111");
+        assert_eq!(api.calls[3], "verify ch3 123456");
+    }
+
+    #[test]
+    fn tries_used_up() {
+        let mut conv = Script::answering(&["111111", "222222"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config("tries = 2"), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::WrongCode { tries: 2 });
+        assert_eq!(
+            conv.seen,
+            ["prompt:Code please: ", &format!("error:{MSG_TRY_AGAIN}"), "prompt:Code please: "]
+        );
+    }
+
+    #[test]
+    fn malformed_codes_are_never_sent_and_use_a_try() {
+        for bad in ["", "12345", "123456789", "12 456", "abcdef", "１２３４５６", "123\u{0}56", "1234567\n"] {
+            let mut conv = Script::answering(&[bad]);
+            let mut api = fake("123456");
+            let out = authenticate(&config("tries = 1"), &login("alice"), &mut conv, &mut api);
+            assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{bad:?}");
+            assert!(api.calls.iter().all(|c| !c.starts_with("verify")), "{bad:?} was sent");
+            assert_eq!(conv.seen[1], format!("error:{MSG_MALFORMED}"));
+        }
+        let long: &'static str = Box::leak("7".repeat(10_000).into_boxed_str());
+        let mut conv = Script::answering(&[long, "123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 2 });
+        // The challenge of the malformed try is reused: one create, one verify.
+        assert_eq!(api.calls.len(), 2, "{:?}", api.calls);
+    }
+
+    #[test]
+    fn expired_challenge_is_a_used_try() {
+        let mut conv = Script::answering(&["123456", "123456"]);
+        let mut api = fake("123456");
+        api.verify_status = Some(ChallengeStatus::Expired);
+        let out = authenticate(&config("tries = 2"), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::WrongCode { tries: 2 });
+        assert_eq!(conv.seen[1], format!("error:{MSG_EXPIRED}"));
+    }
+
+    #[test]
+    fn wrong_code_refused_by_tru_id_is_never_a_service_failure() {
+        for failmode in ["secure", "safe"] {
+            let mut conv = Script::answering(&["111111"]);
+            let mut api = fake("123456");
+            api.fail_verify = Some(ApiError::Refused("400 Bad Request: invalid code".into()));
+            let cfg = config(&format!("tries = 1\nfailmode = \"{failmode}\""));
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{failmode}");
+        }
+    }
+
+    #[test]
+    fn unavailable_follows_failmode() {
+        for (failmode, let_in) in [("secure", false), ("safe", true)] {
+            // On create: no prompt shown.
+            let mut conv = Script::answering(&[]);
+            let mut api = fake("123456");
+            api.fail_create = Some(ApiError::Unavailable("connect: refused".into()));
+            let cfg = config(&format!("failmode = \"{failmode}\""));
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            assert_eq!(
+                out,
+                Outcome::Unavailable {
+                    tries: 0,
+                    reason: "connect: refused".into(),
+                    let_in
+                }
+            );
+            let expect: Vec<String> = if let_in {
+                vec![]
+            } else {
+                vec![format!("error:{MSG_UNAVAILABLE}")]
+            };
+            assert_eq!(conv.seen, expect);
+            // On verify.
+            let mut conv = Script::answering(&["123456"]);
+            let mut api = fake("123456");
+            api.fail_verify = Some(ApiError::Unavailable("timeout".into()));
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            assert_eq!(out.name(), if let_in { "unavailable_allowed" } else { "unavailable_denied" });
+            assert_eq!(out.tries(), 1);
+        }
+    }
+
+    #[test]
+    fn challenge_refused_denies_whatever_failmode() {
+        let mut conv = Script::answering(&[]);
+        let mut api = fake("123456");
+        api.fail_create = Some(ApiError::Refused("404 Not Found: no such factor".into()));
+        let out = authenticate(&config("failmode = \"safe\""), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out.name(), "refused");
+    }
+
+    #[test]
+    fn unenrolled_deny_prompts_like_an_enrolled_user_and_asks_nobody() {
+        let mut conv = Script::answering(&["111111", "abc", "123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config(""), &login("mallory"), &mut conv, &mut api);
+        assert_eq!(
+            out,
+            Outcome::NotEnrolled {
+                ignore: false,
+                tries: 3
+            }
+        );
+        assert_eq!(
+            conv.seen,
+            [
+                "prompt:Code please: ".to_string(),
+                format!("error:{MSG_TRY_AGAIN}"),
+                "prompt:Code please: ".to_string(),
+                format!("error:{MSG_MALFORMED}"),
+                "prompt:Code please: ".to_string(),
+            ]
+        );
+        assert!(api.calls.is_empty());
+    }
+
+    #[test]
+    fn unenrolled_ignore_shows_nothing() {
+        let mut conv = Script::answering(&[]);
+        let mut api = fake("123456");
+        let out = authenticate(&config("unenrolled = \"ignore\""), &login("bob"), &mut conv, &mut api);
+        assert_eq!(out.name(), "not_enrolled_ignored");
+        assert!(conv.seen.is_empty() && api.calls.is_empty());
+    }
+
+    #[test]
+    fn lookup_finds_a_factor_for_a_user_missing_from_the_map() {
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        api.lookup = Some(FACTOR);
+        let out = authenticate(&config("lookup = true"), &login("carol"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(api.calls[0], "find carol");
+    }
+
+    #[test]
+    fn conversation_failure() {
+        let mut conv = Script {
+            fail_prompt: true,
+            ..Default::default()
+        };
+        let mut api = fake("123456");
+        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        assert_eq!(out.name(), "conversation_error");
+    }
+
+    #[test]
+    fn bad_user_names_are_refused_before_anything() {
+        for user in ["", "a\nb", "x\u{1b}[2J", &"a".repeat(10_000)] {
+            let mut conv = Script::answering(&[]);
+            let mut api = fake("123456");
+            let out = authenticate(&config(""), &login(user), &mut conv, &mut api);
+            assert_eq!(out.name(), "bad_input", "{user:?}");
+            assert!(api.calls.is_empty() && conv.seen.is_empty());
+        }
+    }
+
+    #[test]
+    fn su_asks_for_the_callers_factor_when_configured() {
+        let mut l = login("root");
+        l.service = "su".into();
+        l.ruser = Some("alice".into());
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config("su = \"caller\""), &l, &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        // Default: the target user (root), who has no factor.
+        let mut conv = Script::answering(&["123456", "123456", "123456"]);
+        let out = authenticate(&config(""), &l, &mut conv, &mut api);
+        assert_eq!(out.name(), "not_enrolled_denied");
+    }
+
+    #[test]
+    fn groups_limit_who_needs_the_factor() {
+        let cfg = config("groups = [\"admins\"]");
+        let mut l = login("alice");
+        l.groups = Some(vec!["users".into()]);
+        let mut conv = Script::answering(&[]);
+        let mut api = fake("123456");
+        assert_eq!(authenticate(&cfg, &l, &mut conv, &mut api), Outcome::NotRequired);
+        l.groups = Some(vec!["users".into(), "admins".into()]);
+        let mut conv = Script::answering(&["123456"]);
+        assert_eq!(
+            authenticate(&cfg, &l, &mut conv, &mut api),
+            Outcome::Verified { tries: 1 }
+        );
+    }
+
+    #[test]
+    fn reference_id_keeps_only_safe_characters() {
+        let mut l = login("alice");
+        l.rhost = Some("evil;$(rm -rf)\u{1b}[1m.example".into());
+        let r = reference_id(&l, "alice");
+        assert_eq!(r, "pam_truid/sshd/evilrm-rf1m.example/alice/n0nce");
+    }
+}

@@ -1,0 +1,22 @@
+//! pam_truid: the tru.ID Authenticator as a second factor for PAM logins.
+//!
+//! `pam` is the thin FFI side; every decision lives in `flow`, which the module and the
+//! `truid-pam` CLI share.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod deadline;
+pub mod flow;
+pub mod host;
+pub mod log;
+pub mod pam;
+pub mod secret;
+pub mod text;
+
+use crate::pam::TruId;
+::pam::pam_hooks!(TruId);

@@ -1,0 +1,100 @@
+//! Every outcome of a login, written through one function in one fixed, greppable form:
+//!
+//! `pam_truid[PID]: outcome=<name> user="<u>" service="<s>" rhost="<h>" tty="<t>" tries=<n> reason="<why>"`
+//!
+//! to syslog, facility authpriv. Values are escaped (see `text::sanitize`), so a user name or
+//! a remote host cannot forge a line; secrets never reach this module at all.
+
+use crate::flow::{LoginContext, Outcome};
+use crate::text::sanitize;
+use std::path::{Path, PathBuf};
+
+/// The syslog socket of the host; the module argument `syslog_socket=` points elsewhere
+/// (a container's or a test's listener).
+pub const DEFAULT_SOCKET: &str = "/dev/log";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Info,
+    Notice,
+    Warning,
+    Err,
+    Crit,
+}
+
+/// The one line for an outcome, without the syslog header.
+pub fn outcome_line(login: &LoginContext, outcome: &Outcome) -> String {
+    format!(
+        "outcome={} user=\"{}\" service=\"{}\" rhost=\"{}\" tty=\"{}\" tries={} reason=\"{}\"",
+        outcome.name(),
+        sanitize(&login.user, 64),
+        sanitize(&login.service, 64),
+        sanitize(login.rhost.as_deref().unwrap_or(""), 128),
+        sanitize(login.tty.as_deref().unwrap_or(""), 64),
+        outcome.tries(),
+        sanitize(&outcome.reason(), 300),
+    )
+}
+
+pub fn severity(outcome: &Outcome) -> Severity {
+    match outcome {
+        Outcome::Verified { .. } => Severity::Info,
+        Outcome::NotEnrolled { .. } | Outcome::NotRequired { .. } => Severity::Notice,
+        Outcome::WrongCode { .. } | Outcome::Refused { .. } | Outcome::BadInput { .. } => {
+            Severity::Warning
+        }
+        Outcome::ConvError { .. } => Severity::Err,
+        Outcome::ConfigError { .. } => Severity::Err,
+        // Letting a login in without the second factor must stand out in any log review.
+        Outcome::Unavailable { let_in: true, .. } => Severity::Crit,
+        Outcome::Unavailable { .. } => Severity::Err,
+    }
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    socket: PathBuf,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Sink {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+impl Sink {
+    pub fn at(socket: &Path) -> Sink {
+        Sink {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Writes the outcome line. A host without a syslog daemon loses the line rather than the
+    /// login: the PAM result never depends on logging.
+    pub fn outcome(&self, login: &LoginContext, outcome: &Outcome) {
+        self.write(severity(outcome), &outcome_line(login, outcome));
+    }
+
+    /// A line that is not an outcome (debug detail); same escaping rules apply to callers.
+    pub fn write(&self, severity: Severity, line: &str) {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_AUTHPRIV,
+            hostname: None,
+            process: "pam_truid".into(),
+            pid: std::process::id(),
+        };
+        let Ok(mut logger) = syslog::unix_custom(formatter, &self.socket) else {
+            return;
+        };
+        let _ = match severity {
+            Severity::Info => logger.info(line),
+            Severity::Notice => logger.notice(line),
+            Severity::Warning => logger.warning(line),
+            Severity::Err => logger.err(line),
+            Severity::Crit => logger.crit(line),
+        };
+    }
+}

@@ -1,0 +1,239 @@
+//! The thin FFI side: module arguments, PAM items, the conversation, and the one mapping from
+//! `Outcome` to a PAM return code. No decision is taken here.
+
+mod conv;
+
+use crate::api::{ApiError, Client};
+use crate::config::{ApiConfig, Config, FactorId, DEFAULT_PATH};
+use crate::flow::{self, Authenticator, LoginContext, Outcome};
+use crate::log::Sink;
+use crate::secret::Secret;
+use ::pam::constants::{PamFlag, PamResultCode, PAM_SILENT};
+use ::pam::items::{RHost, RUser, Service, Tty};
+use ::pam::module::{PamHandle, PamHooks};
+use std::ffi::CStr;
+use std::path::PathBuf;
+
+pub use conv::PamConv;
+
+pub struct TruId;
+
+impl PamHooks for TruId {
+    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
+        authenticate(pamh, &args, flags)
+    }
+
+    /// Nothing to set; answering success keeps `auth` stacks that call setcred working.
+    fn sm_setcred(_: &mut PamHandle, _: Vec<&CStr>, _: PamFlag) -> PamResultCode {
+        PamResultCode::PAM_SUCCESS
+    }
+}
+
+/// The module arguments of the PAM stack line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub config: PathBuf,
+    pub syslog_socket: Option<PathBuf>,
+    pub debug: bool,
+}
+
+/// Unknown or malformed arguments are errors: a typo in the stack must deny, not be skipped.
+pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, String> {
+    let mut out = Args {
+        config: PathBuf::from(DEFAULT_PATH),
+        syslog_socket: None,
+        debug: false,
+    };
+    for raw in args {
+        let arg = std::str::from_utf8(raw).map_err(|_| "a module argument is not UTF-8".to_string())?;
+        match arg.split_once('=') {
+            Some(("config", p)) if p.starts_with('/') => out.config = PathBuf::from(p),
+            Some(("syslog_socket", p)) if p.starts_with('/') => out.syslog_socket = Some(PathBuf::from(p)),
+            Some(("config" | "syslog_socket", _)) => {
+                return Err(format!(
+                    "module argument \"{}\" needs an absolute path",
+                    crate::text::sanitize(arg, 200)
+                ))
+            }
+            None if arg == "debug" => out.debug = true,
+            _ => {
+                return Err(format!(
+                    "unknown module argument \"{}\"; known: config=PATH, syslog_socket=PATH, debug",
+                    crate::text::sanitize(arg, 200)
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The PAM return code of an outcome: the one place where this is decided.
+pub fn pam_code(outcome: &Outcome) -> PamResultCode {
+    use PamResultCode::*;
+    match outcome {
+        Outcome::Verified { .. } => PAM_SUCCESS,
+        Outcome::Unavailable { let_in: true, .. } => PAM_SUCCESS,
+        Outcome::Unavailable { let_in: false, .. } => PAM_AUTHINFO_UNAVAIL,
+        Outcome::NotEnrolled { ignore: true, .. } | Outcome::NotRequired => PAM_IGNORE,
+        Outcome::WrongCode { .. }
+        | Outcome::NotEnrolled { ignore: false, .. }
+        | Outcome::Refused { .. }
+        | Outcome::BadInput { .. } => PAM_AUTH_ERR,
+        Outcome::ConfigError { .. } => PAM_SERVICE_ERR,
+        Outcome::ConvError { .. } => PAM_CONV_ERR,
+    }
+}
+
+fn item<'a, T: ::pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>>(
+    pamh: &'a PamHandle,
+) -> Option<String> {
+    let value = pamh.get_item::<T>().ok()??;
+    Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
+}
+
+fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResultCode {
+    let parsed = parse_args(args.iter().map(|a| a.to_bytes()));
+    let sink = match &parsed {
+        Ok(Args { syslog_socket: Some(s), .. }) => Sink::at(s),
+        _ => Sink::default(),
+    };
+    let mut login = LoginContext {
+        service: item::<Service>(pamh).unwrap_or_default(),
+        rhost: item::<RHost>(pamh),
+        tty: item::<Tty>(pamh),
+        ruser: item::<RUser>(pamh),
+        nonce: crate::text::random_hex(6),
+        ..Default::default()
+    };
+    let outcome = run(pamh, &mut login, parsed, flags);
+    sink.outcome(&login, &outcome);
+    pam_code(&outcome)
+}
+
+fn run(
+    pamh: &mut PamHandle,
+    login: &mut LoginContext,
+    args: Result<Args, String>,
+    flags: PamFlag,
+) -> Outcome {
+    let args = match args {
+        Ok(a) => a,
+        Err(reason) => return Outcome::ConfigError { reason },
+    };
+    match pamh.get_user(None) {
+        Ok(u) => login.user = u,
+        Err(code) => {
+            return Outcome::BadInput {
+                reason: format!("no usable user name from PAM ({code:?})"),
+            }
+        }
+    }
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::ConfigError {
+                reason: e.to_string(),
+            }
+        }
+    };
+    if !cfg.login.groups.is_empty() {
+        login.groups = crate::host::groups_of(&login.user);
+    }
+    let mut conv = match PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
+        Some(c) => c,
+        None => {
+            return Outcome::ConvError {
+                tries: 0,
+                reason: "the application gave no conversation function".into(),
+            }
+        }
+    };
+    let mut api = LazyClient::new(&cfg.api);
+    flow::authenticate(&cfg, login, &mut conv, &mut api)
+    // `api` drops here: its connection closes and reqwest's thread ends before PAM returns.
+}
+
+/// Builds the HTTP client on first use, so logins that never reach tru.ID (unenrolled users,
+/// users outside `groups`) pay nothing for TLS.
+pub struct LazyClient<'a> {
+    api: &'a ApiConfig,
+    client: Option<Client>,
+}
+
+impl<'a> LazyClient<'a> {
+    pub fn new(api: &'a ApiConfig) -> Self {
+        LazyClient { api, client: None }
+    }
+
+    fn get(&mut self) -> Result<&mut Client, ApiError> {
+        if self.client.is_none() {
+            // A local setup failure (unreadable ca_file) is the administrator's to fix and
+            // denies whatever failmode says: it is not tru.ID being down.
+            let c = Client::new(self.api).map_err(ApiError::Refused)?;
+            self.client = Some(c);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| ApiError::Refused("HTTP client missing".into()))
+    }
+
+    pub fn requests(&self) -> u32 {
+        self.client.as_ref().map_or(0, |c| c.requests)
+    }
+}
+
+impl Authenticator for LazyClient<'_> {
+    fn create_challenge(&mut self, factor: &FactorId, reference_id: &str) -> Result<String, ApiError> {
+        self.get()?.create_challenge(factor, reference_id)
+    }
+
+    fn verify(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+        code: &Secret,
+    ) -> Result<crate::api::ChallengeStatus, ApiError> {
+        self.get()?.verify(factor, challenge_id, code)
+    }
+
+    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
+        self.get()?.find_factor(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments() {
+        let a = parse_args([b"config=/x/y.toml".as_slice(), b"debug"]).unwrap();
+        assert_eq!(a.config, PathBuf::from("/x/y.toml"));
+        assert!(a.debug);
+        assert_eq!(parse_args([]).unwrap().config, PathBuf::from(DEFAULT_PATH));
+        for bad in [&b"conf=/x"[..], b"config=relative.toml", b"debug=1", b"\xff"] {
+            assert!(parse_args([bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_verified_and_failmode_safe_succeed() {
+        use PamResultCode::*;
+        let cases = [
+            (Outcome::Verified { tries: 1 }, PAM_SUCCESS),
+            (Outcome::WrongCode { tries: 3 }, PAM_AUTH_ERR),
+            (Outcome::NotEnrolled { ignore: false, tries: 3 }, PAM_AUTH_ERR),
+            (Outcome::NotEnrolled { ignore: true, tries: 0 }, PAM_IGNORE),
+            (Outcome::NotRequired, PAM_IGNORE),
+            (Outcome::Refused { tries: 0, reason: String::new() }, PAM_AUTH_ERR),
+            (Outcome::Unavailable { tries: 0, reason: String::new(), let_in: false }, PAM_AUTHINFO_UNAVAIL),
+            (Outcome::Unavailable { tries: 0, reason: String::new(), let_in: true }, PAM_SUCCESS),
+            (Outcome::ConfigError { reason: String::new() }, PAM_SERVICE_ERR),
+            (Outcome::ConvError { tries: 0, reason: String::new() }, PAM_CONV_ERR),
+            (Outcome::BadInput { reason: String::new() }, PAM_AUTH_ERR),
+        ];
+        for (o, code) in cases {
+            assert_eq!(pam_code(&o), code, "{o:?}");
+        }
+    }
+}

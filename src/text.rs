@@ -1,0 +1,73 @@
+//! Making untrusted text (user names, remote hosts, server answers) safe to log or show.
+
+/// Escapes control characters, quotes and backslashes, and cuts the text at `max` characters,
+/// so that text from a client or from the server can neither forge a log line nor drive a
+/// terminal with escape sequences.
+pub fn sanitize(input: &str, max: usize) -> String {
+    let mut out = String::with_capacity(input.len().min(max) + 2);
+    for (n, c) in input.chars().enumerate() {
+        if n == max {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || is_invisible_format(c) => {
+                let code = c as u32;
+                if code <= 0xff {
+                    out.push_str(&format!("\\x{code:02x}"));
+                } else {
+                    out.push_str(&format!("\\u{{{code:x}}}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters that are not control characters but can still reorder or hide text on a screen.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Lowercase hex of random bytes from the operating system.
+pub fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    // SystemRandom reads getrandom(2); on the impossible failure the zero bytes still give a
+    // well-formed (if not unique) identifier, which only labels a challenge.
+    let _ = ring::rand::SystemRandom::new().fill(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_could_forge_a_line_or_drive_a_terminal() {
+        assert_eq!(sanitize("alice", 64), "alice");
+        assert_eq!(sanitize("a\nb\x1b[31m", 64), "a\\x0ab\\x1b[31m");
+        assert_eq!(sanitize("say \"hi\" \\o/", 64), "say \\\"hi\\\" \\\\o/");
+        assert_eq!(sanitize("x\u{202e}y", 64), "x\\u{202e}y");
+        assert_eq!(sanitize("\u{9b}2J", 64), "\\x9b2J");
+    }
+
+    #[test]
+    fn cuts_long_text() {
+        let long = "a".repeat(10_000);
+        let s = sanitize(&long, 16);
+        assert_eq!(s, format!("{}...", "a".repeat(16)));
+    }
+
+    #[test]
+    fn random_hex_is_random_and_hex() {
+        let a = random_hex(8);
+        let b = random_hex(8);
+        assert_eq!(a.len(), 16);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
