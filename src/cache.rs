@@ -108,7 +108,10 @@ impl TokenCache {
         let text = zeroize::Zeroizing::new(serde_json::to_string(&entry)?);
         let tmp = self.dir.join(format!(
             ".{}.{}.{}",
-            self.file.file_name().and_then(|n| n.to_str()).unwrap_or("token"),
+            self.file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("token"),
             std::process::id(),
             crate::text::random_hex(4)
         ));

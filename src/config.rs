@@ -219,7 +219,10 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             ConfigError::new(
                 path,
-                format!("{} (see pam_truid.toml(5) for the keys)", one_line(&e.to_string())),
+                format!(
+                    "{} (see pam_truid.toml(5) for the keys)",
+                    one_line(&e.to_string())
+                ),
             )
         })?;
         let err = |key: &str, problem: String| ConfigError::new(path, format!("{key}: {problem}"));
@@ -322,7 +325,9 @@ impl Config {
             }
         };
         let prompt = login.prompt.unwrap_or_else(|| "tru.ID code: ".to_string());
-        if prompt.trim().is_empty() || prompt.chars().count() > 200 || prompt.chars().any(char::is_control)
+        if prompt.trim().is_empty()
+            || prompt.chars().count() > 200
+            || prompt.chars().any(char::is_control)
         {
             return Err(err(
                 "[login] prompt",
@@ -342,7 +347,10 @@ impl Config {
             if !is_valid_name(&user) {
                 return Err(err(
                     "[users]",
-                    format!("\"{}\" is not a user name", crate::text::sanitize(&user, 64)),
+                    format!(
+                        "\"{}\" is not a user name",
+                        crate::text::sanitize(&user, 64)
+                    ),
                 ));
             }
             let Some(factor) = FactorId::parse(&id) else {
@@ -482,8 +490,12 @@ fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigErr
         .open(path)
         .map_err(|e| {
             let what = match e.raw_os_error() {
-                Some(libc::ELOOP) => "is a symbolic link; point the module at the real file".to_string(),
-                Some(libc::ENOENT) => "does not exist; create it (see pam_truid.toml(5)) or fix the path".to_string(),
+                Some(libc::ELOOP) => {
+                    "is a symbolic link; point the module at the real file".to_string()
+                }
+                Some(libc::ENOENT) => {
+                    "does not exist; create it (see pam_truid.toml(5)) or fix the path".to_string()
+                }
                 Some(libc::EACCES) => "cannot be read: permission denied".to_string(),
                 _ => format!("cannot be opened: {e}"),
             };
@@ -505,12 +517,18 @@ fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigErr
         .read_to_end(&mut bytes)
         .map_err(|e| ConfigError::new(path, format!("cannot be read: {e}")))?;
     if bytes.len() as u64 > max {
-        return Err(ConfigError::new(path, format!("is more than the {max} bytes allowed")));
+        return Err(ConfigError::new(
+            path,
+            format!("is more than the {max} bytes allowed"),
+        ));
     }
     String::from_utf8(bytes).map_err(|e| {
         ConfigError::new(
             path,
-            format!("is not valid UTF-8 (byte {}); save it as UTF-8", e.utf8_error().valid_up_to()),
+            format!(
+                "is not valid UTF-8 (byte {}); save it as UTF-8",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
@@ -532,7 +550,11 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata, holds: Holds) -> Result<(),
     if meta.uid() != 0 {
         return Err(ConfigError::new(
             path,
-            format!("is owned by uid {}, not root; run: chown root: {}", meta.uid(), path.display()),
+            format!(
+                "is owned by uid {}, not root; run: chown root: {}",
+                meta.uid(),
+                path.display()
+            ),
         ));
     }
     let mode = meta.mode() & 0o7777;
@@ -585,7 +607,10 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
         assert_eq!(c.login.tries, 3);
         assert_eq!(c.login.prompt, "tru.ID code: ");
         assert_eq!(c.api.roots, Roots::System);
-        assert_eq!(c.api.token_cache.as_deref(), Some(Path::new("/run/pam_truid")));
+        assert_eq!(
+            c.api.token_cache.as_deref(),
+            Some(Path::new("/run/pam_truid"))
+        );
         assert_eq!(
             c.users["alice"].as_str(),
             "5995afaf-f5d1-47ab-b586-50ad46904eec"
@@ -594,7 +619,8 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
 
     #[test]
     fn region_picks_the_host() {
-        let c = parse("[api]\nregion = \"us\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap();
+        let c =
+            parse("[api]\nregion = \"us\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap();
         assert_eq!(c.api.base_url, "https://us.api.tru.id");
         let e = parse("[api]\nregion = \"mars\"\nclient_id = \"a\"\nclient_secret = \"b\"\n")
             .unwrap_err();
@@ -625,15 +651,26 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
         ];
         for (text, key) in cases {
             let e = parse(text).expect_err(text);
-            assert!(e.to_string().contains(key), "error for {text:?} does not name {key}: {e}");
-            assert!(e.to_string().starts_with("/nonexistent/pam_truid.toml"), "{e}");
+            assert!(
+                e.to_string().contains(key),
+                "error for {text:?} does not name {key}: {e}"
+            );
+            assert!(
+                e.to_string().starts_with("/nonexistent/pam_truid.toml"),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn loopback_http_is_allowed() {
-        for url in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"] {
-            let text = format!("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"{url}\"\n");
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
+            let text =
+                format!("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"{url}\"\n");
             parse(&text).unwrap();
         }
     }

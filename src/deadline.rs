@@ -23,9 +23,7 @@ impl Deadline {
 
     /// What is left, or `None` once the budget is spent.
     pub fn remaining(&self) -> Option<Duration> {
-        self.budget
-            .checked_sub(self.spent)
-            .filter(|d| !d.is_zero())
+        self.budget.checked_sub(self.spent).filter(|d| !d.is_zero())
     }
 
     /// Runs `f`, charging the time it takes.

@@ -23,8 +23,11 @@ pub struct ConvError(pub String);
 /// What the flow needs of tru.ID.
 pub trait Authenticator {
     /// Creates a challenge on the factor; returns its ID.
-    fn create_challenge(&mut self, factor: &FactorId, reference_id: &str)
-        -> Result<String, ApiError>;
+    fn create_challenge(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+    ) -> Result<String, ApiError>;
     /// Sends the code for the challenge; returns the challenge's status after it.
     fn verify(
         &mut self,
@@ -55,25 +58,42 @@ pub struct LoginContext {
 /// log line in `log.rs`, each in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Verified { tries: u32 },
+    Verified {
+        tries: u32,
+    },
     /// Every try used up on wrong or malformed codes.
-    WrongCode { tries: u32 },
+    WrongCode {
+        tries: u32,
+    },
     /// No factor for the user. `ignore`: `unenrolled = "ignore"`, no prompt was shown.
-    NotEnrolled { ignore: bool, tries: u32 },
+    NotEnrolled {
+        ignore: bool,
+        tries: u32,
+    },
     /// The user is outside `[login] groups`: the module stands aside.
     NotRequired,
     /// tru.ID answered and refused the request (a 4xx that is not about the code).
-    Refused { tries: u32, reason: String },
+    Refused {
+        tries: u32,
+        reason: String,
+    },
     /// tru.ID could not be asked or its answer could not be used; `let_in` is `failmode = "safe"`.
     Unavailable {
         tries: u32,
         reason: String,
         let_in: bool,
     },
-    ConfigError { reason: String },
-    ConvError { tries: u32, reason: String },
+    ConfigError {
+        reason: String,
+    },
+    ConvError {
+        tries: u32,
+        reason: String,
+    },
     /// PAM items the module cannot work with (no user, a user name with control characters).
-    BadInput { reason: String },
+    BadInput {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -170,7 +190,11 @@ pub fn reference_id(login: &LoginContext, user: &str) -> String {
             .collect()
     };
     let host = login.rhost.as_deref().map(clean).unwrap_or_default();
-    let host = if host.is_empty() { "local".to_string() } else { host };
+    let host = if host.is_empty() {
+        "local".to_string()
+    } else {
+        host
+    };
     format!(
         "pam_truid/{}/{}/{}/{}",
         clean(&login.service),
@@ -458,7 +482,11 @@ mod tests {
         assert_eq!(out, Outcome::Verified { tries: 2 });
         assert_eq!(
             conv.seen,
-            ["prompt:Code please: ", &format!("error:{MSG_TRY_AGAIN}"), "prompt:Code please: "]
+            [
+                "prompt:Code please: ",
+                &format!("error:{MSG_TRY_AGAIN}"),
+                "prompt:Code please: "
+            ]
         );
         assert_eq!(api.calls.len(), 4);
         assert_eq!(api.calls[1], "verify ch1 111111");
@@ -473,18 +501,34 @@ mod tests {
         assert_eq!(out, Outcome::WrongCode { tries: 2 });
         assert_eq!(
             conv.seen,
-            ["prompt:Code please: ", &format!("error:{MSG_TRY_AGAIN}"), "prompt:Code please: "]
+            [
+                "prompt:Code please: ",
+                &format!("error:{MSG_TRY_AGAIN}"),
+                "prompt:Code please: "
+            ]
         );
     }
 
     #[test]
     fn malformed_codes_are_never_sent_and_use_a_try() {
-        for bad in ["", "12345", "123456789", "12 456", "abcdef", "１２３４５６", "123\u{0}56", "1234567\n"] {
+        for bad in [
+            "",
+            "12345",
+            "123456789",
+            "12 456",
+            "abcdef",
+            "１２３４５６",
+            "123\u{0}56",
+            "1234567\n",
+        ] {
             let mut conv = Script::answering(&[bad]);
             let mut api = fake("123456");
             let out = authenticate(&config("tries = 1"), &login("alice"), &mut conv, &mut api);
             assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{bad:?}");
-            assert!(api.calls.iter().all(|c| !c.starts_with("verify")), "{bad:?} was sent");
+            assert!(
+                api.calls.iter().all(|c| !c.starts_with("verify")),
+                "{bad:?} was sent"
+            );
             assert_eq!(conv.seen[1], format!("error:{MSG_MALFORMED}"));
         }
         let long: &'static str = Box::leak("7".repeat(10_000).into_boxed_str());
@@ -546,7 +590,14 @@ mod tests {
             let mut api = fake("123456");
             api.fail_verify = Some(ApiError::Unavailable("timeout".into()));
             let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
-            assert_eq!(out.name(), if let_in { "unavailable_allowed" } else { "unavailable_denied" });
+            assert_eq!(
+                out.name(),
+                if let_in {
+                    "unavailable_allowed"
+                } else {
+                    "unavailable_denied"
+                }
+            );
             assert_eq!(out.tries(), 1);
         }
     }
@@ -556,7 +607,12 @@ mod tests {
         let mut conv = Script::answering(&[]);
         let mut api = fake("123456");
         api.fail_create = Some(ApiError::Refused("404 Not Found: no such factor".into()));
-        let out = authenticate(&config("failmode = \"safe\""), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config("failmode = \"safe\""),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+        );
         assert_eq!(out.name(), "refused");
     }
 
@@ -589,7 +645,12 @@ mod tests {
     fn unenrolled_ignore_shows_nothing() {
         let mut conv = Script::answering(&[]);
         let mut api = fake("123456");
-        let out = authenticate(&config("unenrolled = \"ignore\""), &login("bob"), &mut conv, &mut api);
+        let out = authenticate(
+            &config("unenrolled = \"ignore\""),
+            &login("bob"),
+            &mut conv,
+            &mut api,
+        );
         assert_eq!(out.name(), "not_enrolled_ignored");
         assert!(conv.seen.is_empty() && api.calls.is_empty());
     }
@@ -599,7 +660,12 @@ mod tests {
         let mut conv = Script::answering(&["123456"]);
         let mut api = fake("123456");
         api.lookup = Some(FACTOR);
-        let out = authenticate(&config("lookup = true"), &login("carol"), &mut conv, &mut api);
+        let out = authenticate(
+            &config("lookup = true"),
+            &login("carol"),
+            &mut conv,
+            &mut api,
+        );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(api.calls[0], "find carol");
     }
@@ -648,7 +714,10 @@ mod tests {
         l.groups = Some(vec!["users".into()]);
         let mut conv = Script::answering(&[]);
         let mut api = fake("123456");
-        assert_eq!(authenticate(&cfg, &l, &mut conv, &mut api), Outcome::NotRequired);
+        assert_eq!(
+            authenticate(&cfg, &l, &mut conv, &mut api),
+            Outcome::NotRequired
+        );
         l.groups = Some(vec!["users".into(), "admins".into()]);
         let mut conv = Script::answering(&["123456"]);
         assert_eq!(

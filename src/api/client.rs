@@ -64,7 +64,12 @@ impl Client {
     /// A client with the project's credentials. Errors are local setup problems (an unreadable
     /// `ca_file`, a bad proxy) and deny like config errors.
     pub fn new(api: &ApiConfig) -> Result<Client, String> {
-        Client::with_credentials(api, Scope::Authenticator, &api.client_id, &api.client_secret)
+        Client::with_credentials(
+            api,
+            Scope::Authenticator,
+            &api.client_id,
+            &api.client_secret,
+        )
     }
 
     pub fn with_credentials(
@@ -84,16 +89,18 @@ impl Client {
         // The config alone decides where the module connects: the host process's *_proxy
         // variables are never read.
         builder = match &api.proxy {
-            Some(p) => builder.proxy(
-                reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?,
-            ),
+            Some(p) => {
+                builder.proxy(reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?)
+            }
             None => builder.no_proxy(),
         };
         let http = builder
             .build()
             .map_err(|e| format!("HTTP client setup failed: {e}"))?;
         let cache = match (scope, &api.token_cache) {
-            (Scope::Authenticator, Some(dir)) => Some(TokenCache::new(dir, &api.base_url, client_id)),
+            (Scope::Authenticator, Some(dir)) => {
+                Some(TokenCache::new(dir, &api.base_url, client_id))
+            }
             _ => None,
         };
         Ok(Client {
@@ -125,7 +132,10 @@ impl Client {
 
     fn fetch_token(&mut self) -> Result<Secret, ApiError> {
         let url = format!("{}/oauth2/v1/token", self.base);
-        let body = format!("grant_type=client_credentials&scope={}", self.scope.as_str().replace(' ', "%20"));
+        let body = format!(
+            "grant_type=client_credentials&scope={}",
+            self.scope.as_str().replace(' ', "%20")
+        );
         let (id, secret) = (self.client_id.clone(), self.client_secret.clone());
         let ans = self.send_with_retry(|http| {
             http.post(&url)
@@ -137,7 +147,9 @@ impl Client {
             200..=299 => {
                 let t: TokenAnswer = decode(&ans.body)?;
                 if t.access_token.is_empty() {
-                    return Err(ApiError::Unavailable("token answer has an empty access_token".into()));
+                    return Err(ApiError::Unavailable(
+                        "token answer has an empty access_token".into(),
+                    ));
                 }
                 if let Some(c) = &self.cache {
                     c.store(&t.access_token, t.expires_in.unwrap_or(3600));
@@ -255,7 +267,11 @@ impl Client {
     }
 
     /// Creates a factor (201 PENDING).
-    pub fn create_factor(&mut self, phone: &str, external_user_id: &str) -> Result<Factor, ApiError> {
+    pub fn create_factor(
+        &mut self,
+        phone: &str,
+        external_user_id: &str,
+    ) -> Result<Factor, ApiError> {
         let body = serde_json::json!({"phone_number": phone, "external_user_id": external_user_id});
         let b = self.call(
             Method::POST,
@@ -266,7 +282,11 @@ impl Client {
     }
 
     /// Sends a JSON Patch to a factor (activate with a code, deactivate).
-    pub fn patch_factor(&mut self, factor: &str, patch: serde_json::Value) -> Result<Factor, ApiError> {
+    pub fn patch_factor(
+        &mut self,
+        factor: &str,
+        patch: serde_json::Value,
+    ) -> Result<Factor, ApiError> {
         let b = self.call(
             Method::PATCH,
             &factor_path(factor),
@@ -289,7 +309,11 @@ impl Client {
 }
 
 impl Authenticator for Client {
-    fn create_challenge(&mut self, factor: &FactorId, reference_id: &str) -> Result<String, ApiError> {
+    fn create_challenge(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+    ) -> Result<String, ApiError> {
         let body = serde_json::json!({ "reference_id": reference_id });
         let b = self.call(
             Method::POST,
@@ -297,8 +321,16 @@ impl Authenticator for Client {
             Some(("application/json", body.to_string().into_bytes())),
         )?;
         let c: Challenge = decode(&b)?;
-        if c.challenge_id.is_empty() || c.challenge_id.len() > 128 || !c.challenge_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(ApiError::Unavailable("challenge answer has no usable challenge_id".into()));
+        if c.challenge_id.is_empty()
+            || c.challenge_id.len() > 128
+            || !c
+                .challenge_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ApiError::Unavailable(
+                "challenge answer has no usable challenge_id".into(),
+            ));
         }
         Ok(c.challenge_id)
     }
@@ -310,7 +342,8 @@ impl Authenticator for Client {
         code: &Secret,
     ) -> Result<ChallengeStatus, ApiError> {
         let patch = zeroize::Zeroizing::new(
-            serde_json::json!([{ "op": "add", "path": "/code", "value": code.expose() }]).to_string(),
+            serde_json::json!([{ "op": "add", "path": "/code", "value": code.expose() }])
+                .to_string(),
         );
         let b = self.call(
             Method::PATCH,
@@ -319,7 +352,9 @@ impl Authenticator for Client {
         )?;
         let c: Challenge = decode(&b)?;
         if c.challenge_id != challenge_id {
-            return Err(ApiError::Unavailable("answer is about another challenge".into()));
+            return Err(ApiError::Unavailable(
+                "answer is about another challenge".into(),
+            ));
         }
         Ok(c.status)
     }
@@ -368,7 +403,11 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
     while let Some(next) = cause.source() {
         cause = next;
     }
-    let what = if e.is_connect() { "cannot connect" } else { "request failed" };
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
     ApiError::Unavailable(format!("{what}: {}", sanitize(&cause.to_string(), 200)))
 }
 
@@ -401,7 +440,10 @@ fn read_answer(resp: reqwest::blocking::Response, budget: Duration) -> Result<An
                     budget.as_secs()
                 ))
             } else {
-                ApiError::Unavailable(format!("answer cut short: {}", sanitize(&e.to_string(), 200)))
+                ApiError::Unavailable(format!(
+                    "answer cut short: {}",
+                    sanitize(&e.to_string(), 200)
+                ))
             }
         })?;
     if body.len() as u64 > MAX_ANSWER {

@@ -12,6 +12,7 @@ use ::pam::constants::{PamFlag, PamResultCode, PAM_SILENT};
 use ::pam::items::{RHost, RUser, Service, Tty};
 use ::pam::module::{PamHandle, PamHooks};
 use std::ffi::CStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 pub use conv::PamConv;
@@ -45,10 +46,13 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
         debug: false,
     };
     for raw in args {
-        let arg = std::str::from_utf8(raw).map_err(|_| "a module argument is not UTF-8".to_string())?;
+        let arg =
+            std::str::from_utf8(raw).map_err(|_| "a module argument is not UTF-8".to_string())?;
         match arg.split_once('=') {
             Some(("config", p)) if p.starts_with('/') => out.config = PathBuf::from(p),
-            Some(("syslog_socket", p)) if p.starts_with('/') => out.syslog_socket = Some(PathBuf::from(p)),
+            Some(("syslog_socket", p)) if p.starts_with('/') => {
+                out.syslog_socket = Some(PathBuf::from(p))
+            }
             Some(("config" | "syslog_socket", _)) => {
                 return Err(format!(
                     "module argument \"{}\" needs an absolute path",
@@ -93,10 +97,13 @@ fn item<'a, T: ::pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>>(
 
 fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResultCode {
     let parsed = parse_args(args.iter().map(|a| a.to_bytes()));
-    let sink = match &parsed {
-        Ok(Args { syslog_socket: Some(s), .. }) => Sink::at(s),
-        _ => Sink::default(),
-    };
+    // Even when another argument is wrong, log where the administrator asked.
+    let socket = args
+        .iter()
+        .filter_map(|a| a.to_bytes().strip_prefix(b"syslog_socket="))
+        .find(|p| p.starts_with(b"/"))
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+    let sink = socket.as_deref().map_or_else(Sink::default, Sink::at);
     let mut login = LoginContext {
         service: item::<Service>(pamh).unwrap_or_default(),
         rhost: item::<RHost>(pamh),
@@ -183,7 +190,11 @@ impl<'a> LazyClient<'a> {
 }
 
 impl Authenticator for LazyClient<'_> {
-    fn create_challenge(&mut self, factor: &FactorId, reference_id: &str) -> Result<String, ApiError> {
+    fn create_challenge(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+    ) -> Result<String, ApiError> {
         self.get()?.create_challenge(factor, reference_id)
     }
 
@@ -211,7 +222,12 @@ mod tests {
         assert_eq!(a.config, PathBuf::from("/x/y.toml"));
         assert!(a.debug);
         assert_eq!(parse_args([]).unwrap().config, PathBuf::from(DEFAULT_PATH));
-        for bad in [&b"conf=/x"[..], b"config=relative.toml", b"debug=1", b"\xff"] {
+        for bad in [
+            &b"conf=/x"[..],
+            b"config=relative.toml",
+            b"debug=1",
+            b"\xff",
+        ] {
             assert!(parse_args([bad]).is_err(), "{bad:?}");
         }
     }
@@ -222,15 +238,63 @@ mod tests {
         let cases = [
             (Outcome::Verified { tries: 1 }, PAM_SUCCESS),
             (Outcome::WrongCode { tries: 3 }, PAM_AUTH_ERR),
-            (Outcome::NotEnrolled { ignore: false, tries: 3 }, PAM_AUTH_ERR),
-            (Outcome::NotEnrolled { ignore: true, tries: 0 }, PAM_IGNORE),
+            (
+                Outcome::NotEnrolled {
+                    ignore: false,
+                    tries: 3,
+                },
+                PAM_AUTH_ERR,
+            ),
+            (
+                Outcome::NotEnrolled {
+                    ignore: true,
+                    tries: 0,
+                },
+                PAM_IGNORE,
+            ),
             (Outcome::NotRequired, PAM_IGNORE),
-            (Outcome::Refused { tries: 0, reason: String::new() }, PAM_AUTH_ERR),
-            (Outcome::Unavailable { tries: 0, reason: String::new(), let_in: false }, PAM_AUTHINFO_UNAVAIL),
-            (Outcome::Unavailable { tries: 0, reason: String::new(), let_in: true }, PAM_SUCCESS),
-            (Outcome::ConfigError { reason: String::new() }, PAM_SERVICE_ERR),
-            (Outcome::ConvError { tries: 0, reason: String::new() }, PAM_CONV_ERR),
-            (Outcome::BadInput { reason: String::new() }, PAM_AUTH_ERR),
+            (
+                Outcome::Refused {
+                    tries: 0,
+                    reason: String::new(),
+                },
+                PAM_AUTH_ERR,
+            ),
+            (
+                Outcome::Unavailable {
+                    tries: 0,
+                    reason: String::new(),
+                    let_in: false,
+                },
+                PAM_AUTHINFO_UNAVAIL,
+            ),
+            (
+                Outcome::Unavailable {
+                    tries: 0,
+                    reason: String::new(),
+                    let_in: true,
+                },
+                PAM_SUCCESS,
+            ),
+            (
+                Outcome::ConfigError {
+                    reason: String::new(),
+                },
+                PAM_SERVICE_ERR,
+            ),
+            (
+                Outcome::ConvError {
+                    tries: 0,
+                    reason: String::new(),
+                },
+                PAM_CONV_ERR,
+            ),
+            (
+                Outcome::BadInput {
+                    reason: String::new(),
+                },
+                PAM_AUTH_ERR,
+            ),
         ];
         for (o, code) in cases {
             assert_eq!(pam_code(&o), code, "{o:?}");

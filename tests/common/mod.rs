@@ -1,0 +1,382 @@
+//! Shared by the integration tests: real libpam driven through `pam_start_confdir` with a
+//! scripted conversation, a syslog listener the module logs to, the emulator, config files.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use truid_emulator::{Emulator, FactorType, Fault, FaultKind, Options, Route};
+
+pub const PAM_SUCCESS: i32 = 0;
+pub const PAM_SERVICE_ERR: i32 = 3;
+pub const PAM_PERM_DENIED: i32 = 6;
+pub const PAM_AUTH_ERR: i32 = 7;
+pub const PAM_AUTHINFO_UNAVAIL: i32 = 9;
+pub const PAM_CONV_ERR: i32 = 19;
+pub const PAM_IGNORE: i32 = 25;
+
+const PAM_PROMPT_ECHO_OFF: c_int = 1;
+const PAM_PROMPT_ECHO_ON: c_int = 2;
+const PAM_ERROR_MSG: c_int = 3;
+const PAM_TEXT_INFO: c_int = 4;
+const PAM_TTY: c_int = 3;
+const PAM_RHOST: c_int = 4;
+const PAM_RUSER: c_int = 8;
+
+#[repr(C)]
+struct PamMessage {
+    msg_style: c_int,
+    msg: *const c_char,
+}
+
+#[repr(C)]
+struct PamResponse {
+    resp: *mut c_char,
+    resp_retcode: c_int,
+}
+
+#[repr(C)]
+struct PamConv {
+    conv: Option<
+        extern "C" fn(c_int, *mut *const PamMessage, *mut *mut PamResponse, *mut c_void) -> c_int,
+    >,
+    appdata_ptr: *mut c_void,
+}
+
+#[link(name = "pam")]
+extern "C" {
+    fn pam_start_confdir(
+        service: *const c_char,
+        user: *const c_char,
+        conv: *const PamConv,
+        confdir: *const c_char,
+        pamh: *mut *mut c_void,
+    ) -> c_int;
+    fn pam_authenticate(pamh: *mut c_void, flags: c_int) -> c_int;
+    fn pam_set_item(pamh: *mut c_void, item_type: c_int, item: *const c_void) -> c_int;
+    fn pam_end(pamh: *mut c_void, status: c_int) -> c_int;
+}
+
+/// What the application side of the conversation saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Prompt(String),
+    EchoOnPrompt(String),
+    Info(String),
+    Error(String),
+}
+
+/// A scripted person at the keyboard.
+#[derive(Default)]
+pub struct Script {
+    pub answers: VecDeque<String>,
+    pub seen: Vec<Seen>,
+    /// Answer every message with PAM_CONV_ERR (a broken application).
+    pub broken: bool,
+    /// Refuse PAM_PROMPT_ECHO_ON, as a display manager's password box does.
+    pub echo_off_only: bool,
+}
+
+impl Script {
+    pub fn answering(answers: &[&str]) -> Script {
+        Script {
+            answers: answers.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn prompts(&self) -> Vec<&str> {
+        self.seen
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Prompt(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+extern "C" fn scripted_conv(
+    num: c_int,
+    msgs: *mut *const PamMessage,
+    resp: *mut *mut PamResponse,
+    appdata: *mut c_void,
+) -> c_int {
+    // SAFETY: libpam passes `num` message pointers and our own Script as appdata.
+    let script = unsafe { &mut *(appdata as *mut Script) };
+    if script.broken || num <= 0 {
+        return PAM_CONV_ERR;
+    }
+    let out = unsafe { libc::calloc(num as usize, std::mem::size_of::<PamResponse>()) }
+        as *mut PamResponse;
+    for i in 0..num as usize {
+        let m = unsafe { &**msgs.add(i) };
+        let text = unsafe { CStr::from_ptr(m.msg) }
+            .to_string_lossy()
+            .into_owned();
+        let answer = match m.msg_style {
+            PAM_PROMPT_ECHO_OFF => {
+                script.seen.push(Seen::Prompt(text));
+                match script.answers.pop_front() {
+                    Some(a) => Some(a),
+                    None => {
+                        unsafe { libc::free(out as *mut c_void) };
+                        return PAM_CONV_ERR;
+                    }
+                }
+            }
+            PAM_PROMPT_ECHO_ON => {
+                script.seen.push(Seen::EchoOnPrompt(text));
+                if script.echo_off_only {
+                    unsafe { libc::free(out as *mut c_void) };
+                    return PAM_CONV_ERR;
+                }
+                script.answers.pop_front()
+            }
+            PAM_ERROR_MSG => {
+                script.seen.push(Seen::Error(text));
+                None
+            }
+            PAM_TEXT_INFO => {
+                script.seen.push(Seen::Info(text));
+                None
+            }
+            _ => {
+                unsafe { libc::free(out as *mut c_void) };
+                return PAM_CONV_ERR;
+            }
+        };
+        if let Some(a) = answer {
+            let c = CString::new(a).unwrap_or_default();
+            unsafe { (*out.add(i)).resp = libc::strdup(c.as_ptr()) };
+        }
+    }
+    unsafe { *resp = out };
+    PAM_SUCCESS
+}
+
+/// A login's PAM items besides the user.
+#[derive(Default, Clone)]
+pub struct Items {
+    pub rhost: Option<String>,
+    pub tty: Option<String>,
+    pub ruser: Option<String>,
+}
+
+/// Runs `pam_authenticate` for `service` from the stacks in `confdir`, through real libpam.
+pub fn pam_login(
+    confdir: &Path,
+    service: &str,
+    user: &str,
+    items: &Items,
+    script: &mut Script,
+) -> i32 {
+    let service = CString::new(service).unwrap();
+    let user = CString::new(user).unwrap();
+    let confdir = CString::new(confdir.as_os_str().as_encoded_bytes()).unwrap();
+    let conv = PamConv {
+        conv: Some(scripted_conv),
+        appdata_ptr: script as *mut Script as *mut c_void,
+    };
+    let mut pamh: *mut c_void = std::ptr::null_mut();
+    let rc = unsafe {
+        pam_start_confdir(
+            service.as_ptr(),
+            user.as_ptr(),
+            &conv,
+            confdir.as_ptr(),
+            &mut pamh,
+        )
+    };
+    assert_eq!(rc, PAM_SUCCESS, "pam_start_confdir failed");
+    for (kind, value) in [
+        (PAM_RHOST, &items.rhost),
+        (PAM_TTY, &items.tty),
+        (PAM_RUSER, &items.ruser),
+    ] {
+        if let Some(v) = value {
+            let v = CString::new(v.as_str()).unwrap();
+            assert_eq!(
+                unsafe { pam_set_item(pamh, kind, v.as_ptr() as *const c_void) },
+                PAM_SUCCESS
+            );
+        }
+    }
+    let rc = unsafe { pam_authenticate(pamh, 0) };
+    unsafe { pam_end(pamh, rc) };
+    rc
+}
+
+/// The module as cargo built it for these tests.
+pub fn module_path() -> PathBuf {
+    // `cargo test` builds the cdylib fresh into deps/ (it only copies it up on `cargo build`).
+    let exe = std::env::current_exe().unwrap();
+    let so = exe.parent().unwrap().join("libpam_truid.so");
+    assert!(
+        so.exists(),
+        "{} is missing: build with cargo test",
+        so.display()
+    );
+    so
+}
+
+/// A syslog socket the module logs to (module argument `syslog_socket=`).
+pub struct SyslogSink {
+    pub path: PathBuf,
+    sock: UnixDatagram,
+}
+
+impl SyslogSink {
+    pub fn new(dir: &Path) -> SyslogSink {
+        let path = dir.join("log.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        SyslogSink { path, sock }
+    }
+
+    /// Every line received so far. The module writes before `pam_authenticate` returns, so
+    /// what a login logged is already here when the test reads.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+}
+
+/// A test's world: a folder, the emulator, a config, a PAM stack, a syslog listener.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub emu: Emulator,
+    pub log: SyslogSink,
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests run the module as PAM does, which needs root (config files must be root-owned): run them as root, e.g. sudo .ci/run"
+    );
+}
+
+impl World {
+    pub fn new() -> World {
+        World::with_options(Options::default())
+    }
+
+    pub fn with_options(opts: Options) -> World {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let emu = Emulator::start(opts).unwrap();
+        let log = SyslogSink::new(dir.path());
+        World { dir, emu, log }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `[api]` table for this emulator; the token cache lives in the test's folder.
+    pub fn api_table(&self) -> String {
+        let i = self.emu.info();
+        format!(
+            "[api]\nbase_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nca_file = \"{}\"\nroots = \"none\"\ntimeout = 5\ntoken_cache = \"{}\"\n",
+            i.base_url,
+            i.client_id,
+            i.client_secret,
+            i.ca_file.as_deref().unwrap_or(""),
+            self.path("cache").display()
+        )
+    }
+
+    /// Writes `pam_truid.toml` (root-owned, 0600) and returns its path.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let p = self.path("pam_truid.toml");
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    /// A config with the emulator's `[api]`, the given `[login]` lines and `[users]`.
+    pub fn config(&self, login: &str, users: &[(&str, &str)]) -> PathBuf {
+        let mut text = self.api_table();
+        text.push_str("\n[login]\n");
+        text.push_str(login);
+        text.push_str("\n\n[users]\n");
+        for (u, f) in users {
+            text.push_str(&format!("{u} = \"{f}\"\n"));
+        }
+        self.write_config(&text)
+    }
+
+    /// A PAM stack folder with service `svc` holding `lines` (use `{module}` and `{args}`).
+    pub fn stack(&self, lines: &str) -> PathBuf {
+        let d = self.path("pam.d");
+        std::fs::create_dir_all(&d).unwrap();
+        let text = lines
+            .replace("{module}", module_path().to_str().unwrap())
+            .replace(
+                "{args}",
+                &format!(
+                    "config={} syslog_socket={}",
+                    self.path("pam_truid.toml").display(),
+                    self.log.path.display()
+                ),
+            );
+        std::fs::write(d.join("svc"), text).unwrap();
+        d
+    }
+
+    /// The usual stack: the module alone, `required`.
+    pub fn module_stack(&self) -> PathBuf {
+        self.stack("auth required {module} {args}\n")
+    }
+
+    /// Logs in through real libpam; returns the PAM result and what the person saw.
+    pub fn login(&self, user: &str, answers: &[&str]) -> (i32, Script) {
+        let mut s = Script::answering(answers);
+        let rc = pam_login(
+            &self.path("pam.d"),
+            "svc",
+            user,
+            &Items {
+                rhost: Some("198.51.100.9".into()),
+                ..Default::default()
+            },
+            &mut s,
+        );
+        (rc, s)
+    }
+
+    /// A factor at the emulator, ACTIVE, and its code now.
+    pub fn enroll(&self, user: &str) -> String {
+        self.emu.seed_factor(user, FactorType::Totp).factor_id
+    }
+
+    pub fn code(&self, factor: &str) -> String {
+        self.emu.code(factor, 0).unwrap()
+    }
+
+    /// The outcome lines logged so far.
+    pub fn outcomes(&self) -> Vec<String> {
+        self.log
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("outcome="))
+            .collect()
+    }
+}
+
+/// Runs `f` and returns how long it took.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let out = f();
+    (out, t.elapsed())
+}
