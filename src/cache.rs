@@ -49,8 +49,10 @@ impl TokenCache {
             &ring::digest::SHA256,
             format!("{base_url}\n{client_id}").as_bytes(),
         );
-        let name: String = digest.as_ref()[..12]
+        let name: String = digest
+            .as_ref()
             .iter()
+            .take(12)
             .map(|b| format!("{b:02x}"))
             .collect();
         TokenCache {

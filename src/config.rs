@@ -413,6 +413,21 @@ impl Config {
     }
 }
 
+/// The file's text, read with the same checks as `Config::load` (for the CLI's edits).
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    read_checked(path, Holds::Settings, MAX_CONFIG_BYTES)
+}
+
+/// An E.164 phone number as tru.ID takes it: digits only (a leading `+` is dropped),
+/// 8 to 15 of them, not starting with 0.
+pub fn normalize_phone(phone: &str) -> Option<String> {
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
+    let ok = (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    ok.then(|| digits.to_string())
+}
+
 /// A Unix user or group name as useradd accepts it (and nothing a log or RSQL query could
 /// misread): letters, digits, `.`, `_`, `-`, a trailing `$`, at most 64 bytes.
 pub fn is_valid_name(name: &str) -> bool {
@@ -682,6 +697,28 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         let ok = parse("[api]\nclient_id = \"a\"\nclient_secret = \"s3cr3t\"\n").unwrap();
         assert!(!format!("{ok:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            normalize_phone("+447700900000").as_deref(),
+            Some("447700900000")
+        );
+        assert_eq!(
+            normalize_phone("447700900000").as_deref(),
+            Some("447700900000")
+        );
+        for bad in [
+            "",
+            "+",
+            "07700900000",
+            "44 7700 900000",
+            "4477009000001234",
+            "+44a7700900000",
+        ] {
+            assert!(normalize_phone(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

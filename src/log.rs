@@ -39,7 +39,7 @@ pub fn outcome_line(login: &LoginContext, outcome: &Outcome) -> String {
 pub fn severity(outcome: &Outcome) -> Severity {
     match outcome {
         Outcome::Verified { .. } => Severity::Info,
-        Outcome::NotEnrolled { .. } | Outcome::NotRequired { .. } => Severity::Notice,
+        Outcome::NotEnrolled { .. } | Outcome::NotRequired => Severity::Notice,
         Outcome::WrongCode { .. } | Outcome::Refused { .. } | Outcome::BadInput { .. } => {
             Severity::Warning
         }
@@ -86,15 +86,26 @@ impl Sink {
             process: "pam_truid".into(),
             pid: std::process::id(),
         };
-        let Ok(mut logger) = syslog::unix_custom(formatter, &self.socket) else {
+        let level = match severity {
+            Severity::Info => syslog::Severity::LOG_INFO,
+            Severity::Notice => syslog::Severity::LOG_NOTICE,
+            Severity::Warning => syslog::Severity::LOG_WARNING,
+            Severity::Err => syslog::Severity::LOG_ERR,
+            Severity::Crit => syslog::Severity::LOG_CRIT,
+        };
+        let mut datagram = Vec::with_capacity(line.len() + 64);
+        if syslog::LogFormat::format(&formatter, &mut datagram, level, line).is_err() {
+            return;
+        }
+        // Sent by hand rather than through syslog's logger so the send is bounded: a wedged
+        // syslog daemon must cost a log line, not stall every login of sshd and sudo.
+        let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
             return;
         };
-        let _ = match severity {
-            Severity::Info => logger.info(line),
-            Severity::Notice => logger.notice(line),
-            Severity::Warning => logger.warning(line),
-            Severity::Err => logger.err(line),
-            Severity::Crit => logger.crit(line),
-        };
+        let _ = sock.set_write_timeout(Some(SEND_TIMEOUT));
+        let _ = sock.send_to(&datagram, &self.socket);
     }
 }
+
+/// How long a log line may wait for room in the syslog socket's queue.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);

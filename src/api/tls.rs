@@ -19,8 +19,8 @@ const SYSTEM_BUNDLES: &[&str] = &[
 ];
 
 type Key = (Roots, Option<PathBuf>);
-static CONFIGS: Lazy<Mutex<Vec<(Key, Arc<rustls::ClientConfig>)>>> =
-    Lazy::new(|| Mutex::new(Vec::new()));
+type Built = Vec<(Key, Arc<rustls::ClientConfig>)>;
+static CONFIGS: Lazy<Mutex<Built>> = Lazy::new(|| Mutex::new(Vec::new()));
 
 /// The client configuration for these trust settings. Errors say which file is wrong.
 pub fn client_config(

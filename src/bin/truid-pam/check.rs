@@ -1,0 +1,120 @@
+//! `truid-pam check`: every thing the module will need, checked now, one line each.
+
+use crate::Failure;
+use pam_truid::api::{client_config, Client};
+use pam_truid::config::Config;
+use serde::Serialize;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Serialize)]
+struct Item {
+    check: String,
+    ok: bool,
+    detail: String,
+}
+
+pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let mut items = Vec::new();
+    let mut add = |check: &str, result: Result<String, String>| {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        items.push(Item {
+            check: check.into(),
+            ok,
+            detail,
+        });
+    };
+    match Config::load(path) {
+        Err(e) => add("config", Err(format!("{e}"))),
+        Ok(cfg) => {
+            add(
+                "config",
+                Ok(format!(
+                    "{}: owner, mode and every key valid; {} user(s)",
+                    path.display(),
+                    cfg.users.len()
+                )),
+            );
+            check_api(&cfg, &mut add);
+        }
+    }
+    let all_ok = items.iter().all(|i| i.ok);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).map_err(|e| Failure(e.to_string()))?
+        );
+    } else {
+        for i in &items {
+            println!(
+                "{} {}: {}",
+                if i.ok { "ok  " } else { "FAIL" },
+                i.check,
+                i.detail
+            );
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn check_api(cfg: &Config, add: &mut impl FnMut(&str, Result<String, String>)) {
+    if let Err(e) = client_config(cfg.api.roots, cfg.api.ca_file.as_deref()) {
+        add("tls", Err(e));
+        return;
+    }
+    add(
+        "tls",
+        Ok(format!(
+            "trust roots {:?}{}",
+            cfg.api.roots,
+            cfg.api
+                .ca_file
+                .as_ref()
+                .map(|c| format!(" + {}", c.display()))
+                .unwrap_or_default()
+        )),
+    );
+    // No token cache: check must prove the credentials work now, not reuse an old token.
+    let mut api_cfg = cfg.api.clone();
+    api_cfg.token_cache = None;
+    let mut api = match Client::new(&api_cfg) {
+        Ok(c) => c,
+        Err(e) => return add("api", Err(e)),
+    };
+    // Token and reachability in one: a search for a user name no one has.
+    match api.search_factors("truid-pam-check") {
+        Ok(_) => add(
+            "api",
+            Ok(format!("{} reachable, token accepted", cfg.api.base_url)),
+        ),
+        Err(e) => {
+            return add(
+                "api",
+                Err(format!(
+                    "{e} (base URL {}; check the network, [api] client_id and client_secret)",
+                    cfg.api.base_url
+                )),
+            )
+        }
+    }
+    for (user, factor) in &cfg.users {
+        let result = match api.get_factor(factor.as_str()) {
+            Ok(f) if f.status == "ACTIVE" => Ok(format!("{factor} ACTIVE")),
+            Ok(f) => Err(format!(
+                "{factor} is {}: the user cannot log in; run truid-pam enroll {user} --force",
+                pam_truid::text::sanitize(&f.status, 16)
+            )),
+            Err(e) => Err(format!(
+                "{factor}: {e}; run truid-pam enroll {user} --force"
+            )),
+        };
+        add(&format!("user {user}"), result);
+    }
+}

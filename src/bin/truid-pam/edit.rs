@@ -1,0 +1,142 @@
+//! Changing the config file: comments, order and formatting kept (toml_edit), owner and mode
+//! kept, the new text checked as the module would check it, written atomically under a lock.
+
+use crate::Failure;
+use pam_truid::config::{read_text, Config};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use toml_edit::DocumentMut;
+
+/// Held while a command reads, changes and writes the config: two `enroll` runs at once both
+/// land their line.
+struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+fn lock(path: &Path) -> Result<Lock, Failure> {
+    let lock_path = lock_path(path);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(|e| {
+            Failure(format!(
+                "{}: cannot open the lock file: {e}",
+                lock_path.display()
+            ))
+        })?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map(Lock)
+        .map_err(|(_, e)| Failure(format!("{}: cannot lock: {e}", lock_path.display())))
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("pam_truid.toml");
+    path.with_file_name(format!(".{name}.lock"))
+}
+
+/// Applies `change` to the file's document and writes the result.
+pub fn update(
+    path: &Path,
+    change: impl FnOnce(&mut DocumentMut) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let _lock = lock(path)?;
+    let text = read_text(path)?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| Failure(format!("{}: not valid TOML: {e}", path.display())))?;
+    change(&mut doc)?;
+    let new_text = doc.to_string();
+    // Never write a file the module would refuse.
+    Config::parse(path, &new_text)?;
+    write_atomically(path, new_text.as_bytes()).map_err(|e| {
+        Failure(format!(
+            "{}: cannot write: {e}; the file is unchanged",
+            path.display()
+        ))
+    })
+}
+
+/// A temporary file in the same folder with the old file's owner and mode, fsync, rename,
+/// fsync of the folder: a crash at any moment leaves the old file or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(meta.mode() & 0o7777)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        nix::unistd::fchown(&f, Some(meta.uid().into()), Some(meta.gid().into()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Sets `[users] user = "factor"`, creating the table if needed.
+pub fn set_user(doc: &mut DocumentMut, user: &str, factor: &str) {
+    if doc.get("users").and_then(|u| u.as_table()).is_none() {
+        doc["users"] = toml_edit::table();
+    }
+    doc["users"][user] = toml_edit::value(factor);
+}
+
+/// Removes `[users] user`; true when it was there.
+pub fn remove_user(doc: &mut DocumentMut, user: &str) -> bool {
+    doc.get_mut("users")
+        .and_then(|u| u.as_table_like_mut())
+        .is_some_and(|t| t.remove(user).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_keep_comments_and_order() {
+        let text = "# top comment\n[api]\nclient_id = \"a\" # inline\nclient_secret = \"b\"\n\n[users]\n# who\nzed = \"5995afaf-f5d1-47ab-b586-50ad46904eec\"\n";
+        let mut doc: DocumentMut = text.parse().unwrap();
+        set_user(&mut doc, "alice", "5995afaf-f5d1-47ab-b586-50ad46904eed");
+        let out = doc.to_string();
+        assert!(
+            out.starts_with("# top comment\n[api]\nclient_id = \"a\" # inline\n"),
+            "{out}"
+        );
+        assert!(out.contains("# who\nzed = "), "{out}");
+        assert!(
+            out.ends_with("alice = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n"),
+            "{out}"
+        );
+        assert!(remove_user(&mut doc, "alice"));
+        assert_eq!(doc.to_string(), text);
+        assert!(!remove_user(&mut doc, "alice"));
+    }
+
+    #[test]
+    fn users_table_created_when_missing() {
+        let mut doc: DocumentMut = "[api]\nclient_id = \"a\"\n".parse().unwrap();
+        set_user(&mut doc, "bob", "x");
+        assert!(doc.to_string().contains("[users]\nbob = \"x\"\n"));
+    }
+}

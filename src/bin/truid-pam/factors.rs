@@ -1,0 +1,118 @@
+//! `truid-pam list` and `truid-pam deactivate`.
+
+use crate::{client, edit, load, Failure};
+use pam_truid::text::sanitize;
+use serde::Serialize;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Serialize)]
+struct Row {
+    user: String,
+    factor_id: String,
+    /// In [users] of the config (false: held by tru.ID for this user, missing from the config).
+    in_config: bool,
+    status: String,
+    #[serde(rename = "type")]
+    kind: String,
+    external_user_id: String,
+    error: Option<String>,
+}
+
+pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let cfg = load(path)?;
+    let mut api = client(&cfg)?;
+    let mut rows = Vec::new();
+    for (user, factor) in &cfg.users {
+        let mut row = Row {
+            user: user.clone(),
+            factor_id: factor.to_string(),
+            in_config: true,
+            status: String::new(),
+            kind: String::new(),
+            external_user_id: String::new(),
+            error: None,
+        };
+        match api.get_factor(factor.as_str()) {
+            Ok(f) => {
+                row.status = sanitize(&f.status, 16);
+                row.kind = sanitize(&f.kind, 16);
+                row.external_user_id = sanitize(&f.external_user_id, 64);
+            }
+            Err(e) => row.error = Some(e.to_string()),
+        }
+        rows.push(row);
+        // Factors tru.ID holds for this user that the config does not name.
+        if let Ok(found) = api.search_factors(user) {
+            for f in found.into_iter().filter(|f| f.factor_id != factor.as_str()) {
+                rows.push(Row {
+                    user: user.clone(),
+                    factor_id: sanitize(&f.factor_id, 64),
+                    in_config: false,
+                    status: sanitize(&f.status, 16),
+                    kind: sanitize(&f.kind, 16),
+                    external_user_id: sanitize(&f.external_user_id, 64),
+                    error: None,
+                });
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| Failure(e.to_string()))?
+        );
+    } else {
+        println!(
+            "{:<16} {:<36} {:<9} {:<5} {:<16} NOTE",
+            "USER", "FACTOR", "STATUS", "TYPE", "EXTERNAL ID"
+        );
+        for r in &rows {
+            let note = match (&r.error, r.in_config) {
+                (Some(e), _) => e.clone(),
+                (None, false) => "not in the config".into(),
+                (None, true) => String::new(),
+            };
+            println!(
+                "{:<16} {:<36} {:<9} {:<5} {:<16} {note}",
+                r.user, r.factor_id, r.status, r.kind, r.external_user_id
+            );
+        }
+    }
+    Ok(if rows.iter().any(|r| r.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn deactivate(path: &Path, user: &str) -> Result<ExitCode, Failure> {
+    let cfg = load(path)?;
+    let factor = cfg.users.get(user).ok_or_else(|| {
+        Failure(format!(
+            "{} is not in [users] of {}; `truid-pam list` shows who is",
+            sanitize(user, 64),
+            path.display()
+        ))
+    })?;
+    let mut api = client(&cfg)?;
+    // Renaming the external user ID frees it, so the user can be enrolled again.
+    let renamed = format!("disabled-{}", pam_truid::text::random_hex(8));
+    let patch = serde_json::json!([
+        { "op": "replace", "path": "/status", "value": "INACTIVE" },
+        { "op": "replace", "path": "/external_user_id", "value": renamed },
+    ]);
+    let f = api.patch_factor(factor.as_str(), patch)?;
+    if f.status != "INACTIVE" {
+        return Err(Failure(format!(
+            "tru.ID left factor {factor} {}; {user} stays in the config",
+            sanitize(&f.status, 16)
+        )));
+    }
+    edit::update(path, |doc| {
+        edit::remove_user(doc, user);
+        Ok(())
+    })?;
+    println!("Factor {factor} deactivated; {user} removed from [users].");
+    Ok(ExitCode::SUCCESS)
+}

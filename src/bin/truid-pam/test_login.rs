@@ -1,0 +1,49 @@
+//! `truid-pam test USER`: the module's own login flow, run from the terminal.
+
+use crate::terminal::TerminalConv;
+use crate::Failure;
+use pam_truid::api::LazyClient;
+use pam_truid::config::Config;
+use pam_truid::flow::{self, LoginContext};
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("the module would answer PAM_SERVICE_ERR (login denied): {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let login = LoginContext {
+        user: user.to_string(),
+        service: service.to_string(),
+        ruser: nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name),
+        groups: if cfg.login.groups.is_empty() {
+            None
+        } else {
+            pam_truid::host::groups_of(user)
+        },
+        nonce: pam_truid::text::random_hex(6),
+        ..Default::default()
+    };
+    let mut api = LazyClient::new(&cfg.api);
+    let outcome = flow::authenticate(&cfg, &login, &mut TerminalConv, &mut api);
+    let code = pam_truid::pam::pam_code(&outcome);
+    println!(
+        "the module would answer {code:?}: outcome={} tries={} reason=\"{}\" ({} HTTP requests)",
+        outcome.name(),
+        outcome.tries(),
+        pam_truid::text::sanitize(&outcome.reason(), 300),
+        api.requests()
+    );
+    Ok(if code == ::pam::constants::PamResultCode::PAM_SUCCESS {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

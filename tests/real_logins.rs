@@ -1,0 +1,1154 @@
+//! Real logins end to end: a private OpenSSH server, sudo and su, each running the PAM stack
+//! from `conf/` (read from the file, only the module line pointed at the built module and the
+//! test's config and log socket), against the emulator over TLS.
+//!
+//! How the host stays untouched: each program runs in a private mount namespace
+//! (`unshare --mount --propagation private`) in which the test's stack is bind-mounted over
+//! `/etc/pam.d/<service>` (and, for sudo, a test folder over `/etc/sudoers.d`). The host's
+//! files are never written. The `@include common-*` lines of the snippets resolve to the
+//! host's own files, as they would on a real machine. sshd's config is
+//! `conf/sshd_config.d/pam_truid.conf` followed by the test's own lines (port, host key...).
+//! The display-manager stacks cannot meet their display manager here: they run through real
+//! libpam in-process (`pam_start_confdir`) with a conversation shaped like a greeter's.
+//!
+//! How prompts are answered: every interactive program (ssh, su) runs on a pseudo-terminal this
+//! file opens itself (`posix_openpt`), as its controlling terminal. A prompt is the last line
+//! of output ending in ": " while the terminal's echo is off, which is when ssh's
+//! readpassphrase and Linux-PAM's misc_conv (su) are waiting for the answer; the answer is
+//! written only then, so no typed-ahead input can be flushed. sudo reads its answers from
+//! stdin (`sudo -S`). No sshpass, no paramiko: each prompt is seen and recorded.
+//!
+//! Every daemon and client is killed by its process group id in a `Drop` guard, also when a
+//! test fails; every wait has a deadline. Users are created with `useradd -m` when missing
+//! (names `truid*`, unique per test) and kept.
+
+// common re-exports what other test files use.
+#[allow(unused_imports)]
+mod common;
+use common::*;
+
+use std::ffi::CStr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const PROMPT: &str = "tru.ID code: ";
+const PASSWORD: &str = "Truid-test-pw-1";
+/// Upper bound for one login, far above what one takes (well under a second).
+const LOGIN_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Snippets from conf/
+
+fn conf(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conf")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The snippet `conf/pam.d/<name>` as the test runs it: on every (non-comment) line naming
+/// `pam_truid.so`, that word becomes the built module's path followed by `config=` and
+/// `syslog_socket=` for this test. Nothing else changes. Written into the test's folder.
+fn snippet_stack(w: &World, name: &str) -> PathBuf {
+    let text = conf(&format!("pam.d/{name}"));
+    let module = format!(
+        "{} config={} syslog_socket={}",
+        module_path().display(),
+        w.path("pam_truid.toml").display(),
+        w.log.path.display()
+    );
+    let mut replaced = 0;
+    let mut out = String::new();
+    for line in text.lines() {
+        if !line.trim_start().starts_with('#')
+            && line.split_whitespace().any(|t| t == "pam_truid.so")
+        {
+            replaced += 1;
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .map(|t| {
+                    if t == "pam_truid.so" {
+                        module.as_str()
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            out.push_str(&words.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert_eq!(replaced, 1, "conf/pam.d/{name}: one pam_truid.so line");
+    let p = w.path(&format!("pam-{name}"));
+    std::fs::write(&p, out).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users and codes
+
+static USERADD: Mutex<()> = Mutex::new(());
+
+/// Creates the user when missing (useradd takes a lock on /etc/passwd: one at a time).
+fn ensure_user(name: &str) {
+    let _one_at_a_time = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+    let exists = Command::new("id")
+        .args(["-u", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if !exists {
+        let out = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", name])
+            .output()
+            .unwrap();
+        // 9: the name exists (created meanwhile by another run).
+        assert!(
+            out.status.success() || out.status.code() == Some(9),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn set_password(name: &str) {
+    let _one_at_a_time = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{name}:{PASSWORD}\n").as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success(), "chpasswd {name}");
+}
+
+/// A well-formed code the emulator accepts at no step of its window.
+fn wrong_code(w: &World, factor: &str) -> String {
+    let valid: Vec<String> = (-1..=2).filter_map(|o| w.emu.code(factor, o)).collect();
+    ["000000", "111111", "222222", "333333", "444444"]
+        .iter()
+        .find(|c| !valid.iter().any(|v| v == *c))
+        .unwrap()
+        .to_string()
+}
+
+fn outcome_lines_with(w: &World, word: &str) -> Vec<String> {
+    w.outcomes()
+        .into_iter()
+        .filter(|l| l.contains(word))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process groups
+
+/// Kills a process group we started (its leader is our child), then reaps the child.
+fn kill_group(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let pid = child.id() as i32;
+    unsafe {
+        libc::kill(-pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+/// Waits for the child until `deadline`; kills its group past it.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            kill_group(child);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `argv` run in a private mount namespace in which each `(file, over)` is bind-mounted.
+fn in_namespace(binds: &[(&Path, &str)], argv: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
+    c.arg(
+        "while [ \"$1\" != -- ]; do mount --bind \"$1\" \"$2\" || exit 111; shift 2; done; \
+         shift; exec \"$@\"",
+    );
+    c.arg("sh");
+    for (file, over) in binds {
+        c.arg(file).arg(over);
+    }
+    c.arg("--");
+    c.args(argv);
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pseudo-terminal driver
+
+/// What a person at the terminal saw and how the program ended.
+#[derive(Debug)]
+struct Session {
+    /// `None`: killed at the deadline, or because it asked more than we had answers for.
+    status: Option<ExitStatus>,
+    prompts: Vec<String>,
+    /// Everything the terminal showed, without carriage returns.
+    transcript: String,
+}
+
+impl Session {
+    fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// The lines printed after the last prompt (the command's output).
+    fn output_lines(&self) -> Vec<&str> {
+        let tail = match self.prompts.last() {
+            Some(p) => self
+                .transcript
+                .rsplit_once(p.as_str())
+                .map_or(self.transcript.as_str(), |(_, t)| t),
+            None => self.transcript.as_str(),
+        };
+        tail.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+struct Pty {
+    child: Child,
+    master: OwnedFd,
+    buf: Vec<u8>,
+    answered: usize,
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
+}
+
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    // O_CLOEXEC from the start: a program started by another thread must never inherit this
+    // terminal, or the end of output (EIO once every slave is closed) would never come.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0, "posix_openpt");
+        let master = OwnedFd::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(
+            s >= 0,
+            "open {}",
+            CStr::from_ptr(name.as_ptr()).to_string_lossy()
+        );
+        let flags = libc::fcntl(m, libc::F_GETFL);
+        libc::fcntl(m, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        (master, OwnedFd::from_raw_fd(s))
+    }
+}
+
+impl Pty {
+    /// Starts `cmd` in a new session whose controlling terminal is a fresh pseudo-terminal.
+    fn spawn(mut cmd: Command) -> Pty {
+        let (master, slave) = open_pty();
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        // `cmd` still holds the slave copies: drop them so that EIO marks the end.
+        drop(cmd);
+        Pty {
+            child,
+            master,
+            buf: Vec::new(),
+            answered: 0,
+        }
+    }
+
+    /// Reads what is there within `wait`; false at the end of output.
+    fn pump(&mut self, wait: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let n = unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) };
+        if n <= 0 {
+            return true;
+        }
+        let mut tmp = [0u8; 4096];
+        let r = unsafe {
+            libc::read(
+                self.master.as_raw_fd(),
+                tmp.as_mut_ptr() as *mut libc::c_void,
+                tmp.len(),
+            )
+        };
+        if r > 0 {
+            self.buf.extend_from_slice(&tmp[..r as usize]);
+            true
+        } else if r == 0 {
+            false
+        } else {
+            // EIO: every slave end is closed, the program is gone.
+            std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+        }
+    }
+
+    fn echo_off(&self) -> bool {
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::tcgetattr(self.master.as_raw_fd(), &mut t) == 0 && t.c_lflag & libc::ECHO == 0
+        }
+    }
+
+    fn write_line(&mut self, s: &str) {
+        let line = format!("{s}\n");
+        let mut f = std::fs::File::from(self.master.try_clone().unwrap());
+        let mut rest = line.as_bytes();
+        while !rest.is_empty() {
+            match f.write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("write to terminal: {e}"),
+            }
+        }
+    }
+
+    /// Answers each prompt with `answers[i]` until the program ends; a prompt beyond the
+    /// answers ends the program.
+    fn converse(mut self, answers: &[&str]) -> Session {
+        let deadline = Instant::now() + LOGIN_DEADLINE;
+        let mut prompts = Vec::new();
+        let mut killed = false;
+        loop {
+            if Instant::now() >= deadline {
+                killed = true;
+                break;
+            }
+            if !self.pump(Duration::from_millis(20)) {
+                break;
+            }
+            let pending = String::from_utf8_lossy(&self.buf[self.answered..]).into_owned();
+            let last = pending.rsplit('\n').next().unwrap_or("").replace('\r', "");
+            if last.ends_with(": ") && self.echo_off() {
+                self.answered = self.buf.len();
+                let n = prompts.len();
+                prompts.push(last);
+                match answers.get(n) {
+                    Some(a) => self.write_line(a),
+                    None => {
+                        killed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let status = if killed {
+            kill_group(&mut self.child);
+            None
+        } else {
+            wait_until(&mut self.child, deadline)
+        };
+        let transcript = String::from_utf8_lossy(&self.buf).replace('\r', "");
+        Session {
+            status,
+            prompts,
+            transcript,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private sshd
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SshVariant {
+    /// conf/pam.d/sshd-publickey with `AuthenticationMethods publickey,keyboard-interactive`.
+    Publickey,
+    /// conf/pam.d/sshd-password with `AuthenticationMethods keyboard-interactive`.
+    Password,
+}
+
+struct Sshd {
+    child: Child,
+    port: u16,
+    client_key: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// conf/sshd_config.d/pam_truid.conf for a variant: as written for key + tru.ID; for
+/// password + tru.ID, the one AuthenticationMethods line swapped for the commented one, as the
+/// file tells the administrator to.
+fn sshd_snippet(variant: SshVariant) -> String {
+    let text = conf("sshd_config.d/pam_truid.conf");
+    let key = "\nAuthenticationMethods publickey,keyboard-interactive\n";
+    let pw = "\n#AuthenticationMethods keyboard-interactive\n";
+    assert!(text.contains(key) && text.contains(pw), "{text}");
+    match variant {
+        SshVariant::Publickey => text,
+        SshVariant::Password => text
+            .replace(
+                key,
+                "\n#AuthenticationMethods publickey,keyboard-interactive\n",
+            )
+            .replace(pw, "\nAuthenticationMethods keyboard-interactive\n"),
+    }
+}
+
+impl Sshd {
+    fn start(w: &World, variant: SshVariant) -> Sshd {
+        let stack = snippet_stack(
+            w,
+            match variant {
+                SshVariant::Publickey => "sshd-publickey",
+                SshVariant::Password => "sshd-password",
+            },
+        );
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let host_key = w.path("ssh_host_ed25519_key");
+        let client_key = w.path("client_key");
+        for k in [&host_key, &client_key] {
+            if !k.exists() {
+                run_ok(
+                    Command::new("ssh-keygen")
+                        .args(["-q", "-t", "ed25519", "-N", ""])
+                        .arg("-f")
+                        .arg(k),
+                );
+            }
+        }
+        let authorized = w.path("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+        std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = w.path("sshd.log");
+        let cfg = w.path("sshd_config");
+        let mut last_log = String::new();
+        // A free port can be taken between our look and sshd's bind: then try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let text = format!(
+                "{}\n# The test's own lines.\nPort {port}\nListenAddress 127.0.0.1\nHostKey {}\n\
+                 PidFile {}\nAuthorizedKeysFile {}\nStrictModes no\nUseDNS no\nPrintMotd no\n\
+                 MaxStartups 200\nLogLevel VERBOSE\n",
+                sshd_snippet(variant),
+                host_key.display(),
+                w.path("sshd.pid").display(),
+                authorized.display()
+            );
+            std::fs::write(&cfg, text).unwrap();
+            run_ok(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg));
+            let _ = std::fs::remove_file(&log);
+            let sshd_cmd = [
+                "/usr/sbin/sshd",
+                "-D",
+                "-f",
+                cfg.to_str().unwrap(),
+                "-E",
+                log.to_str().unwrap(),
+            ];
+            let mut cmd = in_namespace(&[(&stack, "/etc/pam.d/sshd")], &sshd_cmd);
+            cmd.process_group(0).stdin(Stdio::null());
+            let mut sshd = Sshd {
+                child: cmd.spawn().unwrap(),
+                port,
+                client_key: client_key.clone(),
+                log: log.clone(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if sshd.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    // Ready when it greets: the listener is sshd's, not another test's.
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut hello = [0u8; 8];
+                    if s.read_exact(&mut hello).is_ok() && hello.starts_with(b"SSH-2.0") {
+                        return sshd;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sshd not ready: {}",
+                    sshd.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            last_log = sshd.log_text();
+            if !last_log.contains("Address already in use") {
+                break;
+            }
+        }
+        panic!("sshd did not start: {last_log}");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ssh user@127.0.0.1 id -un` on a terminal, answering prompts with `answers`.
+    fn login(&self, variant: SshVariant, user: &str, answers: &[&str]) -> Session {
+        let mut c = Command::new("ssh");
+        c.args(["-F", "/dev/null", "-p", &self.port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30"])
+            .args(["-o", "NumberOfPasswordPrompts=1", "-o", "BatchMode=no"]);
+        match variant {
+            SshVariant::Publickey => {
+                c.arg("-i").arg(&self.client_key).args([
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "PreferredAuthentications=publickey,keyboard-interactive",
+                ]);
+            }
+            SshVariant::Password => {
+                c.args([
+                    "-o",
+                    "PubkeyAuthentication=no",
+                    "-o",
+                    "PreferredAuthentications=keyboard-interactive",
+                ]);
+            }
+        }
+        c.arg(format!("{user}@127.0.0.1")).args(["id", "-un"]);
+        Pty::spawn(c).converse(answers)
+    }
+}
+
+/// A World with `users` created and enrolled, the config written (`login` lines), and a
+/// private sshd running the variant's stack. Returns the factors in `users`' order.
+fn ssh_world(
+    variant: SshVariant,
+    login: &str,
+    users: &[&str],
+    enrolled: bool,
+) -> (World, Sshd, Vec<String>) {
+    let w = World::new();
+    let factors: Vec<String> = users
+        .iter()
+        .map(|u| {
+            ensure_user(u);
+            if variant == SshVariant::Password {
+                set_password(u);
+            }
+            w.enroll(u)
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = if enrolled {
+        users
+            .iter()
+            .zip(&factors)
+            .map(|(u, f)| (*u, f.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    w.config(login, &pairs);
+    let sshd = Sshd::start(&w, variant);
+    (w, sshd, factors)
+}
+
+fn assert_logged_in(s: &Session, user: &str, sshd: Option<&Sshd>) {
+    assert!(
+        s.ok() && s.output_lines().last() == Some(&user),
+        "{user} not logged in: {s:#?}\n{}",
+        sshd.map(|d| d.log_text()).unwrap_or_default()
+    );
+}
+
+fn assert_refused(s: &Session) {
+    assert!(
+        s.status.is_some_and(|st| !st.success()),
+        "not refused: {s:#?}"
+    );
+}
+
+fn ssh_prompt(user: &str, prompt: &str) -> String {
+    format!("({user}@127.0.0.1) {prompt}")
+}
+
+/// The prompts as the PAM stack wrote them: OpenSSH's client puts "(user@host) " before the
+/// first prompt of a keyboard-interactive exchange only.
+fn pam_prompts(s: &Session) -> Vec<String> {
+    s.prompts
+        .iter()
+        .map(|p| {
+            match p
+                .strip_prefix('(')
+                .and_then(|r| r.split_once("@127.0.0.1) "))
+            {
+                Some((_, rest)) => rest.to_string(),
+                None => p.clone(),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// sshd
+
+#[test]
+fn ssh_key_then_code_asks_only_the_code_and_carries_rhost() {
+    let u = "truidpk1";
+    let (w, sshd, f) = ssh_world(SshVariant::Publickey, "", &[u], true);
+    let s = sshd.login(SshVariant::Publickey, u, &[&w.code(&f[0])]);
+    assert_logged_in(&s, u, Some(&sshd));
+    // The key was accepted; then only the tru.ID prompt, no password prompt.
+    assert_eq!(s.prompts, [ssh_prompt(u, PROMPT)]);
+    assert!(!s.transcript.to_lowercase().contains("password"), "{s:#?}");
+    // One challenge, not two.
+    assert_eq!(w.emu.stats().challenges_created, 1);
+    let lines = w.outcomes();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&format!(
+            "outcome=verified user=\"{u}\" service=\"sshd\" rhost=\"127.0.0.1\""
+        )) && lines[0].contains("tries=1"),
+        "{lines:?}"
+    );
+    let ch = w.emu.last_challenges();
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].factor_id, f[0]);
+    assert_eq!(ch[0].status, "VERIFIED");
+    let r = ch[0].reference_id.clone().unwrap_or_default();
+    assert!(
+        r.starts_with(&format!("pam_truid/sshd/127.0.0.1/{u}/")),
+        "{r}"
+    );
+    // sshd checked the key first (publickey partial success, then keyboard-interactive).
+    let log = sshd.log_text();
+    assert!(log.contains(&format!("Partial publickey for {u}")), "{log}");
+}
+
+#[test]
+fn ssh_password_then_code_in_one_keyboard_interactive_exchange() {
+    let u = "truidpw1";
+    let (w, sshd, f) = ssh_world(SshVariant::Password, "", &[u], true);
+    let s = sshd.login(SshVariant::Password, u, &[PASSWORD, &w.code(&f[0])]);
+    assert_logged_in(&s, u, Some(&sshd));
+    assert_eq!(s.prompts[0], ssh_prompt(u, "Password: "));
+    assert_eq!(pam_prompts(&s), ["Password: ", PROMPT]);
+    assert_eq!(w.emu.stats().challenges_created, 1);
+    // A wrong password stops the stack at common-auth: no code asked, no challenge created.
+    let s = sshd.login(SshVariant::Password, u, &["not-the-password"]);
+    assert_refused(&s);
+    assert_eq!(s.prompts, [ssh_prompt(u, "Password: ")]);
+    assert_eq!(w.emu.stats().challenges_created, 1);
+    // The right password and a wrong code: refused.
+    let bad = wrong_code(&w, &f[0]);
+    let s = sshd.login(SshVariant::Password, u, &[PASSWORD, &bad, &bad, &bad]);
+    assert_refused(&s);
+    assert_eq!(s.prompts.len(), 4, "{s:#?}");
+}
+
+#[test]
+fn ssh_wrong_codes_are_refused() {
+    let u = "truidwr1";
+    let (w, sshd, f) = ssh_world(SshVariant::Publickey, "", &[u], true);
+    let bad = wrong_code(&w, &f[0]);
+    let s = sshd.login(SshVariant::Publickey, u, &[&bad, &bad, &bad]);
+    assert_refused(&s);
+    assert_eq!(pam_prompts(&s), [PROMPT; 3]);
+    assert!(s.transcript.contains("Wrong code, try again."), "{s:#?}");
+    assert!(!s.transcript.contains(&format!("\n{u}\n")), "{s:#?}");
+    assert_eq!(w.emu.stats().challenges_created, 3);
+    assert_eq!(w.emu.stats().verifications, 0);
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=wrong_code") && lines[0].contains("tries=3"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn ssh_wrong_then_right_within_tries() {
+    let u = "truidwr2";
+    let (w, sshd, f) = ssh_world(SshVariant::Publickey, "tries = 2", &[u], true);
+    let bad = wrong_code(&w, &f[0]);
+    let s = sshd.login(SshVariant::Publickey, u, &[&bad, &w.code(&f[0])]);
+    assert_logged_in(&s, u, Some(&sshd));
+    assert_eq!(pam_prompts(&s), [PROMPT; 2]);
+    assert!(s.transcript.contains("Wrong code, try again."), "{s:#?}");
+    let lines = outcome_lines_with(&w, "outcome=verified");
+    assert!(
+        lines.len() == 1 && lines[0].contains("tries=2"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn ssh_tru_id_down_follows_failmode() {
+    for (failmode, u) in [("secure", "truiddn1"), ("safe", "truiddn2")] {
+        let w = World::new();
+        ensure_user(u);
+        let f = w.enroll(u);
+        let closed = free_port();
+        let text = w.api_table().replace(
+            &w.emu.info().base_url,
+            &format!("https://127.0.0.1:{closed}"),
+        );
+        w.write_config(&format!(
+            "{text}\n[login]\nfailmode = \"{failmode}\"\n[users]\n{u} = \"{f}\"\n"
+        ));
+        let sshd = Sshd::start(&w, SshVariant::Publickey);
+        let s = sshd.login(SshVariant::Publickey, u, &[]);
+        assert!(s.prompts.is_empty(), "{s:#?}");
+        let lines = w.outcomes();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        if failmode == "secure" {
+            assert_refused(&s);
+            assert!(lines[0].contains("outcome=unavailable_denied"), "{lines:?}");
+        } else {
+            assert_logged_in(&s, u, Some(&sshd));
+            assert!(
+                lines[0].contains("outcome=unavailable_allowed")
+                    && lines[0].contains("LOGIN ALLOWED WITHOUT SECOND FACTOR"),
+                "{lines:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ssh_unenrolled_user_deny_then_ignore() {
+    let u = "truidun1";
+    let (w, sshd, _) = ssh_world(SshVariant::Publickey, "", &[u], false);
+    // deny: asked as if enrolled (nothing tells an attacker who is enrolled), then refused.
+    let s = sshd.login(SshVariant::Publickey, u, &["123456", "123456", "123456"]);
+    assert_refused(&s);
+    assert_eq!(pam_prompts(&s), [PROMPT; 3]);
+    assert_eq!(w.emu.stats().tokens_issued, 0);
+    assert_eq!(
+        outcome_lines_with(&w, "outcome=not_enrolled_denied").len(),
+        1
+    );
+    // ignore (the config is read at each login): the key alone lets the user in, no prompt.
+    w.config("unenrolled = \"ignore\"", &[]);
+    let s = sshd.login(SshVariant::Publickey, u, &[]);
+    assert_logged_in(&s, u, Some(&sshd));
+    assert!(s.prompts.is_empty(), "{s:#?}");
+    assert_eq!(
+        outcome_lines_with(&w, "outcome=not_enrolled_ignored").len(),
+        1
+    );
+    assert_eq!(w.emu.stats().challenges_created, 0);
+}
+
+#[test]
+fn ssh_prompt_is_the_configured_one() {
+    let u = "truidpr1";
+    let prompt = "Authenticator code for example.org: ";
+    let (w, sshd, f) = ssh_world(
+        SshVariant::Publickey,
+        &format!("prompt = \"{prompt}\""),
+        &[u],
+        true,
+    );
+    let s = sshd.login(SshVariant::Publickey, u, &[&w.code(&f[0])]);
+    assert_logged_in(&s, u, Some(&sshd));
+    assert_eq!(s.prompts, [ssh_prompt(u, prompt)]);
+}
+
+#[test]
+fn ssh_32_concurrent_logins_then_keeps_serving() {
+    const RIGHT: usize = 32;
+    const WRONG: usize = 4;
+    let names: Vec<String> = (0..RIGHT + WRONG + 1)
+        .map(|i| format!("truidcc{i:02}"))
+        .collect();
+    let users: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (w, sshd, f) = ssh_world(SshVariant::Publickey, "tries = 1", &users, true);
+    let answers: Vec<String> = (0..RIGHT + WRONG)
+        .map(|i| {
+            if i < RIGHT {
+                w.emu.code(&f[i], 0).unwrap()
+            } else {
+                wrong_code(&w, &f[i])
+            }
+        })
+        .collect();
+    // The log socket holds few datagrams (net.unix.max_dgram_qlen, 10 by default) and the
+    // module's send blocks when it is full, as glibc's syslog() does: read it while the logins
+    // run, as a syslog daemon would.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut logged = Vec::new();
+    let sessions: Vec<Session> = std::thread::scope(|scope| {
+        let drain = scope.spawn(|| {
+            let mut got = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                got.extend(w.log.lines());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            got
+        });
+        let handles: Vec<_> = (0..RIGHT + WRONG)
+            .map(|i| {
+                let (sshd, user, code) = (&sshd, users[i], answers[i].as_str());
+                scope.spawn(move || sshd.login(SshVariant::Publickey, user, &[code]))
+            })
+            .collect();
+        let sessions = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        logged = drain.join().unwrap();
+        logged.extend(w.log.lines());
+        sessions
+    });
+    for (i, s) in sessions.iter().enumerate() {
+        assert_eq!(s.prompts, [ssh_prompt(users[i], PROMPT)], "{s:#?}");
+        if i < RIGHT {
+            assert_logged_in(s, users[i], Some(&sshd));
+        } else {
+            assert_refused(s);
+        }
+    }
+    let st = w.emu.stats();
+    assert_eq!(st.challenges_created, (RIGHT + WRONG) as u64);
+    assert_eq!(st.verifications, RIGHT as u64);
+    let count = |word: &str| logged.iter().filter(|l| l.contains(word)).count();
+    assert_eq!(count("outcome=verified"), RIGHT, "{logged:#?}");
+    assert_eq!(count("outcome=wrong_code"), WRONG, "{logged:#?}");
+    assert_eq!(count("rhost=\"127.0.0.1\""), RIGHT + WRONG, "{logged:#?}");
+    // Each login's challenge was its own user's.
+    for (i, u) in users[..RIGHT + WRONG].iter().enumerate() {
+        let ch: Vec<_> = w
+            .emu
+            .last_challenges()
+            .into_iter()
+            .filter(|c| c.factor_id == f[i])
+            .collect();
+        assert_eq!(ch.len(), 1, "{u}");
+        let r = ch[0].reference_id.clone().unwrap_or_default();
+        assert!(
+            r.starts_with(&format!("pam_truid/sshd/127.0.0.1/{u}/")),
+            "{r}"
+        );
+        assert_eq!(ch[0].status == "VERIFIED", i < RIGHT, "{u}: {:?}", ch[0]);
+    }
+    // sshd keeps serving.
+    let last = users[RIGHT + WRONG];
+    let s = sshd.login(SshVariant::Publickey, last, &[&w.code(&f[RIGHT + WRONG])]);
+    assert_logged_in(&s, last, Some(&sshd));
+}
+
+// ---------------------------------------------------------------------------------------------
+// sudo
+
+/// `printf ANSWERS | sudo -S -k id -un` run as `user`, with the sudo snippet over
+/// /etc/pam.d/sudo and a sudoers.d folder of our own over /etc/sudoers.d, both only in a
+/// private mount namespace. Returns (success, stdout, stderr).
+fn sudo_as(w: &World, user: &str, stdin: &str) -> (bool, String, String) {
+    let stack = snippet_stack(w, "sudo");
+    let mut cmd = in_namespace(
+        &[
+            (&stack, "/etc/pam.d/sudo"),
+            (&w.path("sudoers.d"), "/etc/sudoers.d"),
+        ],
+        &["runuser", "-u", user, "--", "sudo", "-S", "-k", "id", "-un"],
+    );
+    cmd.process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut stdout = String::new();
+    let _ = out.read_to_string(&mut stdout);
+    let status = wait_until(&mut child, Instant::now() + LOGIN_DEADLINE);
+    let stderr = reader.join().unwrap();
+    (status.is_some_and(|s| s.success()), stdout, stderr)
+}
+
+#[test]
+fn sudo_right_code_wrong_code_and_wrong_then_right() {
+    let users = ["truidsd1", "truidsd2", "truidsd3"];
+    let w = World::new();
+    let f: Vec<String> = users
+        .iter()
+        .map(|u| {
+            ensure_user(u);
+            w.enroll(u)
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .zip(&f)
+        .map(|(u, f)| (*u, f.as_str()))
+        .collect();
+    w.config("", &pairs);
+    // sudoers: the users may run anything, asked every time; one PAM round per sudo run so a
+    // refusal is the module's refusal (sudo's own passwd_tries would call it again).
+    let d = w.path("sudoers.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list = users.join(",");
+    let rule = d.join("pam_truid_test");
+    std::fs::write(
+        &rule,
+        format!(
+            "Defaults:{list} timestamp_timeout=0, passwd_tries=1, lecture=never\n\
+             {list} ALL=(ALL:ALL) ALL\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+
+    // Right code: the command runs as root.
+    let (ok, out, err) = sudo_as(&w, users[0], &format!("{}\n", w.code(&f[0])));
+    assert!(ok && out.trim() == "root", "{out}\n{err}");
+    assert!(err.contains(PROMPT), "{err}");
+    // Wrong codes: refused, nothing runs.
+    let bad = wrong_code(&w, &f[1]);
+    let (ok, out, err) = sudo_as(&w, users[1], &format!("{bad}\n{bad}\n{bad}\n"));
+    assert!(!ok && out.trim().is_empty(), "{out}\n{err}");
+    assert_eq!(err.matches(PROMPT).count(), 3, "{err}");
+    // No "Wrong code, try again." here: sudo calls PAM with PAM_SILENT (its pam_silent
+    // default), and the module honours it for messages.
+    assert!(!err.contains("Wrong code, try again."), "{err}");
+    // Wrong then right within tries.
+    let bad = wrong_code(&w, &f[2]);
+    let (ok, out, err) = sudo_as(&w, users[2], &format!("{bad}\n{}\n", w.code(&f[2])));
+    assert!(ok && out.trim() == "root", "{out}\n{err}");
+
+    let lines = w.outcomes();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].contains(&format!(
+        "outcome=verified user=\"{}\" service=\"sudo\"",
+        users[0]
+    )));
+    assert!(lines[1].contains("outcome=wrong_code") && lines[1].contains("tries=3"));
+    assert!(lines[2].contains("outcome=verified") && lines[2].contains("tries=2"));
+    // The host's sudoers.d is untouched: our rule only ever existed in the namespace.
+    assert!(!Path::new("/etc/sudoers.d/pam_truid_test").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// su
+
+/// `caller` runs `su [-] target -c "id -un"` on a terminal with the su snippet over
+/// /etc/pam.d/su (which /etc/pam.d/su-l includes) in a private mount namespace.
+fn su_as(w: &World, caller: &str, dash: bool, target: &str, answers: &[&str]) -> Session {
+    let stack = snippet_stack(w, "su");
+    let mut argv = vec!["runuser", "-u", caller, "--", "su"];
+    if dash {
+        argv.push("-");
+    }
+    argv.extend([target, "-c", "id -un"]);
+    Pty::spawn(in_namespace(&[(&stack, "/etc/pam.d/su")], &argv)).converse(answers)
+}
+
+fn su_world(login: &str, caller: &str, target: &str) -> (World, String, String) {
+    let w = World::new();
+    ensure_user(caller);
+    ensure_user(target);
+    set_password(target);
+    let (fc, ft) = (w.enroll(caller), w.enroll(target));
+    w.config(login, &[(caller, &fc), (target, &ft)]);
+    (w, fc, ft)
+}
+
+#[test]
+fn su_asks_the_targets_code_by_default() {
+    let (caller, target) = ("truidsua", "truidsub");
+    let (w, fc, ft) = su_world("tries = 1", caller, target);
+    // The caller's own code is not the target's: refused.
+    let s = su_as(&w, caller, false, target, &[PASSWORD, &w.code(&fc)]);
+    assert_refused(&s);
+    assert_eq!(s.prompts, ["Password: ", PROMPT]);
+    // The target's code: in.
+    let s = su_as(&w, caller, false, target, &[PASSWORD, &w.code(&ft)]);
+    assert_logged_in(&s, target, None);
+    assert_eq!(s.prompts, ["Password: ", PROMPT]);
+    let ch = w.emu.last_challenges();
+    assert!(ch.iter().all(|c| c.factor_id == ft), "{ch:?}");
+    let r = ch[1].reference_id.clone().unwrap_or_default();
+    assert!(
+        r.starts_with(&format!("pam_truid/su/local/{target}/")),
+        "{r}"
+    );
+    let lines = outcome_lines_with(&w, "outcome=verified");
+    assert!(
+        lines.len() == 1 && lines[0].contains(&format!("user=\"{target}\" service=\"su\"")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn su_caller_asks_the_callers_code() {
+    let (caller, target) = ("truidsuc", "truidsud");
+    let (w, fc, ft) = su_world("su = \"caller\"\ntries = 1", caller, target);
+    // `su -` is service su-l, which includes su: the same stack.
+    let s = su_as(&w, caller, true, target, &[PASSWORD, &w.code(&ft)]);
+    assert_refused(&s);
+    let s = su_as(&w, caller, true, target, &[PASSWORD, &w.code(&fc)]);
+    assert_logged_in(&s, target, None);
+    assert_eq!(s.prompts, ["Password: ", PROMPT]);
+    let ch = w.emu.last_challenges();
+    assert!(ch.iter().all(|c| c.factor_id == fc), "{ch:?}");
+    let r = ch[1].reference_id.clone().unwrap_or_default();
+    assert!(
+        r.starts_with(&format!("pam_truid/su-l/local/{caller}/")),
+        "{r}"
+    );
+    let lines = outcome_lines_with(&w, "outcome=verified");
+    assert!(
+        lines.len() == 1 && lines[0].contains("service=\"su-l\""),
+        "{lines:?}"
+    );
+    // A wrong password stops at common-auth: no challenge.
+    let before = w.emu.stats().challenges_created;
+    let s = su_as(&w, caller, true, target, &["wrong-password"]);
+    assert_refused(&s);
+    assert_eq!(w.emu.stats().challenges_created, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Desktop login
+
+/// The display-manager snippets through real libpam with a conversation shaped like a
+/// greeter's: echo-off prompts and messages only (echo-on refused), no terminal involved.
+/// Their `@include common-*` lines resolve inside the test's stack folder
+/// (`pam_start_confdir` looks nowhere else), so the host's common-* files are copied there.
+#[test]
+fn desktop_stacks_work_with_an_echo_off_only_conversation() {
+    let u = "truiddm1";
+    let w = World::new();
+    ensure_user(u);
+    set_password(u);
+    let f = w.enroll(u);
+    w.config("", &[(u, &f)]);
+    let dir = w.path("dm.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    for common in [
+        "common-auth",
+        "common-account",
+        "common-session",
+        "common-password",
+    ] {
+        std::fs::copy(Path::new("/etc/pam.d").join(common), dir.join(common)).unwrap();
+    }
+    for (i, service) in ["gdm-password", "lightdm"].into_iter().enumerate() {
+        let stack = snippet_stack(&w, service);
+        std::fs::copy(&stack, dir.join(service)).unwrap();
+        let items = Items {
+            tty: Some(":0".into()),
+            ..Default::default()
+        };
+        let run = |answers: &[&str]| {
+            let mut s = Script::answering(answers);
+            s.echo_off_only = true;
+            let rc = pam_login(&dir, service, u, &items, &mut s);
+            (rc, s)
+        };
+        let (rc, s) = run(&[PASSWORD, &w.emu.code(&f, i as i64).unwrap()]);
+        assert_eq!(rc, PAM_SUCCESS, "{service}: {:?}", s.seen);
+        assert_eq!(s.prompts(), ["Password: ", PROMPT], "{service}");
+        assert!(
+            s.seen.iter().all(|m| !matches!(m, Seen::EchoOnPrompt(_))),
+            "{service}: {:?}",
+            s.seen
+        );
+        let bad = wrong_code(&w, &f);
+        let (rc, s) = run(&[PASSWORD, &bad, &bad, &bad]);
+        assert_eq!(rc, PAM_AUTH_ERR, "{service}: {:?}", s.seen);
+        assert!(
+            s.seen
+                .contains(&Seen::Error("Wrong code, try again.".into())),
+            "{service}: {:?}",
+            s.seen
+        );
+    }
+    let lines = w.outcomes();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("service=\"gdm-password\" rhost=\"\" tty=\":0\"")),
+        "{lines:?}"
+    );
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian or Ubuntu machine (as root).
+# Idempotent: a machine that has everything is left as it is.
+set -euo pipefail
+
+packages=(
+  libpam0g-dev        # links the module and the test driver
+  pamtester           # the demo's login
+  libpam-wrapper      # PAM stacks from a folder, without touching /etc/pam.d
+  openssh-server openssh-client sshpass   # real SSH logins
+  sudo util-linux     # real sudo and su; unshare for private PAM stacks
+  bubblewrap
+  ca-certificates curl
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (sudo $0): it installs packages, and the tests run PAM as root." >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mkdir -p /run/sshd
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing. Install Rust (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
