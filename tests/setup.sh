@@ -10,7 +10,7 @@ packages=(
   openssh-server openssh-client sshpass   # real SSH logins
   sudo util-linux     # real sudo and su; unshare for private PAM stacks
   bubblewrap
-  ca-certificates curl
+  ca-certificates curl socat   # the demo: control endpoint, syslog listener
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -24,8 +24,8 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 mkdir -p /run/sshd
 
