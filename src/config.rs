@@ -70,6 +70,18 @@ pub enum Roots {
     None,
 }
 
+/// How the person proves they hold their phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Push for PUSH factors (Enter at the prompt), a code otherwise or when typed.
+    Auto,
+    /// Codes only.
+    Totp,
+    /// Push only, for PUSH factors.
+    Push,
+}
+
 /// Whose factor `su` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +98,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub login: LoginConfig,
     pub users: BTreeMap<String, FactorId>,
+    /// E.164 numbers (digits only) for push: tru.ID's factor does not return the number.
+    pub phones: BTreeMap<String, String>,
     pub console: Option<ConsoleConfig>,
 }
 
@@ -112,6 +126,12 @@ pub struct LoginConfig {
     pub lookup: bool,
     pub groups: Vec<String>,
     pub su: SuFactor,
+    pub method: Method,
+    pub push_timeout: Duration,
+    /// Shown on the phone; `{service}`, `{host}`, `{user}`, `{rhost}` filled in. Empty: tru.ID's
+    /// `challenge_default_message`.
+    pub push_message: String,
+    pub push_prompt: String,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +176,8 @@ struct RawConfig {
     login: RawLogin,
     #[serde(default)]
     users: BTreeMap<String, String>,
+    #[serde(default)]
+    phones: BTreeMap<String, String>,
     console: Option<RawConsole>,
 }
 
@@ -184,6 +206,10 @@ struct RawLogin {
     lookup: Option<bool>,
     groups: Option<Vec<String>>,
     su: Option<SuFactor>,
+    method: Option<Method>,
+    push_timeout: Option<u64>,
+    push_message: Option<String>,
+    push_prompt: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -324,16 +350,42 @@ impl Config {
                 ))
             }
         };
-        let prompt = login.prompt.unwrap_or_else(|| "tru.ID code: ".to_string());
-        if prompt.trim().is_empty()
-            || prompt.chars().count() > 200
-            || prompt.chars().any(char::is_control)
-        {
-            return Err(err(
-                "[login] prompt",
-                "must be 1 to 200 printable characters".into(),
-            ));
-        }
+        let text = |key: &str, value: Option<String>, default: &str, empty_ok: bool| {
+            let v = value.unwrap_or_else(|| default.to_string());
+            if (!empty_ok && v.trim().is_empty())
+                || v.chars().count() > 200
+                || v.chars().any(char::is_control)
+            {
+                return Err(err(
+                    &format!("[login] {key}"),
+                    "must be 1 to 200 printable characters".into(),
+                ));
+            }
+            Ok(v)
+        };
+        let prompt = text("prompt", login.prompt, "tru.ID code: ", false)?;
+        let push_prompt = text(
+            "push_prompt",
+            login.push_prompt,
+            "Press Enter to approve on your phone, or type a tru.ID code: ",
+            false,
+        )?;
+        let push_message = text(
+            "push_message",
+            login.push_message,
+            "{service} login as {user} on {host}",
+            true,
+        )?;
+        let push_timeout = match login.push_timeout {
+            None => 60,
+            Some(t @ 5..=300) => t,
+            Some(t) => {
+                return Err(err(
+                    "[login] push_timeout",
+                    format!("{t} is out of range; use 5 to 300 seconds"),
+                ))
+            }
+        };
         let groups = login.groups.unwrap_or_default();
         if let Some(bad) = groups.iter().find(|g| !is_valid_name(g)) {
             return Err(err(
@@ -363,6 +415,26 @@ impl Config {
                 ));
             };
             users.insert(user, factor);
+        }
+
+        let mut phones = BTreeMap::new();
+        for (user, phone) in raw.phones {
+            if !is_valid_name(&user) {
+                return Err(err(
+                    "[phones]",
+                    format!(
+                        "\"{}\" is not a user name",
+                        crate::text::sanitize(&user, 64)
+                    ),
+                ));
+            }
+            let Some(number) = normalize_phone(&phone) else {
+                return Err(err(
+                    &format!("[phones] {user}"),
+                    "is not an E.164 phone number such as \"+447700900000\"".into(),
+                ));
+            };
+            phones.insert(user, number);
         }
 
         let console = match raw.console {
@@ -406,8 +478,13 @@ impl Config {
                 lookup: login.lookup.unwrap_or(false),
                 groups,
                 su: login.su.unwrap_or(SuFactor::Target),
+                method: login.method.unwrap_or(Method::Auto),
+                push_timeout: Duration::from_secs(push_timeout),
+                push_message,
+                push_prompt,
             },
             users,
+            phones,
             console,
         })
     }

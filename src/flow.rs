@@ -2,10 +2,11 @@
 //! and tru.ID (`Authenticator`), so unit tests script both and pin every prompt; the PAM module
 //! and `truid-pam test` run this same function with the real ones.
 
-use crate::api::{ApiError, ChallengeStatus};
-use crate::config::{is_valid_name, Config, FactorId, FailMode, SuFactor, Unenrolled};
+use crate::api::{ApiError, ChallengeStatus, FactorKind};
+use crate::config::{is_valid_name, Config, FactorId, FailMode, Method, SuFactor, Unenrolled};
 use crate::secret::Secret;
 use crate::text::sanitize;
+use std::time::Duration;
 
 /// What the flow needs to say to and ask of the person logging in.
 pub trait Conversation {
@@ -37,6 +38,24 @@ pub trait Authenticator {
     ) -> Result<ChallengeStatus, ApiError>;
     /// The ACTIVE factor whose external user ID is `user`, if tru.ID holds one.
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError>;
+    /// TOTP or PUSH.
+    fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError>;
+    /// Starts a push to the phone (a PhoneCheck, then the push challenge); returns its ID.
+    fn start_push(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+        phone: &str,
+        message: Option<&str>,
+    ) -> Result<String, ApiError>;
+    /// The challenge's status now.
+    fn challenge_status(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+    ) -> Result<ChallengeStatus, ApiError>;
+    /// Waits between two polls of a push (a fake records it instead).
+    fn pause(&mut self, wait: Duration);
 }
 
 /// The login as PAM describes it.
@@ -48,6 +67,8 @@ pub struct LoginContext {
     pub tty: Option<String>,
     /// The requesting user (`PAM_RUSER`): for `su`, the person who typed it.
     pub ruser: Option<String>,
+    /// This machine's name, for the push message ("sudo on web-3").
+    pub host: String,
     /// Groups of the user whose factor is asked for, when `[login] groups` needs them.
     pub groups: Option<Vec<String>>,
     /// A random part of the challenge's reference ID, unique to this login.
@@ -156,6 +177,14 @@ pub const MSG_TRY_AGAIN: &str = "Wrong code, try again.";
 pub const MSG_UNAVAILABLE: &str =
     "tru.ID cannot be reached, so the login is refused. Ask your administrator.";
 pub const MSG_EXPIRED: &str = "The request expired while waiting for the code, try again.";
+pub const MSG_PUSH_DENIED: &str = "The request was denied on the phone.";
+pub const MSG_PUSH_TIMEOUT: &str = "No answer from the phone in time.";
+pub const MSG_PUSH_ONLY: &str = "This login is approved on the phone: press Enter.";
+
+/// The first poll of a push comes soon (a quick approval is let in quickly); later ones
+/// further apart, up to this.
+const POLL_MAX: Duration = Duration::from_secs(1);
+const POLL_FIRST: Duration = Duration::from_millis(250);
 
 /// A code as tru.ID's authenticator shows it: 6 to 8 ASCII digits, nothing else. Anything else
 /// uses up a try and is never sent.
@@ -247,59 +276,204 @@ pub fn authenticate(
     };
 
     let reference = reference_id(login, user);
-    // A challenge that never got a code (the answer was malformed) is still good for the next try.
-    let mut pending: Option<String> = None;
-    for attempt in 1..=cfg.login.tries {
-        let challenge = match pending.take() {
-            Some(c) => c,
-            None => match api.create_challenge(&factor, &reference) {
-                Ok(c) => c,
-                Err(ApiError::Unavailable(reason)) => {
-                    return finish_unavailable(conv, unavailable(attempt - 1, reason))
-                }
-                Err(ApiError::Refused(reason)) => {
-                    return Outcome::Refused {
-                        tries: attempt - 1,
-                        reason,
-                    }
-                }
-            },
-        };
-        let code = match conv.prompt_secret(&cfg.login.prompt) {
-            Ok(c) => c,
-            Err(ConvError(reason)) => {
-                return Outcome::ConvError {
-                    tries: attempt - 1,
-                    reason,
-                }
-            }
-        };
-        let last = attempt == cfg.login.tries;
-        if !code_is_well_formed(code.expose()) {
-            conv.error(MSG_MALFORMED);
-            pending = Some(challenge);
-            continue;
-        }
-        match api.verify(&factor, &challenge, &code) {
-            Ok(ChallengeStatus::Verified) => return Outcome::Verified { tries: attempt },
-            Ok(ChallengeStatus::Expired) => {
-                if !last {
-                    conv.error(MSG_EXPIRED)
-                }
-            }
-            // FAILED, still PENDING, or a status this version does not know: not verified.
-            Ok(_) | Err(ApiError::Refused(_)) => {
-                if !last {
-                    conv.error(MSG_TRY_AGAIN)
+    let phone = cfg.phones.get(user);
+    let push = match (cfg.login.method, phone) {
+        (Method::Totp, _) | (Method::Auto, None) => false,
+        (Method::Auto | Method::Push, Some(_)) => match api.factor_kind(&factor) {
+            Ok(FactorKind::Push) => true,
+            Ok(_) if cfg.login.method == Method::Auto => false,
+            Ok(kind) => {
+                return Outcome::Refused {
+                    tries: 0,
+                    reason: format!("method = \"push\" but the factor is {kind:?}"),
                 }
             }
             Err(ApiError::Unavailable(reason)) => {
-                return finish_unavailable(conv, unavailable(attempt, reason))
+                return finish_unavailable(conv, unavailable(0, reason))
             }
+            Err(ApiError::Refused(reason)) => return Outcome::Refused { tries: 0, reason },
+        },
+        (Method::Push, None) => {
+            return Outcome::Refused {
+                tries: 0,
+                reason: "method = \"push\" but the user has no [phones] entry".into(),
+            }
+        }
+    };
+
+    // A challenge that never got a code (the answer was malformed) is still good for the next try.
+    let mut pending: Option<String> = None;
+    for attempt in 1..=cfg.login.tries {
+        let last = attempt == cfg.login.tries;
+        let round = match (push, phone) {
+            (true, Some(phone)) => {
+                let answer = match conv.prompt_secret(&cfg.login.push_prompt) {
+                    Ok(a) => a,
+                    Err(ConvError(reason)) => {
+                        return Outcome::ConvError {
+                            tries: attempt - 1,
+                            reason,
+                        }
+                    }
+                };
+                if answer.is_empty() {
+                    let message = push_message(cfg, login, user);
+                    push_round(
+                        cfg,
+                        conv,
+                        api,
+                        &factor,
+                        &reference,
+                        phone,
+                        message.as_deref(),
+                    )
+                } else if cfg.login.method == Method::Push {
+                    Round::Failed(MSG_PUSH_ONLY)
+                } else {
+                    code_round(api, &factor, &reference, None, &answer, &mut pending)
+                }
+            }
+            _ => {
+                let challenge = match pending.take() {
+                    Some(c) => c,
+                    None => match api.create_challenge(&factor, &reference) {
+                        Ok(c) => c,
+                        Err(e) => return api_failure(cfg, conv, attempt - 1, e),
+                    },
+                };
+                let code = match conv.prompt_secret(&cfg.login.prompt) {
+                    Ok(c) => c,
+                    Err(ConvError(reason)) => {
+                        return Outcome::ConvError {
+                            tries: attempt - 1,
+                            reason,
+                        }
+                    }
+                };
+                code_round(
+                    api,
+                    &factor,
+                    &reference,
+                    Some(challenge),
+                    &code,
+                    &mut pending,
+                )
+            }
+        };
+        match round {
+            Round::Verified => return Outcome::Verified { tries: attempt },
+            // A malformed code is told even on the last try: the person learns why.
+            Round::Failed(msg) if msg == MSG_MALFORMED || !last => conv.error(msg),
+            Round::Failed(_) => {}
+            Round::Api(e) => return api_failure(cfg, conv, attempt, e),
         }
     }
     Outcome::WrongCode {
         tries: cfg.login.tries,
+    }
+}
+
+/// How one try ended.
+enum Round {
+    Verified,
+    /// Not verified; the message for the person.
+    Failed(&'static str),
+    Api(ApiError),
+}
+
+/// One code: checked locally, then sent on `challenge` (or a fresh one). A malformed code keeps
+/// its challenge in `pending` for the next try.
+fn code_round(
+    api: &mut impl Authenticator,
+    factor: &FactorId,
+    reference: &str,
+    challenge: Option<String>,
+    code: &Secret,
+    pending: &mut Option<String>,
+) -> Round {
+    if !code_is_well_formed(code.expose()) {
+        *pending = challenge;
+        return Round::Failed(MSG_MALFORMED);
+    }
+    let challenge = match challenge.or_else(|| pending.take()) {
+        Some(c) => c,
+        None => match api.create_challenge(factor, reference) {
+            Ok(c) => c,
+            Err(e) => return Round::Api(e),
+        },
+    };
+    match api.verify(factor, &challenge, code) {
+        Ok(ChallengeStatus::Verified) => Round::Verified,
+        Ok(ChallengeStatus::Expired) => Round::Failed(MSG_EXPIRED),
+        // FAILED, still PENDING, or a status this version does not know: not verified.
+        // A 4xx about the code is tru.ID saying no: a wrong code, never a service failure.
+        Ok(_) | Err(ApiError::Refused(_)) => Round::Failed(MSG_TRY_AGAIN),
+        Err(e) => Round::Api(e),
+    }
+}
+
+/// One push: sent, announced, polled until answered or `push_timeout`.
+fn push_round(
+    cfg: &Config,
+    conv: &mut impl Conversation,
+    api: &mut impl Authenticator,
+    factor: &FactorId,
+    reference: &str,
+    phone: &str,
+    message: Option<&str>,
+) -> Round {
+    let challenge = match api.start_push(factor, reference, phone, message) {
+        Ok(c) => c,
+        Err(e) => return Round::Api(e),
+    };
+    conv.info(&match message {
+        Some(m) => format!("Approve the request on your phone: \"{m}\""),
+        None => "Approve the request on your phone.".to_string(),
+    });
+    let mut waited = Duration::ZERO;
+    let mut step = POLL_FIRST;
+    loop {
+        match api.challenge_status(factor, &challenge) {
+            Ok(ChallengeStatus::Verified) => return Round::Verified,
+            Ok(ChallengeStatus::Pending) if waited < cfg.login.push_timeout => {}
+            Ok(ChallengeStatus::Pending | ChallengeStatus::Expired) => {
+                return Round::Failed(MSG_PUSH_TIMEOUT)
+            }
+            Ok(_) => return Round::Failed(MSG_PUSH_DENIED),
+            Err(e) => return Round::Api(e),
+        }
+        let wait = step.min(cfg.login.push_timeout.saturating_sub(waited));
+        api.pause(wait);
+        waited += wait;
+        step = (step * 2).min(POLL_MAX);
+    }
+}
+
+/// The message shown on the phone, with the login's service, host and user filled in.
+fn push_message(cfg: &Config, login: &LoginContext, user: &str) -> Option<String> {
+    let clean = |s: &str| -> String { sanitize(s, 64).replace('\\', "") };
+    let m = cfg
+        .login
+        .push_message
+        .replace("{service}", &clean(&login.service))
+        .replace("{host}", &clean(&login.host))
+        .replace("{user}", &clean(user))
+        .replace("{rhost}", &clean(login.rhost.as_deref().unwrap_or("")));
+    (!m.trim().is_empty()).then_some(m)
+}
+
+/// A failed call to tru.ID: `failmode` decides for an unavailable one; a refusal denies.
+fn api_failure(cfg: &Config, conv: &mut impl Conversation, tries: u32, e: ApiError) -> Outcome {
+    match e {
+        ApiError::Unavailable(reason) => finish_unavailable(
+            conv,
+            Outcome::Unavailable {
+                tries,
+                reason,
+                let_in: cfg.login.failmode == FailMode::Safe,
+            },
+        ),
+        ApiError::Refused(reason) => Outcome::Refused { tries, reason },
     }
 }
 
@@ -329,14 +503,12 @@ fn not_enrolled(cfg: &Config, conv: &mut impl Conversation) -> Outcome {
                 }
             }
         };
-        if attempt == cfg.login.tries {
-            break;
+        // The same messages as `code_round` gives an enrolled user.
+        if !code_is_well_formed(code.expose()) {
+            conv.error(MSG_MALFORMED);
+        } else if attempt < cfg.login.tries {
+            conv.error(MSG_TRY_AGAIN);
         }
-        conv.error(if code_is_well_formed(code.expose()) {
-            MSG_TRY_AGAIN
-        } else {
-            MSG_MALFORMED
-        });
     }
     Outcome::NotEnrolled {
         ignore: false,
@@ -396,6 +568,10 @@ mod tests {
         fail_verify: Option<ApiError>,
         verify_status: Option<ChallengeStatus>,
         lookup: Option<&'static str>,
+        push_factor: bool,
+        push_answers: VecDeque<ChallengeStatus>,
+        fail_poll: Option<ApiError>,
+        paused: Duration,
     }
 
     impl Authenticator for FakeApi {
@@ -428,6 +604,42 @@ mod tests {
         fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
             self.calls.push(format!("find {user}"));
             Ok(self.lookup.and_then(FactorId::parse))
+        }
+        fn factor_kind(&mut self, _f: &FactorId) -> Result<FactorKind, ApiError> {
+            self.calls.push("kind".into());
+            Ok(if self.push_answers.is_empty() && !self.push_factor {
+                FactorKind::Totp
+            } else {
+                FactorKind::Push
+            })
+        }
+        fn start_push(
+            &mut self,
+            _f: &FactorId,
+            r: &str,
+            phone: &str,
+            message: Option<&str>,
+        ) -> Result<String, ApiError> {
+            self.calls
+                .push(format!("push {r} {phone} {}", message.unwrap_or("-")));
+            Ok(format!("p{}", self.calls.len()))
+        }
+        fn challenge_status(
+            &mut self,
+            _f: &FactorId,
+            c: &str,
+        ) -> Result<ChallengeStatus, ApiError> {
+            self.calls.push(format!("poll {c}"));
+            if let Some(e) = &self.fail_poll {
+                return Err(e.clone());
+            }
+            Ok(self
+                .push_answers
+                .pop_front()
+                .unwrap_or(ChallengeStatus::Pending))
+        }
+        fn pause(&mut self, wait: Duration) {
+            self.paused += wait;
         }
     }
 
@@ -724,6 +936,131 @@ mod tests {
             authenticate(&cfg, &l, &mut conv, &mut api),
             Outcome::Verified { tries: 1 }
         );
+    }
+
+    fn push_config(extra: &str) -> Config {
+        config(&format!(
+            "push_timeout = 5\n{extra}\n[phones]\nalice = \"+447700900000\""
+        ))
+    }
+
+    fn push_login() -> LoginContext {
+        let mut l = login("alice");
+        l.service = "sudo".into();
+        l.host = "web-3".into();
+        l
+    }
+
+    const PUSH_PROMPT: &str =
+        "prompt:Press Enter to approve on your phone, or type a tru.ID code: ";
+
+    #[test]
+    fn push_approved_after_enter() {
+        let mut conv = Script::answering(&[""]);
+        let mut api = fake("123456");
+        api.push_answers = [ChallengeStatus::Pending, ChallengeStatus::Verified].into();
+        let out = authenticate(&push_config(""), &push_login(), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(
+            conv.seen,
+            [
+                PUSH_PROMPT.to_string(),
+                "info:Approve the request on your phone: \"sudo login as alice on web-3\"".into()
+            ]
+        );
+        assert_eq!(api.calls[0], "kind");
+        assert!(
+            api.calls[1].starts_with("push pam_truid/sudo/192.0.2.7/alice/n0nce 447700900000 sudo login as alice on web-3"),
+            "{:?}",
+            api.calls
+        );
+        assert_eq!(api.paused, POLL_FIRST);
+    }
+
+    #[test]
+    fn push_denied_then_code_typed() {
+        let mut conv = Script::answering(&["", "123456"]);
+        let mut api = fake("123456");
+        api.push_answers = [ChallengeStatus::Failed].into();
+        let out = authenticate(&push_config(""), &push_login(), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 2 });
+        assert_eq!(conv.seen[2], format!("error:{MSG_PUSH_DENIED}"));
+        assert_eq!(conv.seen[3], PUSH_PROMPT);
+        assert!(api.calls.iter().any(|c| c.starts_with("create")));
+    }
+
+    #[test]
+    fn push_unanswered_until_the_push_timeout() {
+        let mut conv = Script::answering(&[""]);
+        let mut api = fake("123456");
+        api.push_factor = true;
+        let out = authenticate(
+            &push_config("tries = 1"),
+            &push_login(),
+            &mut conv,
+            &mut api,
+        );
+        assert_eq!(out, Outcome::WrongCode { tries: 1 });
+        assert_eq!(api.paused, Duration::from_secs(5));
+        // Polls back off to one a second: 0.25 + 0.5 + 1 + 1 + 1 + 1 + 0.25.
+        let polls = api.calls.iter().filter(|c| c.starts_with("poll")).count();
+        assert_eq!(polls, 8, "{:?}", api.calls);
+    }
+
+    #[test]
+    fn push_failing_mid_poll_follows_failmode() {
+        for (mode, let_in) in [("secure", false), ("safe", true)] {
+            let mut conv = Script::answering(&[""]);
+            let mut api = fake("123456");
+            api.push_factor = true;
+            api.fail_poll = Some(ApiError::Unavailable("HTTP 503".into()));
+            let cfg = push_config(&format!("failmode = \"{mode}\""));
+            let out = authenticate(&cfg, &push_login(), &mut conv, &mut api);
+            assert_eq!(
+                out,
+                Outcome::Unavailable {
+                    tries: 1,
+                    reason: "HTTP 503".into(),
+                    let_in
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn push_method_refuses_typed_codes_and_totp_method_never_pushes() {
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        api.push_factor = true;
+        let out = authenticate(
+            &push_config("method = \"push\"\ntries = 1"),
+            &push_login(),
+            &mut conv,
+            &mut api,
+        );
+        assert_eq!(out, Outcome::WrongCode { tries: 1 });
+        assert!(api.calls.iter().all(|c| !c.starts_with("verify")));
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        api.push_factor = true;
+        let out = authenticate(
+            &push_config("method = \"totp\""),
+            &push_login(),
+            &mut conv,
+            &mut api,
+        );
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(conv.seen, ["prompt:Code please: "]);
+        assert!(api.calls.iter().all(|c| c != "kind"));
+    }
+
+    #[test]
+    fn auto_without_a_phone_is_totp_without_asking_the_kind() {
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(&config(""), &push_login(), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(api.calls.len(), 2, "{:?}", api.calls);
     }
 
     #[test]

@@ -1152,3 +1152,47 @@ fn desktop_stacks_work_with_an_echo_off_only_conversation() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn ssh_push_prompt_is_visible_and_approval_logs_in() {
+    // sshd shows PAM_TEXT_INFO only with a next prompt; the push instruction is in the
+    // prompt itself, so the person sees it before the phone buzzes.
+    let u = "truidpu1";
+    ensure_user(u);
+    let w = World::new();
+    let f = w.emu.seed_factor(u, common::FactorType::Push).factor_id;
+    w.write_config(&format!(
+        "{}\n[login]\npush_timeout = 20\n[users]\n{u} = \"{f}\"\n[phones]\n{u} = \"+447700900123\"\n",
+        w.api_table()
+    ));
+    let sshd = Sshd::start(&w, SshVariant::Publickey);
+    let s = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let pending =
+                    w.emu.last_challenges().into_iter().find(|c| {
+                        c.factor_type == common::FactorType::Push && c.status == "PENDING"
+                    });
+                if let Some(c) = pending {
+                    assert!(w.emu.resolve_push(&c.factor_id, &c.challenge_id, true));
+                    return;
+                }
+                assert!(Instant::now() < deadline, "no push challenge appeared");
+                // Bounded polling of the emulator's state.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        sshd.login(SshVariant::Publickey, u, &[""])
+    });
+    assert_logged_in(&s, u, Some(&sshd));
+    assert_eq!(
+        s.prompts,
+        [ssh_prompt(
+            u,
+            "Press Enter to approve on your phone, or type a tru.ID code: "
+        )]
+    );
+    let lines = w.outcomes();
+    assert!(lines[0].contains("outcome=verified"), "{lines:?}");
+}

@@ -1,6 +1,8 @@
 //! HTTP to tru.ID over one kept-alive connection, within one `Deadline`.
 
-use super::types::{Challenge, ChallengeStatus, Factor, FactorList, Problem, TokenAnswer};
+use super::types::{
+    Challenge, ChallengeStatus, Factor, FactorKind, FactorList, PhoneCheck, Problem, TokenAnswer,
+};
 use super::ApiError;
 use crate::cache::TokenCache;
 use crate::config::{ApiConfig, FactorId};
@@ -156,7 +158,9 @@ impl Client {
                 }
                 Ok(t.access_token)
             }
-            400 | 401 | 403 => Err(ApiError::Unavailable(format!(
+            // The project's credentials refused: a configuration error, which denies whatever
+            // failmode says (a typo in the secret must not open the door).
+            400 | 401 | 403 => Err(ApiError::Refused(format!(
                 "token refused ({}); check [api] client_id and client_secret",
                 status_text(&ans)
             ))),
@@ -320,19 +324,7 @@ impl Authenticator for Client {
             &format!("{}/challenges", factor_path(factor.as_str())),
             Some(("application/json", body.to_string().into_bytes())),
         )?;
-        let c: Challenge = decode(&b)?;
-        if c.challenge_id.is_empty()
-            || c.challenge_id.len() > 128
-            || !c
-                .challenge_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(ApiError::Unavailable(
-                "challenge answer has no usable challenge_id".into(),
-            ));
-        }
-        Ok(c.challenge_id)
+        checked_challenge_id(decode(&b)?)
     }
 
     fn verify(
@@ -359,12 +351,91 @@ impl Authenticator for Client {
         Ok(c.status)
     }
 
+    fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError> {
+        Ok(self.get_factor(factor.as_str())?.kind())
+    }
+
+    fn start_push(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+        phone: &str,
+        message: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let body = serde_json::json!({ "phone_number": phone });
+        let b = self.call(
+            Method::POST,
+            "/phone_check/v0.2/checks",
+            Some(("application/json", body.to_string().into_bytes())),
+        )?;
+        let check: PhoneCheck = decode(&b)?;
+        let mut body = serde_json::json!({
+            "reference_id": reference_id,
+            "check_id": check.check_id,
+            "check_url": check.links.check_url.href,
+            "message": message,
+        });
+        if message.is_none() {
+            // Absent, not null: tru.ID then shows the project's challenge_default_message.
+            if let Some(b) = body.as_object_mut() {
+                b.remove("message");
+            }
+        }
+        let b = self.call(
+            Method::POST,
+            &format!("{}/challenges", factor_path(factor.as_str())),
+            Some(("application/json", body.to_string().into_bytes())),
+        )?;
+        checked_challenge_id(decode(&b)?)
+    }
+
+    fn challenge_status(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+    ) -> Result<ChallengeStatus, ApiError> {
+        let b = self.call(
+            Method::GET,
+            &format!("{}/challenges/{challenge_id}", factor_path(factor.as_str())),
+            None,
+        )?;
+        let c: Challenge = decode(&b)?;
+        if c.challenge_id != challenge_id {
+            return Err(ApiError::Unavailable(
+                "answer is about another challenge".into(),
+            ));
+        }
+        Ok(c.status)
+    }
+
+    fn pause(&mut self, wait: Duration) {
+        // The person answering on the phone: not charged to the API deadline, bounded by
+        // push_timeout in the flow.
+        std::thread::sleep(wait);
+    }
+
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
         let factors = self.search_factors(user)?;
         Ok(factors
             .iter()
             .filter(|f| f.status == "ACTIVE" && f.external_user_id == user)
             .find_map(|f| FactorId::parse(&f.factor_id)))
+    }
+}
+
+/// A challenge ID goes into the next request's path: only a plain identifier will do.
+fn checked_challenge_id(c: Challenge) -> Result<String, ApiError> {
+    let usable = !c.challenge_id.is_empty()
+        && c.challenge_id.len() <= 128
+        && c.challenge_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if usable {
+        Ok(c.challenge_id)
+    } else {
+        Err(ApiError::Unavailable(
+            "challenge answer has no usable challenge_id".into(),
+        ))
     }
 }
 

@@ -1,9 +1,10 @@
 //! A client built on first use.
 
-use super::{ApiError, ChallengeStatus, Client};
+use super::{ApiError, ChallengeStatus, Client, FactorKind};
 use crate::config::{ApiConfig, FactorId};
 use crate::flow::Authenticator;
 use crate::secret::Secret;
+use std::time::Duration;
 
 /// Builds the HTTP client on first use, so logins that never reach tru.ID (unenrolled users,
 /// users outside `groups`) pay nothing for TLS.
@@ -50,6 +51,32 @@ impl Authenticator for LazyClient<'_> {
         code: &Secret,
     ) -> Result<ChallengeStatus, ApiError> {
         self.get()?.verify(factor, challenge_id, code)
+    }
+
+    fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError> {
+        self.get()?.factor_kind(factor)
+    }
+
+    fn start_push(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+        phone: &str,
+        message: Option<&str>,
+    ) -> Result<String, ApiError> {
+        self.get()?.start_push(factor, reference_id, phone, message)
+    }
+
+    fn challenge_status(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+    ) -> Result<ChallengeStatus, ApiError> {
+        self.get()?.challenge_status(factor, challenge_id)
+    }
+
+    fn pause(&mut self, wait: Duration) {
+        std::thread::sleep(wait);
     }
 
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {

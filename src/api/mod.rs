@@ -8,7 +8,7 @@ mod types;
 pub use client::{Client, Scope};
 pub use lazy::LazyClient;
 pub use tls::client_config;
-pub use types::{Challenge, ChallengeStatus, Factor, FactorList, Problem};
+pub use types::{Challenge, ChallengeStatus, Factor, FactorKind, FactorList, Problem};
 
 use std::fmt;
 

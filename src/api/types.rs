@@ -28,6 +28,42 @@ pub struct Factor {
     pub created_at: Option<String>,
 }
 
+/// What kind of factor: decides between a code and a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FactorKind {
+    Totp,
+    Push,
+    Other(String),
+}
+
+impl Factor {
+    pub fn kind(&self) -> FactorKind {
+        match self.kind.as_str() {
+            "TOTP" => FactorKind::Totp,
+            "PUSH" => FactorKind::Push,
+            other => FactorKind::Other(sanitize(other, 16)),
+        }
+    }
+}
+
+/// A PhoneCheck as far as a push challenge needs it.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PhoneCheck {
+    pub check_id: String,
+    #[serde(rename = "_links")]
+    pub links: PhoneCheckLinks,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PhoneCheckLinks {
+    pub check_url: Link,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Link {
+    pub href: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct FactorList {
     #[serde(rename = "_embedded", default)]

@@ -108,6 +108,9 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
         rhost: item::<RHost>(pamh),
         tty: item::<Tty>(pamh),
         ruser: item::<RUser>(pamh),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         nonce: crate::text::random_hex(6),
         ..Default::default()
     };

@@ -102,11 +102,23 @@ pub fn set_user(doc: &mut DocumentMut, user: &str, factor: &str) {
     doc["users"][user] = toml_edit::value(factor);
 }
 
+/// Sets `[phones] user = "+number"` (push needs the number; tru.ID's factor does not give it).
+pub fn set_phone(doc: &mut DocumentMut, user: &str, e164_digits: &str) {
+    if doc.get("phones").and_then(|u| u.as_table()).is_none() {
+        doc["phones"] = toml_edit::table();
+    }
+    doc["phones"][user] = toml_edit::value(format!("+{e164_digits}"));
+}
+
 /// Removes `[users] user`; true when it was there.
 pub fn remove_user(doc: &mut DocumentMut, user: &str) -> bool {
-    doc.get_mut("users")
-        .and_then(|u| u.as_table_like_mut())
-        .is_some_and(|t| t.remove(user).is_some())
+    let removed = |table: &str, doc: &mut DocumentMut| {
+        doc.get_mut(table)
+            .and_then(|u| u.as_table_like_mut())
+            .is_some_and(|t| t.remove(user).is_some())
+    };
+    let phone = removed("phones", doc);
+    removed("users", doc) || phone
 }
 
 #[cfg(test)]

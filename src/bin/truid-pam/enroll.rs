@@ -104,10 +104,11 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
             Ok(f) if f.status == "ACTIVE" => {
                 edit::update(path, |doc| {
                     edit::set_user(doc, &args.user, &id);
+                    edit::set_phone(doc, &args.user, &phone);
                     Ok(())
                 })?;
                 println!(
-                    "Activated. {} = \"{id}\" added to [users] of {}.",
+                    "Activated. {} = \"{id}\" added to [users] (and the phone to [phones]) of {}.",
                     args.user,
                     path.display()
                 );

@@ -23,6 +23,9 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
             .ok()
             .flatten()
             .map(|u| u.name),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         groups: if cfg.login.groups.is_empty() {
             None
         } else {

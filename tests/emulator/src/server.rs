@@ -1587,7 +1587,15 @@ impl Shared {
             if f.status != FactorStatus::Active {
                 return Err(problem(400, "Factor is not ACTIVE"));
             }
-            let kind = f.kind;
+            // A PUSH factor also carries a TOTP secret (the app shows a code as a fallback):
+            // a challenge without check_id and check_url on it is a code challenge.
+            let wants_push = f.kind == FactorType::Push
+                && (body.get("check_id").is_some() || body.get("check_url").is_some());
+            let kind = if wants_push {
+                FactorType::Push
+            } else {
+                FactorType::Totp
+            };
             let (check_id, check_url, message) = if kind == FactorType::Push {
                 let message = match opt_str(&body, "message")? {
                     Some(m) => Some(m),

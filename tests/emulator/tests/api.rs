@@ -692,11 +692,16 @@ fn push_flow_phone_check_and_approve_deny() {
     let check_id = pc["check_id"].as_str().unwrap();
     let check_url = pc["_links"]["check_url"]["href"].as_str().unwrap();
 
-    // check_* are required on a PUSH factor.
+    // On a PUSH factor, one of check_id/check_url without the other is refused; neither makes
+    // a code challenge (the app's code is the fallback).
     assert_problem(
-        new_challenge(&c, &emu, &tok, &fid, json!({"message": "hi"})),
+        new_challenge(&c, &emu, &tok, &fid, json!({"check_id": check_id})),
         400,
     );
+    let code_ch: Value = new_challenge(&c, &emu, &tok, &fid, json!({"reference_id": "code"}))
+        .json()
+        .unwrap();
+    assert!(code_ch.get("check_id").is_none(), "{code_ch}");
 
     let body = json!({"reference_id": "p1", "check_id": check_id, "check_url": check_url, "message": "Log in?"});
     let ch: Value = new_challenge(&c, &emu, &tok, &fid, body.clone())
@@ -753,9 +758,11 @@ fn push_flow_phone_check_and_approve_deny() {
     assert_eq!(r.status(), 400);
     let r = c.get(url(&emu, "/_emulator/challenges")).send().unwrap();
     let list: Value = r.json().unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 2);
-    assert_eq!(list[1]["status"], "FAILED");
-    assert_eq!(list[1]["reference_id"], "p1");
+    // The code challenge, the approved push, the denied push.
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list[0]["reference_id"], "code");
+    assert_eq!(list[2]["status"], "FAILED");
+    assert_eq!(list[2]["reference_id"], "p1");
 }
 
 #[test]
