@@ -1,6 +1,6 @@
 //! Shared by the integration tests: real libpam driven through `pam_start_confdir` with a
 //! scripted conversation, a syslog listener the module logs to, the emulator, config files.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -211,8 +211,14 @@ pub fn pam_login(
     rc
 }
 
-/// The module as cargo built it for these tests.
+/// The module as cargo built it for these tests, or the one `PAM_TRUID_MODULE` names
+/// (tests/packages.sh: the module the .deb installed).
 pub fn module_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("PAM_TRUID_MODULE").filter(|p| !p.is_empty()) {
+        let so = PathBuf::from(p);
+        assert!(so.is_file(), "PAM_TRUID_MODULE={} is missing", so.display());
+        return so;
+    }
     // `cargo test` builds the cdylib fresh into deps/ (it only copies it up on `cargo build`).
     let exe = std::env::current_exe().unwrap();
     let so = exe.parent().unwrap().join("libpam_truid.so");

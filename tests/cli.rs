@@ -1,0 +1,377 @@
+//! truid-pam against the emulator: enroll as a person would (the test reads the secret the CLI
+//! prints and computes the code as the phone does), then log in through the module; list,
+//! deactivate, check, test, project; the config edits.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
+
+/// Kills the child by PID when the test ends, also when it fails.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(cfg: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(CLI)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The config every CLI test starts from, with comments that edits must keep.
+fn base_config(w: &World) -> String {
+    let i = w.emu.info();
+    format!(
+        "# pam_truid test config: these comments must survive every edit\n{}\n[login]\ntries = 2 # two tries\n\n[users]\n# enrolled users below\n\n[console]\nworkspace_id = \"{}\"\nproject_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+        w.api_table(),
+        i.workspace_id,
+        i.project_id,
+        i.workspace_client_id,
+        i.workspace_client_secret
+    )
+}
+
+/// Runs `enroll`, reads the secret it prints, answers with the code an app computes from it.
+fn enroll(cfg: &Path, user: &str) -> (Output, String) {
+    let mut child = Guard(
+        Command::new(CLI)
+            .arg("--config")
+            .arg(cfg)
+            .args(["enroll", user, "--phone", "+447700900001"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut seen = String::new();
+    let secret = loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "enroll ended early: {seen}"
+        );
+        seen.push_str(&line);
+        if let Some(s) = line.trim().strip_prefix("Or enter this key by hand: ") {
+            break s.to_string();
+        }
+    };
+    let key = truid_emulator::totp::decode_secret(&secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = truid_emulator::totp::code(&key, now);
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "{code}").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    seen.push_str(&rest);
+    (
+        Output {
+            status,
+            stdout: seen.into_bytes(),
+            stderr: stderr.into_bytes(),
+        },
+        code,
+    )
+}
+
+fn factor_of(cfg: &Path, user: &str) -> Option<String> {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    doc.get("users")?.get(user)?.as_str().map(str::to_string)
+}
+
+#[test]
+fn enroll_then_log_in_with_the_new_factor() {
+    let w = World::new();
+    let cfg = w.write_config(&base_config(&w));
+    let before = std::fs::read_to_string(&cfg).unwrap();
+    let (out, _) = enroll(&cfg, "erin");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Scan this QR code"));
+    let factor = factor_of(&cfg, "erin").expect("erin in [users]");
+    // Byte for byte, the file is the old one plus the new lines.
+    let after = std::fs::read_to_string(&cfg).unwrap();
+    let added = format!("erin = \"{factor}\"\n");
+    assert!(
+        after.contains(&format!("[users]\n{added}")) || after.contains(&format!("below\n{added}")),
+        "{after}"
+    );
+    assert_eq!(
+        after.replacen(&added, "", 1),
+        before + "\n[phones]\nerin = \"+447700900001\"\n",
+        "{after}"
+    );
+    let meta = std::fs::metadata(&cfg).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    // The factor is ACTIVE at tru.ID and the module lets erin in with the phone's next code
+    // (the current one was spent on activation).
+    w.module_stack();
+    let (rc, _) = w.login("erin", &[&w.emu.code(&factor, 1).unwrap()]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    // Enrolled already: refused without --force, config untouched.
+    let again = cli(&cfg, &["enroll", "erin", "--phone", "+447700900001"], "");
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("already enrolled"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), after);
+}
+
+#[test]
+fn enroll_bad_input_leaves_the_config_untouched() {
+    let w = World::new();
+    let cfg = w.write_config(&base_config(&w));
+    let before = std::fs::read_to_string(&cfg).unwrap();
+    for (args, stdin, expect) in [
+        (
+            vec!["enroll", "erin", "--phone", "07700 900000"],
+            "",
+            "not an E.164",
+        ),
+        (
+            vec!["enroll", "bad\u{1b}user", "--phone", "+447700900001"],
+            "",
+            "not a Unix user name",
+        ),
+        (
+            vec!["enroll", "frank", "--phone", "+447700900002"],
+            "000000\n111111\n222222\n",
+            "left PENDING",
+        ),
+        (
+            vec!["enroll", "gina", "--phone", "+447700900003"],
+            "",
+            "left PENDING",
+        ),
+    ] {
+        let out = cli(&cfg, &args, stdin);
+        assert!(!out.status.success(), "{args:?}");
+        let t = text(&out);
+        assert!(t.contains(expect), "{args:?}: {t}");
+        assert!(t.lines().last().unwrap().starts_with("truid-pam: "), "{t}");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), before, "{args:?}");
+    }
+}
+
+#[test]
+fn list_check_deactivate() {
+    let w = World::new();
+    let cfg = w.write_config(&base_config(&w));
+    let (out, _) = enroll(&cfg, "hana");
+    assert!(out.status.success(), "{}", text(&out));
+    let factor = factor_of(&cfg, "hana").unwrap();
+
+    let check = cli(&cfg, &["check"], "");
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains(&format!("ok   user hana: {factor} ACTIVE")));
+
+    let list = cli(&cfg, &["list", "--json"], "");
+    assert!(list.status.success(), "{}", text(&list));
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows[0]["user"], "hana");
+    assert_eq!(rows[0]["status"], "ACTIVE");
+    assert_eq!(rows[0]["type"], "TOTP");
+    assert_eq!(rows[0]["in_config"], true);
+
+    let d = cli(&cfg, &["deactivate", "hana"], "");
+    assert!(d.status.success(), "{}", text(&d));
+    assert_eq!(factor_of(&cfg, "hana"), None);
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("hana"));
+    // The external ID is free again: hana can enroll anew.
+    let (out, _) = enroll(&cfg, "hana");
+    assert!(out.status.success(), "{}", text(&out));
+    let d = cli(&cfg, &["deactivate", "nobody"], "");
+    assert!(!d.status.success() && text(&d).contains("not in [users]"));
+}
+
+#[test]
+fn check_reports_each_broken_thing_and_fails() {
+    let w = World::new();
+    let f = w.enroll("ivan");
+    let good = format!("{}\n[users]\nivan = \"{f}\"\n", w.api_table());
+    let cfg = w.write_config(&good);
+    assert!(cli(&cfg, &["check"], "").status.success());
+    let cases: Vec<(String, &str)> = vec![
+        (good.replace("timeout = 5", "timeout = 0"), "timeout"),
+        (
+            good.replace(&w.emu.info().client_secret, "wrong-secret"),
+            "token refused",
+        ),
+        (
+            good.replace(&f, "5995afaf-f5d1-47ab-b586-50ad46904eec"),
+            "5995afaf-f5d1-47ab-b586-50ad46904eec",
+        ),
+        (
+            good.replace(&w.emu.info().base_url, "https://127.0.0.1:9"),
+            "cannot connect",
+        ),
+    ];
+    for (text_cfg, expect) in cases {
+        w.write_config(&text_cfg);
+        let out = cli(&cfg, &["check"], "");
+        assert!(!out.status.success(), "{expect}");
+        let t = text(&out);
+        let fail = t.lines().find(|l| l.starts_with("FAIL")).unwrap_or("");
+        assert!(fail.contains(expect), "{expect}: {t}");
+    }
+    w.write_config(&good);
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = cli(&cfg, &["check"], "");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("writable by group or others"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn test_command_runs_the_module_flow() {
+    let w = World::new();
+    let f = w.enroll("judy");
+    let cfg = w.config("", &[("judy", &f)]);
+    let out = cli(&cfg, &["test", "judy"], &format!("{}\n", w.code(&f)));
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("tru.ID code: "), "{t}");
+    assert!(
+        t.contains("PAM_SUCCESS") && t.contains("outcome=verified"),
+        "{t}"
+    );
+    let out = cli(&cfg, &["test", "judy"], "000000\n111111\n222222\n");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("PAM_AUTH_ERR"), "{}", text(&out));
+}
+
+#[test]
+fn project_set_merges_and_show_reads_back() {
+    let w = World::new();
+    let cfg = w.write_config(&base_config(&w));
+    let out = cli(
+        &cfg,
+        &[
+            "project",
+            "set",
+            "--issuer-name",
+            "Acme SSH",
+            "--message",
+            "Log in?",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let show = cli(&cfg, &["project", "show", "--json"], "");
+    assert!(show.status.success(), "{}", text(&show));
+    let p: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let a = &p["configuration"]["authenticator"];
+    assert_eq!(a["issuer_name"], "Acme SSH");
+    assert_eq!(a["challenge_default_message"], "Log in?");
+    // What the set did not name is still there.
+    assert!(p["configuration"].as_object().unwrap().len() > 1, "{p}");
+    let out = cli(
+        &cfg,
+        &[
+            "project",
+            "set",
+            "--callback-url",
+            "https://hooks.example/truid",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let p: serde_json::Value =
+        serde_json::from_slice(&cli(&cfg, &["project", "show", "--json"], "").stdout).unwrap();
+    assert_eq!(
+        p["configuration"]["authenticator"]["issuer_name"],
+        "Acme SSH"
+    );
+    // New factors carry the issuer name.
+    let (out, _) = enroll(&cfg, "kim");
+    assert!(text(&out).contains("Scan"), "{}", text(&out));
+}
+
+#[test]
+fn concurrent_enrolls_both_land_and_a_killed_writer_leaves_a_valid_file() {
+    let w = World::new();
+    let cfg = w.write_config(&base_config(&w));
+    let users = ["lee", "max", "ned", "oli"];
+    std::thread::scope(|s| {
+        for u in users {
+            let cfg = &cfg;
+            s.spawn(move || {
+                let (out, _) = enroll(cfg, u);
+                assert!(out.status.success(), "{u}: {}", text(&out));
+            });
+        }
+    });
+    for u in users {
+        assert!(factor_of(&cfg, u).is_some(), "{u} lost");
+    }
+    // Writers killed at random points (SIGKILL) while others write: the file always parses
+    // as a config the module accepts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut killed = 0;
+    while killed < 20 && Instant::now() < deadline {
+        let mut c = Guard(
+            Command::new(CLI)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["deactivate", users[killed % users.len()]])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_micros(500 * (killed as u64 % 7)));
+        let _ = c.0.kill();
+        let _ = c.0.wait();
+        killed += 1;
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        pam_truid::config::Config::parse(&cfg, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(text.starts_with("# pam_truid test config"), "{text}");
+    }
+    assert!(pam_truid::config::Config::load(&cfg).is_ok());
+}
