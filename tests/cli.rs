@@ -2,6 +2,7 @@
 //! prints and computes the code as the phone does), then log in through the module; list,
 //! deactivate, check, test, project; the config edits.
 
+#[allow(unused_imports)] // common re-exports what other test files use
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};

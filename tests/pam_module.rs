@@ -1,6 +1,7 @@
 //! The outcomes table of the module, through real libpam (`pam_start_confdir`) loading the
 //! built `libpam_truid.so`, against the emulator over TLS.
 
+#[allow(unused_imports)] // common re-exports what other test files use
 mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;

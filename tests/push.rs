@@ -1,6 +1,7 @@
 //! Push approval through real libpam against the emulator: the test plays the phone through
 //! the emulator's control side (approve, deny, or no answer).
 
+#[allow(unused_imports)] // common re-exports what other test files use
 mod common;
 use common::*;
 use std::time::{Duration, Instant};

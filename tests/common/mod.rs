@@ -1,6 +1,6 @@
 //! Shared by the integration tests: real libpam driven through `pam_start_confdir` with a
 //! scripted conversation, a syslog listener the module logs to, the emulator, config files.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
