@@ -56,12 +56,8 @@ fn wrong_codes_use_up_tries_and_each_try_has_its_own_challenge() {
     let f = w.enroll("alice");
     w.config("tries = 2", &[("alice", &f)]);
     w.module_stack();
-    let right = w.code(&f);
-    let wrong = if right == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = w.wrong_code(&f);
+    let wrong = wrong.as_str();
     let (rc, s) = w.login("alice", &[wrong, wrong]);
     assert_eq!(rc, PAM_AUTH_ERR);
     assert_eq!(s.prompts(), [PROMPT, PROMPT]);
@@ -83,11 +79,8 @@ fn wrong_then_right_within_tries() {
     w.config("", &[("alice", &f)]);
     w.module_stack();
     let right = w.code(&f);
-    let wrong = if right == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = w.wrong_code(&f);
+    let wrong = wrong.as_str();
     let (rc, _) = w.login("alice", &[wrong, "12ab", &right]);
     assert_eq!(rc, PAM_SUCCESS);
     // The malformed try reused its challenge: two challenges for three tries.
@@ -247,12 +240,8 @@ fn server_errors_on_each_call_follow_failmode_and_wrong_codes_never_do() {
     let f = w.enroll("alice");
     w.config("failmode = \"safe\"\ntries = 1", &[("alice", &f)]);
     w.module_stack();
-    let right = w.code(&f);
-    let wrong = if right == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = w.wrong_code(&f);
+    let wrong = wrong.as_str();
     assert_eq!(w.login("alice", &[wrong]).0, PAM_AUTH_ERR);
 }
 
@@ -405,12 +394,8 @@ fn a_display_manager_conversation_works() {
     let f = w.enroll("alice");
     w.config("", &[("alice", &f)]);
     w.module_stack();
-    let right = w.code(&f);
-    let wrong = if right == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = w.wrong_code(&f);
+    let wrong = wrong.as_str();
     std::fs::copy(w.path("pam.d/svc"), w.path("pam.d/gdm-password")).unwrap();
     let mut s = Script::answering(&[wrong, &w.code(&f)]);
     s.echo_off_only = true;

@@ -138,14 +138,6 @@ fn set_password(name: &str) {
 }
 
 /// A well-formed code the emulator accepts at no step of its window.
-fn wrong_code(w: &World, factor: &str) -> String {
-    let valid: Vec<String> = (-1..=2).filter_map(|o| w.emu.code(factor, o)).collect();
-    ["000000", "111111", "222222", "333333", "444444"]
-        .iter()
-        .find(|c| !valid.iter().any(|v| v == *c))
-        .unwrap()
-        .to_string()
-}
 
 fn outcome_lines_with(w: &World, word: &str) -> Vec<String> {
     w.outcomes()
@@ -710,7 +702,7 @@ fn ssh_password_then_code_in_one_keyboard_interactive_exchange() {
     assert_eq!(s.prompts, [ssh_prompt(u, "Password: ")]);
     assert_eq!(w.emu.stats().challenges_created, 1);
     // The right password and a wrong code: refused.
-    let bad = wrong_code(&w, &f[0]);
+    let bad = w.wrong_code(&f[0]);
     let s = sshd.login(SshVariant::Password, u, &[PASSWORD, &bad, &bad, &bad]);
     assert_refused(&s);
     assert_eq!(s.prompts.len(), 4, "{s:#?}");
@@ -720,7 +712,7 @@ fn ssh_password_then_code_in_one_keyboard_interactive_exchange() {
 fn ssh_wrong_codes_are_refused() {
     let u = "truidwr1";
     let (w, sshd, f) = ssh_world(SshVariant::Publickey, "", &[u], true);
-    let bad = wrong_code(&w, &f[0]);
+    let bad = w.wrong_code(&f[0]);
     let s = sshd.login(SshVariant::Publickey, u, &[&bad, &bad, &bad]);
     assert_refused(&s);
     assert_eq!(pam_prompts(&s), [PROMPT; 3]);
@@ -739,7 +731,7 @@ fn ssh_wrong_codes_are_refused() {
 fn ssh_wrong_then_right_within_tries() {
     let u = "truidwr2";
     let (w, sshd, f) = ssh_world(SshVariant::Publickey, "tries = 2", &[u], true);
-    let bad = wrong_code(&w, &f[0]);
+    let bad = w.wrong_code(&f[0]);
     let s = sshd.login(SshVariant::Publickey, u, &[&bad, &w.code(&f[0])]);
     assert_logged_in(&s, u, Some(&sshd));
     assert_eq!(pam_prompts(&s), [PROMPT; 2]);
@@ -838,7 +830,7 @@ fn ssh_32_concurrent_logins_then_keeps_serving() {
             if i < RIGHT {
                 w.emu.code(&f[i], 0).unwrap()
             } else {
-                wrong_code(&w, &f[i])
+                w.wrong_code(&f[i])
             }
         })
         .collect();
@@ -984,7 +976,7 @@ fn sudo_right_code_wrong_code_and_wrong_then_right() {
     assert!(ok && out.trim() == "root", "{out}\n{err}");
     assert!(err.contains(PROMPT), "{err}");
     // Wrong codes: refused, nothing runs.
-    let bad = wrong_code(&w, &f[1]);
+    let bad = w.wrong_code(&f[1]);
     let (ok, out, err) = sudo_as(&w, users[1], &format!("{bad}\n{bad}\n{bad}\n"));
     assert!(!ok && out.trim().is_empty(), "{out}\n{err}");
     assert_eq!(err.matches(PROMPT).count(), 3, "{err}");
@@ -992,7 +984,7 @@ fn sudo_right_code_wrong_code_and_wrong_then_right() {
     // default), and the module honours it for messages.
     assert!(!err.contains("Wrong code, try again."), "{err}");
     // Wrong then right within tries.
-    let bad = wrong_code(&w, &f[2]);
+    let bad = w.wrong_code(&f[2]);
     let (ok, out, err) = sudo_as(&w, users[2], &format!("{bad}\n{}\n", w.code(&f[2])));
     assert!(ok && out.trim() == "root", "{out}\n{err}");
 
@@ -1134,7 +1126,7 @@ fn desktop_stacks_work_with_an_echo_off_only_conversation() {
             "{service}: {:?}",
             s.seen
         );
-        let bad = wrong_code(&w, &f);
+        let bad = w.wrong_code(&f);
         let (rc, s) = run(&[PASSWORD, &bad, &bad, &bad]);
         assert_eq!(rc, PAM_AUTH_ERR, "{service}: {:?}", s.seen);
         assert!(

@@ -370,6 +370,16 @@ impl World {
         self.emu.code(factor, 0).unwrap()
     }
 
+    /// A well-formed code that none of the factor's currently valid codes (drift included) is.
+    pub fn wrong_code(&self, factor: &str) -> String {
+        let valid: Vec<String> = (-1..=2).filter_map(|o| self.emu.code(factor, o)).collect();
+        ["000000", "111111", "222222", "333333", "444444"]
+            .iter()
+            .find(|c| !valid.iter().any(|v| v == *c))
+            .unwrap()
+            .to_string()
+    }
+
     /// The outcome lines logged so far.
     pub fn outcomes(&self) -> Vec<String> {
         self.log
