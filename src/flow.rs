@@ -193,7 +193,7 @@ pub fn code_is_well_formed(code: &str) -> bool {
 }
 
 /// The user whose factor this login needs.
-fn factor_user<'a>(cfg: &Config, login: &'a LoginContext) -> Result<&'a str, Outcome> {
+pub fn factor_user<'a>(cfg: &Config, login: &'a LoginContext) -> Result<&'a str, Outcome> {
     let is_su = matches!(login.service.as_str(), "su" | "su-l");
     let name = if is_su && cfg.login.su == SuFactor::Caller {
         login.ruser.as_deref().ok_or_else(|| Outcome::BadInput {

@@ -15,6 +15,7 @@ pub const DEFAULT_SOCKET: &str = "/dev/log";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    Debug,
     Info,
     Notice,
     Warning,
@@ -87,6 +88,7 @@ impl Sink {
             pid: std::process::id(),
         };
         let level = match severity {
+            Severity::Debug => syslog::Severity::LOG_DEBUG,
             Severity::Info => syslog::Severity::LOG_INFO,
             Severity::Notice => syslog::Severity::LOG_NOTICE,
             Severity::Warning => syslog::Severity::LOG_WARNING,

@@ -452,3 +452,41 @@ fn hostile_pam_items_are_logged_escaped() {
     assert_eq!(rc, PAM_AUTH_ERR);
     assert!(w.outcomes()[0].contains("outcome=bad_input"));
 }
+
+#[test]
+fn groups_limit_who_is_asked() {
+    // root is in group root and not in group nogroup (Debian's base system has both).
+    let w = World::new();
+    let f = w.enroll("root");
+    w.config("groups = [\"nogroup\"]", &[("root", &f)]);
+    w.stack("auth required {module} {args}\nauth required pam_permit.so\n");
+    let (rc, s) = w.login("root", &[]);
+    assert_eq!(rc, PAM_SUCCESS);
+    assert!(s.seen.is_empty(), "{:?}", s.seen);
+    assert!(w.outcomes()[0].contains("outcome=not_required"));
+    w.config("groups = [\"nogroup\", \"root\"]", &[("root", &f)]);
+    let bad = w.wrong_code(&f);
+    let (rc, s) = w.login("root", &[&bad, &bad, &bad]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert_eq!(s.prompts().len(), 3);
+}
+
+#[test]
+fn debug_argument_adds_a_line_with_the_request_count() {
+    let w = World::new();
+    let f = w.enroll("alice");
+    w.config("", &[("alice", &f)]);
+    w.stack("auth required {module} {args} debug\n");
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS);
+    let lines = w.log.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // authpriv.debug: <87>; token, challenge, verify.
+    assert!(
+        lines[1].starts_with("<87>")
+            && lines[1].contains("debug: outcome=verified http_requests=3"),
+        "{lines:?}"
+    );
+    let secret = &w.emu.info().client_secret;
+    assert!(lines.iter().all(|l| !l.contains(secret.as_str())));
+}

@@ -6,7 +6,7 @@ mod conv;
 use crate::api::LazyClient;
 use crate::config::{Config, DEFAULT_PATH};
 use crate::flow::{self, LoginContext, Outcome};
-use crate::log::Sink;
+use crate::log::{Severity, Sink};
 use ::pam::constants::{PamFlag, PamResultCode, PAM_SILENT};
 use ::pam::items::{RHost, RUser, Service, Tty};
 use ::pam::module::{PamHandle, PamHooks};
@@ -114,8 +114,21 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
         nonce: crate::text::random_hex(6),
         ..Default::default()
     };
-    let outcome = run(pamh, &mut login, parsed, flags);
+    let debug = parsed.as_ref().is_ok_and(|a| a.debug);
+    let started = std::time::Instant::now();
+    let mut requests = 0;
+    let outcome = run(pamh, &mut login, parsed, flags, &mut requests);
     sink.outcome(&login, &outcome);
+    if debug {
+        sink.write(
+            Severity::Debug,
+            &format!(
+                "debug: outcome={} http_requests={requests} elapsed_ms={}",
+                outcome.name(),
+                started.elapsed().as_millis()
+            ),
+        );
+    }
     pam_code(&outcome)
 }
 
@@ -124,6 +137,7 @@ fn run(
     login: &mut LoginContext,
     args: Result<Args, String>,
     flags: PamFlag,
+    requests: &mut u32,
 ) -> Outcome {
     let args = match args {
         Ok(a) => a,
@@ -146,7 +160,9 @@ fn run(
         }
     };
     if !cfg.login.groups.is_empty() {
-        login.groups = crate::host::groups_of(&login.user);
+        login.groups = flow::factor_user(&cfg, login)
+            .ok()
+            .and_then(crate::host::groups_of);
     }
     let mut conv = match PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
         Some(c) => c,
@@ -158,7 +174,9 @@ fn run(
         }
     };
     let mut api = LazyClient::new(&cfg.api);
-    flow::authenticate(&cfg, login, &mut conv, &mut api)
+    let outcome = flow::authenticate(&cfg, login, &mut conv, &mut api);
+    *requests = api.requests();
+    outcome
     // `api` drops here: its connection closes and reqwest's thread ends before PAM returns.
 }
 

@@ -16,7 +16,7 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
             return Ok(ExitCode::FAILURE);
         }
     };
-    let login = LoginContext {
+    let mut login = LoginContext {
         user: user.to_string(),
         service: service.to_string(),
         ruser: nix::unistd::User::from_uid(nix::unistd::getuid())
@@ -26,14 +26,15 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
         host: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        groups: if cfg.login.groups.is_empty() {
-            None
-        } else {
-            pam_truid::host::groups_of(user)
-        },
+        groups: None,
         nonce: pam_truid::text::random_hex(6),
         ..Default::default()
     };
+    if !cfg.login.groups.is_empty() {
+        login.groups = flow::factor_user(&cfg, &login)
+            .ok()
+            .and_then(pam_truid::host::groups_of);
+    }
     let mut api = LazyClient::new(&cfg.api);
     let outcome = flow::authenticate(&cfg, &login, &mut TerminalConv, &mut api);
     let code = pam_truid::pam::pam_code(&outcome);
