@@ -137,7 +137,6 @@ fn set_password(name: &str) {
     assert!(c.wait().unwrap().success(), "chpasswd {name}");
 }
 
-
 fn outcome_lines_with(w: &World, word: &str) -> Vec<String> {
     w.outcomes()
         .into_iter()
