@@ -11,6 +11,7 @@ packages=(
   sudo util-linux     # real sudo and su; unshare for private PAM stacks
   bubblewrap
   ca-certificates curl socat   # the demo: control endpoint, syslog listener
+  binutils valgrind g++   # nm/readelf for tests/exports.rs; tests/valgrind.sh; libFuzzer for tests/fuzz.sh
 )
 
 if [ "$(id -u)" -ne 0 ]; then

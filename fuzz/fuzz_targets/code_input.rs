@@ -1,0 +1,154 @@
+//! The code input path: whatever the person types (as the PAM conversation hands it over, bytes
+//! made UTF-8 lossily) and whatever tru.ID answers, only a well-formed code is ever sent, and
+//! only a verified code, or tru.ID unavailable under `failmode = "safe"`, lets the login in.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pam_truid::api::{ApiError, ChallengeStatus, FactorKind};
+use pam_truid::config::{Config, FactorId};
+use pam_truid::flow::{self, Authenticator, ConvError, Conversation, LoginContext, Outcome};
+use pam_truid::secret::Secret;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+const FACTOR: &str = "5995afaf-f5d1-47ab-b586-50ad46904eec";
+const RIGHT: &str = "123456";
+
+struct Person {
+    answers: VecDeque<String>,
+}
+
+impl Conversation for Person {
+    fn prompt_secret(&mut self, _text: &str) -> Result<Secret, ConvError> {
+        self.answers
+            .pop_front()
+            .map(Secret::new)
+            .ok_or_else(|| ConvError("no more answers".into()))
+    }
+    fn info(&mut self, text: &str) {
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+    fn error(&mut self, text: &str) {
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+}
+
+/// tru.ID, misbehaving as the fuzzer's flags say.
+struct TruId {
+    flags: u8,
+    calls: u32,
+    verified: bool,
+}
+
+impl TruId {
+    fn fail(&self, bit: u8) -> Option<ApiError> {
+        if self.flags & bit == 0 {
+            return None;
+        }
+        Some(if self.flags & 0x80 != 0 {
+            ApiError::Refused("400".into())
+        } else {
+            ApiError::Unavailable("503".into())
+        })
+    }
+}
+
+impl Authenticator for TruId {
+    fn create_challenge(&mut self, _f: &FactorId, _r: &str) -> Result<String, ApiError> {
+        self.calls += 1;
+        match self.fail(0x04) {
+            Some(e) if self.calls.is_multiple_of(2) || self.flags & 0x40 != 0 => Err(e),
+            _ => Ok(format!("ch-{}", self.calls)),
+        }
+    }
+    fn verify(
+        &mut self,
+        _f: &FactorId,
+        _c: &str,
+        code: &Secret,
+    ) -> Result<ChallengeStatus, ApiError> {
+        assert!(
+            flow::code_is_well_formed(code.expose()),
+            "a malformed code was sent: {:?}",
+            code.expose()
+        );
+        if let Some(e) = self.fail(0x08) {
+            return Err(e);
+        }
+        let status = match (code.expose() == RIGHT, self.flags & 0x30) {
+            (true, 0x00) => ChallengeStatus::Verified,
+            (_, 0x10) => ChallengeStatus::Expired,
+            (_, 0x20) => ChallengeStatus::Other("VERIFIED ".into()),
+            _ => ChallengeStatus::Failed,
+        };
+        self.verified = status == ChallengeStatus::Verified;
+        Ok(status)
+    }
+    fn find_factor(&mut self, _user: &str) -> Result<Option<FactorId>, ApiError> {
+        Ok(FactorId::parse(FACTOR))
+    }
+    fn factor_kind(&mut self, _f: &FactorId) -> Result<FactorKind, ApiError> {
+        Ok(FactorKind::Totp)
+    }
+    fn start_push(
+        &mut self,
+        _f: &FactorId,
+        _r: &str,
+        _p: &str,
+        _m: Option<&str>,
+    ) -> Result<String, ApiError> {
+        Err(ApiError::Refused("no push here".into()))
+    }
+    fn challenge_status(&mut self, _f: &FactorId, _c: &str) -> Result<ChallengeStatus, ApiError> {
+        Ok(ChallengeStatus::Pending)
+    }
+    fn pause(&mut self, _wait: Duration) {}
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let answers: VecDeque<String> = rest
+        .split(|b| *b == b'\n')
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    for a in &answers {
+        let spec = (6..=8).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_digit());
+        assert_eq!(flow::code_is_well_formed(a), spec, "{a:?}");
+    }
+    let safe = flags & 0x01 != 0;
+    let tries = 1 + u32::from(flags >> 1 & 0x01) * 2;
+    let text = format!(
+        "[api]\nbase_url = \"https://127.0.0.1:1\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         [login]\nfailmode = \"{}\"\ntries = {tries}\n[users]\nalice = \"{FACTOR}\"\n",
+        if safe { "safe" } else { "secure" }
+    );
+    let cfg = Config::parse(Path::new("/nonexistent.toml"), &text).expect("the fixed config");
+    let login = LoginContext {
+        user: "alice".into(),
+        service: "sshd".into(),
+        nonce: "n".into(),
+        ..Default::default()
+    };
+    let mut person = Person { answers };
+    let mut truid = TruId {
+        flags,
+        calls: 0,
+        verified: false,
+    };
+    let outcome = flow::authenticate(&cfg, &login, &mut person, &mut truid);
+    let success = pam_truid::pam::pam_code(&outcome) as i32 == 0;
+    match &outcome {
+        Outcome::Verified { .. } => assert!(truid.verified, "{outcome:?} without a verified code"),
+        Outcome::Unavailable { let_in, .. } => assert_eq!(*let_in, safe),
+        _ => {}
+    }
+    if success {
+        assert!(
+            truid.verified || (safe && matches!(outcome, Outcome::Unavailable { .. })),
+            "{outcome:?} let the login in"
+        );
+    }
+});

@@ -1,0 +1,848 @@
+//! The fault matrix: every way tru.ID (or the road to it) can fail, each with
+//! `failmode = "secure"` and `failmode = "safe"`, through real libpam loading the built module.
+//!
+//! Each row asserts the PAM result, that the whole login returned within `timeout` plus a small
+//! margin, and the outcome log line. No row yields `PAM_SUCCESS` under `secure` unless the code
+//! was in fact verified; under `safe`, tru.ID being unavailable lets the login in
+//! (`outcome=unavailable_allowed`), and a wrong code never does.
+//!
+//! Rows run in parallel threads, each with its own emulator, to keep the file fast.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `[api] timeout` of every row.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// What a login may take beyond `timeout`: config, TLS setup, PAM, a loaded 2-core machine.
+const MARGIN: Duration = Duration::from_millis(1500);
+/// Rows running at once.
+const PARALLEL: usize = 12;
+
+/// Where the module is pointed.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// The row's emulator, as it is.
+    Emulator,
+    /// A port nothing listens on.
+    Refused,
+    /// A name under `.invalid`, which never resolves (RFC 6761).
+    NoDns,
+    /// The emulator, but `ca_file` is another emulator's CA.
+    UnknownCa,
+    /// The emulator listening on 127.0.0.2; its certificate names 127.0.0.1, ::1, localhost.
+    WrongHost,
+    /// A TLS server whose certificate (from the trusted CA) expired in 2021.
+    Expired,
+}
+
+/// What a row must end in.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// tru.ID unavailable: secure denies (`PAM_AUTHINFO_UNAVAIL`), safe lets in; the log line
+    /// carries this text.
+    Unavailable(&'static str),
+    /// The login goes through under both failmodes (the fault is recovered from).
+    Verified,
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    name: String,
+    target: Target,
+    faults: Vec<Fault>,
+    expect: Expect,
+    /// The login must take at least this long (a wait that must happen, e.g. Retry-After).
+    at_least: Duration,
+    /// The login must take less than this (default: timeout + margin).
+    at_most: Duration,
+}
+
+fn row(name: impl Into<String>, target: Target, faults: Vec<Fault>, expect: Expect) -> Row {
+    Row {
+        name: name.into(),
+        target,
+        faults,
+        expect,
+        at_least: Duration::ZERO,
+        at_most: TIMEOUT + MARGIN,
+    }
+}
+
+fn fault(route: Route, kind: FaultKind, times: Option<u32>) -> Vec<Fault> {
+    vec![Fault { route, kind, times }]
+}
+
+/// The rows of the issue.
+fn rows() -> Vec<Row> {
+    use Expect::*;
+    use FaultKind as K;
+    use Target::*;
+    let calls = [
+        (Route::Token, "token"),
+        (Route::ChallengeCreate, "create"),
+        (Route::ChallengeVerify, "verify"),
+    ];
+    let mut rows = vec![
+        row(
+            "connection refused",
+            Refused,
+            vec![],
+            Unavailable("cannot connect"),
+        ),
+        row(
+            "DNS does not resolve",
+            NoDns,
+            vec![],
+            Unavailable("cannot connect"),
+        ),
+        // Both emulators' CAs share a name, so rustls reports a bad signature: either way, refused.
+        row(
+            "unknown CA",
+            UnknownCa,
+            vec![],
+            Unavailable("invalid peer certificate"),
+        ),
+        row(
+            "wrong host name",
+            WrongHost,
+            vec![],
+            Unavailable("not valid for name"),
+        ),
+        row(
+            "expired certificate",
+            Expired,
+            vec![],
+            Unavailable("expired"),
+        ),
+        row(
+            "slow past timeout (verify)",
+            Emulator,
+            fault(
+                Route::ChallengeVerify,
+                K::Latency(Duration::from_secs(4)),
+                None,
+            ),
+            Unavailable("no answer within [api] timeout (2 s)"),
+        ),
+        // 1.2 s on every call: the token fits, the challenge does not. One budget per login.
+        row(
+            "latency adds up over the calls",
+            Emulator,
+            fault(Route::Any, K::Latency(Duration::from_millis(1200)), None),
+            Unavailable("no answer within [api] timeout (2 s)"),
+        ),
+        row(
+            "429 without Retry-After, always",
+            Emulator,
+            fault(
+                Route::ChallengeCreate,
+                K::TooManyRequests { retry_after: None },
+                None,
+            ),
+            Unavailable("HTTP 429"),
+        ),
+        row(
+            "429 without Retry-After, once",
+            Emulator,
+            fault(
+                Route::ChallengeCreate,
+                K::TooManyRequests { retry_after: None },
+                Some(1),
+            ),
+            Verified,
+        ),
+        row(
+            "bearer token refused once",
+            Emulator,
+            fault(Route::ChallengeCreate, K::Unauthorized, Some(1)),
+            Verified,
+        ),
+        row(
+            "bearer token always refused",
+            Emulator,
+            fault(Route::ChallengeCreate, K::Unauthorized, None),
+            Unavailable("refused a freshly issued token"),
+        ),
+        row(
+            "50 MB answer (create)",
+            Emulator,
+            fault(Route::ChallengeCreate, K::Huge(50 * 1024 * 1024), None),
+            Unavailable("byte limit"),
+        ),
+        row(
+            "50 MB answer (token)",
+            Emulator,
+            fault(Route::Token, K::Huge(50 * 1024 * 1024), None),
+            Unavailable("byte limit"),
+        ),
+    ];
+    // 429 with Retry-After 1, once: waited for, then the login goes on.
+    let mut r = row(
+        "429 with Retry-After 1, once",
+        Emulator,
+        fault(
+            Route::ChallengeCreate,
+            K::TooManyRequests {
+                retry_after: Some(1),
+            },
+            Some(1),
+        ),
+        Verified,
+    );
+    r.at_least = Duration::from_secs(1);
+    rows.push(r);
+    // Retry-After beyond the deadline: not waited for at all.
+    let mut r = row(
+        "429 with Retry-After 30",
+        Emulator,
+        fault(
+            Route::ChallengeCreate,
+            K::TooManyRequests {
+                retry_after: Some(30),
+            },
+            None,
+        ),
+        Unavailable("HTTP 429"),
+    );
+    r.at_most = Duration::from_millis(900);
+    rows.push(r);
+    for (route, call) in calls {
+        for status in [500, 503] {
+            rows.push(row(
+                format!("{status} on {call}"),
+                Emulator,
+                fault(route, K::Status(status), None),
+                Unavailable(if status == 500 {
+                    "HTTP 500"
+                } else {
+                    "HTTP 503"
+                }),
+            ));
+        }
+        let mut r = row(
+            format!("hang on {call}"),
+            Emulator,
+            fault(route, K::Hang, None),
+            Unavailable("no answer within [api] timeout (2 s)"),
+        );
+        r.at_least = TIMEOUT;
+        rows.push(r);
+        rows.push(row(
+            format!("not JSON on {call}"),
+            Emulator,
+            fault(route, K::NotJson, None),
+            Unavailable("unreadable answer"),
+        ));
+        rows.push(row(
+            format!("wrong-shape JSON on {call}"),
+            Emulator,
+            fault(route, K::WrongShape, None),
+            Unavailable("unreadable answer"),
+        ));
+        rows.push(row(
+            format!("connection dropped on {call}"),
+            Emulator,
+            fault(route, K::Drop, None),
+            Unavailable("request failed"),
+        ));
+        rows.push(row(
+            format!("connection dropped mid-body on {call}"),
+            Emulator,
+            fault(route, K::DropMidBody, None),
+            Unavailable("answer cut short"),
+        ));
+    }
+    rows
+}
+
+/// What one row did.
+struct Ran {
+    rc: i32,
+    took: Duration,
+    outcomes: Vec<String>,
+    seen: Vec<Seen>,
+    /// Growth of the process's peak resident memory during the login, in KiB.
+    hwm_growth_kib: u64,
+}
+
+/// `key:` of /proc/self/status, in KiB.
+pub fn proc_status_kib(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The config of a row: the emulator's credentials, pointed where the row says.
+fn config_text(w: &World, base_url: &str, ca_file: &Path, failmode: &str, factor: &str) -> String {
+    let i = w.emu.info();
+    format!(
+        "[api]\nbase_url = \"{base_url}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+         ca_file = \"{}\"\nroots = \"none\"\ntimeout = {}\ntoken_cache = \"{}\"\n\n\
+         [login]\nfailmode = \"{failmode}\"\ntries = 1\n\n[users]\nalice = \"{factor}\"\n",
+        i.client_id,
+        i.client_secret,
+        ca_file.display(),
+        TIMEOUT.as_secs(),
+        w.path("cache").display()
+    )
+}
+
+fn run_row(r: &Row, failmode: &str) -> Ran {
+    let opts = match r.target {
+        Target::WrongHost => Options {
+            listen: SocketAddr::from(([127, 0, 0, 2], 0)),
+            ..Options::default()
+        },
+        _ => Options::default(),
+    };
+    let w = World::with_options(opts);
+    let f = w.enroll("alice");
+    let emu_ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+    // Kept alive until the login is over.
+    let mut _other = None;
+    let mut _tiny = None;
+    let (base, ca) = match r.target {
+        Target::Emulator | Target::WrongHost => (w.emu.info().base_url.clone(), emu_ca),
+        Target::Refused => {
+            let closed = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            (format!("https://{closed}"), emu_ca)
+        }
+        Target::NoDns => ("https://pam-truid-test.invalid".to_string(), emu_ca),
+        Target::UnknownCa => {
+            let other = Emulator::start(Options::default()).unwrap();
+            let ca = PathBuf::from(other.info().ca_file.clone().unwrap());
+            _other = Some(other);
+            (w.emu.info().base_url.clone(), ca)
+        }
+        Target::Expired => {
+            let ca = w.path("expired-ca.pem");
+            let server = TinyTls::start(CertKind::Expired, &ca, Arc::new(|_: &Request| ok_token()));
+            let base = format!("https://{}", server.addr);
+            _tiny = Some(server);
+            (base, ca)
+        }
+    };
+    w.write_config(&config_text(&w, &base, &ca, failmode, &f));
+    w.module_stack();
+    for fl in &r.faults {
+        w.emu.set_fault(fl.clone());
+    }
+    let code = w.code(&f);
+    let hwm_before = proc_status_kib("VmHWM");
+    let ((rc, script), took) = timed(|| w.login("alice", &[&code]));
+    let hwm_growth_kib = proc_status_kib("VmHWM").saturating_sub(hwm_before);
+    Ran {
+        rc,
+        took,
+        outcomes: w.outcomes(),
+        seen: script.seen,
+        hwm_growth_kib,
+    }
+}
+
+/// Checks one row's result; returns what is wrong, if anything.
+fn check(r: &Row, failmode: &str, ran: &Ran) -> Vec<String> {
+    let mut bad = Vec::new();
+    let secure = failmode == "secure";
+    let (want_rc, want_outcome, want_text) = match r.expect {
+        Expect::Unavailable(text) if secure => {
+            (PAM_AUTHINFO_UNAVAIL, "outcome=unavailable_denied", text)
+        }
+        Expect::Unavailable(text) => (PAM_SUCCESS, "outcome=unavailable_allowed", text),
+        Expect::Verified => (PAM_SUCCESS, "outcome=verified", "code verified by tru.ID"),
+    };
+    if ran.rc != want_rc {
+        bad.push(format!("PAM result {} (want {want_rc})", ran.rc));
+    }
+    if ran.took >= r.at_most || ran.took < r.at_least {
+        bad.push(format!(
+            "took {:?} (want {:?} ..< {:?})",
+            ran.took, r.at_least, r.at_most
+        ));
+    }
+    match ran.outcomes.as_slice() {
+        [line] => {
+            if !line.contains(want_outcome) || !line.contains(want_text) {
+                bad.push(format!(
+                    "log line {line:?} lacks {want_outcome:?} or {want_text:?}"
+                ));
+            }
+            if line.contains('\x1b') || line.contains('\n') {
+                bad.push(format!("log line {line:?} is not escaped"));
+            }
+        }
+        other => bad.push(format!("want one outcome line, got {other:?}")),
+    }
+    // What the person is told: the fixed message under secure, nothing under safe; never the
+    // server's or the library's own words.
+    if let Expect::Unavailable(_) = r.expect {
+        let errors: Vec<&Seen> = ran
+            .seen
+            .iter()
+            .filter(|s| !matches!(s, Seen::Prompt(_)))
+            .collect();
+        let fixed = Seen::Error(
+            "tru.ID cannot be reached, so the login is refused. Ask your administrator.".into(),
+        );
+        let ok = if secure {
+            errors == [&fixed]
+        } else {
+            errors.is_empty()
+        };
+        if !ok {
+            bad.push(format!("conversation showed {:?}", ran.seen));
+        }
+    }
+    bad
+}
+
+#[test]
+fn fault_matrix_under_both_failmodes() {
+    require_root();
+    let _alone = serial();
+    let jobs: Vec<(Row, &'static str)> = rows()
+        .into_iter()
+        .flat_map(|r| [(r.clone(), "secure"), (r, "safe")])
+        .collect();
+    let queue = Arc::new(Mutex::new(jobs));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            let queue = queue.clone();
+            let failures = failures.clone();
+            std::thread::spawn(move || loop {
+                let Some((r, failmode)) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let ran = run_row(&r, failmode);
+                for problem in check(&r, failmode, &ran) {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("[{} / {failmode}] {problem}", r.name));
+                }
+                // The one rule above all: secure never lets in a login that was not verified.
+                if failmode == "secure" && ran.rc == PAM_SUCCESS {
+                    let verified = ran.outcomes.iter().any(|l| l.contains("outcome=verified"));
+                    assert!(verified, "[{}] PAM_SUCCESS under secure", r.name);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The 50 MB answer is cut at the size limit without the process's memory growing: run alone
+/// (the matrix's parallel rows would blur the peak) and measured on the peak RSS.
+#[test]
+fn a_50_mb_answer_costs_no_memory() {
+    let _alone = serial();
+    for route in [Route::Token, Route::ChallengeCreate, Route::ChallengeVerify] {
+        let r = row(
+            format!("50 MB on {route:?}"),
+            Target::Emulator,
+            fault(route, FaultKind::Huge(50 * 1024 * 1024), None),
+            Expect::Unavailable("byte limit"),
+        );
+        let ran = run_row(&r, "secure");
+        assert_eq!(check(&r, "secure", &ran), Vec::<String>::new(), "{route:?}");
+        assert!(
+            ran.hwm_growth_kib < 16 * 1024,
+            "{route:?}: peak RSS grew by {} KiB reading a 50 MB answer",
+            ran.hwm_growth_kib
+        );
+    }
+}
+
+/// A wrong code is a wrong code whatever else goes on: with a recoverable fault active (a
+/// refused token, a 429 once), `safe` must not turn it into a login.
+#[test]
+fn a_wrong_code_never_logs_in_under_either_failmode() {
+    let _alone = serial();
+    for failmode in ["secure", "safe"] {
+        for faults in [
+            vec![],
+            fault(Route::ChallengeCreate, FaultKind::Unauthorized, Some(1)),
+            fault(
+                Route::ChallengeVerify,
+                FaultKind::TooManyRequests {
+                    retry_after: Some(1),
+                },
+                Some(1),
+            ),
+        ] {
+            let w = World::new();
+            let f = w.enroll("alice");
+            let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+            w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, failmode, &f));
+            w.module_stack();
+            for fl in &faults {
+                w.emu.set_fault(fl.clone());
+            }
+            let right = w.code(&f);
+            let wrong = if right == "000000" {
+                "111111"
+            } else {
+                "000000"
+            };
+            let ((rc, _), took) = timed(|| w.login("alice", &[wrong]));
+            assert_eq!(rc, PAM_AUTH_ERR, "{failmode} {faults:?}");
+            assert!(took < TIMEOUT + MARGIN, "{took:?}");
+            let lines = w.outcomes();
+            assert!(
+                lines.len() == 1 && lines[0].contains("outcome=wrong_code"),
+                "{failmode} {faults:?}: {lines:?}"
+            );
+            assert_eq!(w.emu.stats().verification_attempts, 1);
+        }
+    }
+}
+
+/// The token endpoint answering 401 means the configured credentials are wrong: a typo the
+/// administrator must fix, not tru.ID being down. It must deny under `safe` too, or a
+/// mistyped secret turns the second factor off (duo_unix's field lesson).
+#[test]
+fn token_401_denies_under_both_failmodes() {
+    let _alone = serial();
+    for failmode in ["secure", "safe"] {
+        let w = World::new();
+        let f = w.enroll("alice");
+        let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+        w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, failmode, &f));
+        w.module_stack();
+        w.emu.set_fault(Fault {
+            route: Route::Token,
+            kind: FaultKind::Unauthorized,
+            times: None,
+        });
+        let code = w.code(&f);
+        let ((rc, _), took) = timed(|| w.login("alice", &[&code]));
+        assert!(took < TIMEOUT + MARGIN, "{took:?}");
+        let lines = w.outcomes();
+        assert!(
+            lines.len() == 1 && lines[0].contains("token refused (HTTP 401"),
+            "{lines:?}"
+        );
+        assert_ne!(
+            rc, PAM_SUCCESS,
+            "failmode = {failmode}: a refused client secret let the login in: {lines:?}"
+        );
+    }
+}
+
+/// Also true of a wrong client secret in the config (the real typo, no fault injected).
+#[test]
+fn a_wrong_client_secret_denies_under_both_failmodes() {
+    let _alone = serial();
+    for failmode in ["secure", "safe"] {
+        let w = World::new();
+        let f = w.enroll("alice");
+        let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+        let text = config_text(&w, &w.emu.info().base_url, &ca, failmode, &f).replace(
+            &format!("client_secret = \"{}\"", w.emu.info().client_secret),
+            "client_secret = \"typo\"",
+        );
+        w.write_config(&text);
+        w.module_stack();
+        let code = w.code(&f);
+        let (rc, _) = w.login("alice", &[&code]);
+        assert_ne!(rc, PAM_SUCCESS, "failmode = {failmode}: {:?}", w.outcomes());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server text with escape sequences, from a server that says what the emulator cannot.
+
+const HOSTILE_TITLE: &str = "Not Found\u{1b}[2J\u{1b}]0;pwned\u{7}";
+const HOSTILE_DETAIL: &str = "no such factor\n<86>pam_truid: outcome=verified user=\"root\"\r";
+
+/// tru.ID's answers, written by a hostile or broken server: every piece of text it controls
+/// (problem title and detail, challenge status) carries terminal escapes and line breaks.
+/// None reaches the conversation or the log raw, and none lets anyone in.
+#[test]
+fn hostile_server_text_is_escaped_and_lets_nobody_in() {
+    let _alone = serial();
+    // (what the challenge calls answer, the PAM result under secure, under safe, outcome)
+    type Case = (
+        &'static str,
+        Arc<dyn Fn(&Request) -> Vec<u8> + Send + Sync>,
+        i32,
+        i32,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "404 problem on create",
+            Arc::new(|req: &Request| {
+                if req.path.ends_with("/token") {
+                    ok_token()
+                } else {
+                    problem(404, HOSTILE_TITLE, HOSTILE_DETAIL)
+                }
+            }),
+            PAM_AUTH_ERR,
+            PAM_AUTH_ERR,
+        ),
+        (
+            "503 problem on create",
+            Arc::new(|req: &Request| {
+                if req.path.ends_with("/token") {
+                    ok_token()
+                } else {
+                    problem(503, HOSTILE_TITLE, HOSTILE_DETAIL)
+                }
+            }),
+            PAM_AUTHINFO_UNAVAIL,
+            PAM_SUCCESS,
+        ),
+        (
+            "500 problem on token",
+            Arc::new(|_: &Request| problem(500, HOSTILE_TITLE, HOSTILE_DETAIL)),
+            PAM_AUTHINFO_UNAVAIL,
+            PAM_SUCCESS,
+        ),
+        (
+            "challenge status with escapes",
+            Arc::new(|req: &Request| challenge_server(req, "VERIFIED\u{1b}[0m")),
+            PAM_AUTH_ERR,
+            PAM_AUTH_ERR,
+        ),
+    ];
+    for (name, responder, want_secure, want_safe) in cases {
+        for (failmode, want) in [("secure", want_secure), ("safe", want_safe)] {
+            let w = World::new();
+            let f = w.enroll("alice");
+            let ca = w.path("tiny-ca.pem");
+            let server = TinyTls::start(CertKind::Valid, &ca, responder.clone());
+            let base = format!("https://{}", server.addr);
+            w.write_config(&config_text(&w, &base, &ca, failmode, &f));
+            w.module_stack();
+            let ((rc, script), took) = timed(|| w.login("alice", &["123456"]));
+            let lines = w.outcomes();
+            assert!(took < TIMEOUT + MARGIN, "{name}: {took:?}");
+            assert!(server.requests() > 0, "{name}: the server was never asked");
+            for s in &script.seen {
+                let text = match s {
+                    Seen::Prompt(t) | Seen::EchoOnPrompt(t) | Seen::Info(t) | Seen::Error(t) => t,
+                };
+                assert!(
+                    !text.chars().any(|c| c.is_control())
+                        && !text.contains("pwned")
+                        && !text.contains("no such factor"),
+                    "{name}/{failmode}: server text reached the conversation: {text:?}"
+                );
+            }
+            assert_eq!(lines.len(), 1, "{name}/{failmode}: {lines:?}");
+            let line = &lines[0];
+            assert!(
+                !line.contains(['\u{1b}', '\u{7}', '\n', '\r']),
+                "{name}/{failmode}: raw control characters in {line:?}"
+            );
+            if name.contains("problem on") {
+                assert!(
+                    line.contains("\\\\x1b[2J") || line.contains("\\x1b[2J"),
+                    "{name}/{failmode}: the server's text is not in the line, escaped: {line}"
+                );
+            }
+            assert_eq!(rc, want, "{name}/{failmode}: {line}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny HTTPS server (std + rustls), for what the emulator cannot do: an expired certificate,
+// answers with arbitrary text. One connection at a time, `Connection: close` on each answer.
+
+/// The tests of this file run one after another: the matrix is parallel inside, and the memory
+/// test needs the process to itself.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CertKind {
+    Valid,
+    Expired,
+}
+
+struct Request {
+    method: String,
+    path: String,
+}
+
+type Responder = Arc<dyn Fn(&Request) -> Vec<u8> + Send + Sync>;
+
+struct TinyTls {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    served: Arc<Mutex<u32>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TinyTls {
+    /// Generates a CA (written to `ca_file`) and a leaf for 127.0.0.1, then serves.
+    fn start(kind: CertKind, ca_file: &Path, respond: Responder) -> TinyTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        if kind == CertKind::Expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(ca_file, ca_cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(0));
+        let (stop2, served2) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(tcp) = conn else { continue };
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = tcp.set_write_timeout(Some(Duration::from_secs(5)));
+                let Ok(server) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                let mut tls = rustls::StreamOwned::new(server, tcp);
+                let Some(req) = read_request(&mut tls) else {
+                    continue;
+                };
+                *served2.lock().unwrap() += 1;
+                let _ = tls.write_all(&respond(&req));
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.conn.complete_io(&mut tls.sock);
+            }
+        });
+        TinyTls {
+            addr,
+            stop,
+            served,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> u32 {
+        *self.served.lock().unwrap()
+    }
+}
+
+impl Drop for TinyTls {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept; the loop sees the flag and ends.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads the request line, the headers and a Content-Length body (at most 64 KiB).
+fn read_request(s: &mut impl Read) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if buf.len() > 65536 || s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut first = head.lines().next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len.min(65536)];
+    s.read_exact(&mut body).ok()?;
+    Some(Request { method, path })
+}
+
+fn http(status: u16, ctype: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn ok_token() -> Vec<u8> {
+    http(
+        200,
+        "application/json",
+        r#"{"access_token":"tok-123","token_type":"bearer","expires_in":3600}"#,
+    )
+}
+
+fn problem(status: u16, title: &str, detail: &str) -> Vec<u8> {
+    let body = serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail});
+    http(status, "application/problem+json", &body.to_string())
+}
+
+/// A server that issues a token, creates challenge `ch-1` and answers the code with `status`.
+fn challenge_server(req: &Request, status: &str) -> Vec<u8> {
+    if req.path.ends_with("/token") {
+        return ok_token();
+    }
+    if req.method == "GET" && !req.path.contains("/challenges") {
+        // The factor itself (its kind, for versions of the module that ask).
+        let id = req.path.rsplit('/').next().unwrap_or("");
+        let body = serde_json::json!({"factor_id": id, "status": "ACTIVE", "type": "TOTP", "external_user_id": "alice"});
+        return http(200, "application/hal+json", &body.to_string());
+    }
+    let body = serde_json::json!({"challenge_id": "ch-1", "status": if req.method == "POST" { "PENDING" } else { status }});
+    http(
+        if req.method == "POST" { 201 } else { 200 },
+        "application/hal+json",
+        &body.to_string(),
+    )
+}

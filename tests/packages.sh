@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# CI test of the packages (issue 7). As root, on Debian or Ubuntu:
+#   - installs the tools when missing (apt: rpm lintian scdoc dpkg-dev jq, plus what
+#     tests/setup.sh installs; cargo: cargo-deb, cargo-generate-rpm),
+#   - builds the .deb and the .rpm with packaging/build.sh,
+#   - checks their file lists, modes, owners, conffiles and dependencies,
+#   - runs lintian on the .deb (errors fail; warnings are listed),
+#   - installs the .deb, then: the sshd login test against the INSTALLED module, and the
+#     installed truid-pam check against the emulator,
+#   - enables the pam-auth-update profile in a private mount namespace (the host's
+#     /etc/pam.d is never written) to check where its line lands,
+#   - upgrades (same version again, then a -2 revision) with a changed config: kept,
+#   - apt-get remove keeps the config, purge removes it,
+#   - /etc/pam.d is byte-for-byte the same before install, after install, after remove
+#     and after purge.
+#
+# It really installs and removes libpam-truid. It refuses to run when libpam-truid is
+# already installed; an /etc/security/pam_truid.toml from a source install is moved
+# aside and put back at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+started=$(date +%s)
+
+fail() { echo "packages: FAIL: $*" >&2; exit 1; }
+note() { echo "packages: $*"; }
+secs() { echo $(( $(date +%s) - $1 )); }
+
+[ "$(id -u)" -eq 0 ] || fail "run as root: it installs and removes packages"
+if dpkg-query -W -f='${Status}' libpam-truid 2>/dev/null | grep -q "installed"; then
+    fail "libpam-truid is installed on this machine; remove it first (this test installs and purges it)"
+fi
+
+# --------------------------------------------------------------------------------------
+# Tools
+t=$(date +%s)
+tests/setup.sh
+apt_tools=(rpm lintian scdoc dpkg-dev jq)
+missing=()
+for p in "${apt_tools[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    note "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+note "apt tools ready in $(secs "$t") s"
+t=$(date +%s)
+for tool in cargo-deb cargo-generate-rpm; do
+    command -v "$tool" >/dev/null || cargo install --locked "$tool"
+done
+note "cargo tools ready in $(secs "$t") s"
+
+# --------------------------------------------------------------------------------------
+# State of the host, and cleanup
+
+work=$(mktemp -d /tmp/pam_truid-packages.XXXXXX)
+emu_pid=""
+installed=0
+moved_config=""
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$emu_pid" ]; then
+        kill "$emu_pid" 2>/dev/null
+        wait "$emu_pid" 2>/dev/null
+    fi
+    if [ "$installed" = 1 ] && dpkg-query -W -f='${Status}' libpam-truid 2>/dev/null | grep -q installed; then
+        echo "packages: purging libpam-truid after a failure" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libpam-truid >/dev/null 2>&1 || true
+    fi
+    if [ -n "$moved_config" ]; then
+        mv -f "$moved_config" /etc/security/pam_truid.toml
+    fi
+    rm -rf "$work"
+    exit $rc
+}
+trap cleanup EXIT
+
+if [ -e /etc/security/pam_truid.toml ]; then
+    moved_config=$(mktemp /etc/security/.pam_truid.toml.packages-test.XXXXXX)
+    mv -f /etc/security/pam_truid.toml "$moved_config"
+    note "moved the existing /etc/security/pam_truid.toml aside until the end"
+fi
+
+pam_sums() { (cd /etc/pam.d && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
+pam_sums > "$work/pam.before"
+assert_pam_untouched() {
+    pam_sums > "$work/pam.now"
+    diff -u "$work/pam.before" "$work/pam.now" || fail "/etc/pam.d changed $1"
+    note "ok: /etc/pam.d unchanged $1"
+}
+
+# --------------------------------------------------------------------------------------
+# Build
+t=$(date +%s)
+packaging/build.sh
+note "packages built in $(secs "$t") s"
+version=$(cargo metadata --no-deps --format-version 1 | jq -r '.packages[] | select(.name == "pam_truid") | .version')
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+deb=$(ls packaging/out/libpam-truid_"$version"-1_*.deb)
+rpm=$(ls packaging/out/pam_truid-"$version"-1.*.rpm)
+module=/usr/lib/$multiarch/security/pam_truid.so
+target=$(cargo metadata --no-deps --format-version 1 | jq -r .target_directory)
+
+# --------------------------------------------------------------------------------------
+# The .deb's contents
+
+dpkg-deb -c "$deb" > "$work/deb.list"
+note "$deb:"
+sed 's/^/    /' "$work/deb.list"
+# MODE PATH: each must be in the list, owned by root/root.
+deb_expect=(
+    "-rw-r--r-- ./usr/lib/$multiarch/security/pam_truid.so"
+    "-rwxr-xr-x ./usr/bin/truid-pam"
+    "-rw------- ./etc/security/pam_truid.toml"
+    "-rw-r--r-- ./usr/share/pam-configs/truid"
+    "-rw-r--r-- ./usr/lib/tmpfiles.d/pam_truid.conf"
+    "-rw-r--r-- ./usr/share/man/man8/pam_truid.8.gz"
+    "-rw-r--r-- ./usr/share/man/man5/pam_truid.toml.5.gz"
+    "-rw-r--r-- ./usr/share/man/man1/truid-pam.1.gz"
+    "-rw-r--r-- ./usr/share/doc/libpam-truid/copyright"
+    "-rw-r--r-- ./usr/share/doc/libpam-truid/changelog.Debian.gz"
+    "-rw-r--r-- ./usr/share/doc/libpam-truid/examples/sshd_config.d/pam_truid.conf"
+    "-rw-r--r-- ./usr/share/lintian/overrides/libpam-truid"
+)
+for f in conf/pam.d/*; do
+    deb_expect+=("-rw-r--r-- ./usr/share/doc/libpam-truid/examples/pam.d/$(basename "$f")")
+done
+for e in "${deb_expect[@]}"; do
+    mode=${e%% *}
+    path=${e#* }
+    awk -v m="$mode" -v p="$path" '$1 == m && ($2 == "root/root" || $2 == "0/0") && $6 == p { found = 1 } END { exit !found }' \
+        "$work/deb.list" || fail "deb: missing $path with mode $mode root/root"
+done
+# Nothing in the host's PAM stacks, nothing under /usr/lib64 or target paths.
+! grep -qE ' \./etc/pam\.d/| \./usr/lib64/' "$work/deb.list" || fail "deb: ships files in /etc/pam.d or /usr/lib64"
+n_files=$(grep -c '^-' "$work/deb.list")
+[ "$n_files" -eq "${#deb_expect[@]}" ] || fail "deb: $n_files files, expected ${#deb_expect[@]} (list above)"
+note "ok: deb file list and modes (${#deb_expect[@]} files)"
+
+dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$work" ./conffiles ./postinst ./prerm ./postrm ./control
+[ "$(cat "$work/conffiles")" = "/etc/security/pam_truid.toml" ] ||
+    fail "deb conffiles: $(cat "$work/conffiles")"
+depends=$(dpkg-deb -f "$deb" Depends)
+note "deb Depends: $depends"
+for d in libc6 libpam0g; do
+    echo ", $depends" | grep -qE "(^|, )$d( |,|$)" || fail "deb: Depends lacks $d"
+done
+# Only what the binaries link: libc6, libpam0g, libgcc-s1 (Rust's unwinder).
+extra=$(echo "$depends" | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -vxE 'libc6|libpam0g|libgcc-s1' || true)
+[ -z "$extra" ] || fail "deb: unexpected dependencies: $extra"
+[ "$(dpkg-deb -f "$deb" Package)" = libpam-truid ] || fail "deb: package name"
+note "ok: deb conffiles, maintainer scripts, Depends"
+
+# --------------------------------------------------------------------------------------
+# The .rpm's contents
+
+rpm -qlpv "$rpm" > "$work/rpm.list"
+note "$rpm:"
+sed 's/^/    /' "$work/rpm.list"
+rpm_expect=(
+    "-rwxr-xr-x /usr/lib64/security/pam_truid.so"
+    "-rwxr-xr-x /usr/bin/truid-pam"
+    "-rw------- /etc/security/pam_truid.toml"
+    "-rw-r--r-- /usr/lib/tmpfiles.d/pam_truid.conf"
+    "-rw-r--r-- /usr/share/man/man8/pam_truid.8.gz"
+    "-rw-r--r-- /usr/share/man/man5/pam_truid.toml.5.gz"
+    "-rw-r--r-- /usr/share/man/man1/truid-pam.1.gz"
+    "-rw-r--r-- /usr/share/doc/pam_truid/examples/sshd_config.d/pam_truid.conf"
+)
+for f in conf/pam.d/*; do
+    rpm_expect+=("-rw-r--r-- /usr/share/doc/pam_truid/examples/pam.d/$(basename "$f")")
+done
+for e in "${rpm_expect[@]}"; do
+    mode=${e%% *}
+    path=${e#* }
+    awk -v m="$mode" -v p="$path" '$1 == m && $3 == "root" && $4 == "root" && $NF == p { found = 1 } END { exit !found }' \
+        "$work/rpm.list" || fail "rpm: missing $path with mode $mode root root"
+done
+n_files=$(grep -c '^-' "$work/rpm.list")
+[ "$n_files" -eq "${#rpm_expect[@]}" ] || fail "rpm: $n_files files, expected ${#rpm_expect[@]} (list above)"
+# %config(noreplace): flags "c" (config) and "n" (noreplace).
+flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpm" | awk '$1 == "/etc/security/pam_truid.toml" { print $2 }')
+case "$flags" in *c*n* | *n*c*) ;; *) fail "rpm: pam_truid.toml flags \"$flags\", want %config(noreplace)" ;; esac
+[ "$(rpm -qp --qf '%{NAME}' "$rpm")" = pam_truid ] || fail "rpm: package name"
+note "rpm Requires: $(rpm -qpR "$rpm" | tr '\n' ' ')"
+rpm -qpR "$rpm" | grep -q '^libpam\.so\.0' || fail "rpm: Requires lacks libpam.so.0"
+note "ok: rpm file list, modes, %config(noreplace) (${#rpm_expect[@]} files)"
+
+# --------------------------------------------------------------------------------------
+# lintian
+
+lintian --tag-display-limit 0 --show-overrides "$deb" > "$work/lintian.out" 2>&1 || true
+note "lintian:"
+sed 's/^/    /' "$work/lintian.out"
+if grep -q '^E: ' "$work/lintian.out"; then
+    fail "lintian reported errors"
+fi
+note "ok: lintian: no errors, $(grep -c '^W: ' "$work/lintian.out" || true) warnings, $(grep -c '^O: ' "$work/lintian.out" || true) overridden (packaging/debian/lintian-overrides)"
+
+# --------------------------------------------------------------------------------------
+# Install
+
+installed=1
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$repo/$deb" >/dev/null
+[ -f "$module" ] || fail "$module missing after install"
+[ -x /usr/bin/truid-pam ] || fail "/usr/bin/truid-pam missing after install"
+[ "$(stat -c '%a %U %G' /etc/security/pam_truid.toml)" = "600 root root" ] ||
+    fail "/etc/security/pam_truid.toml: $(stat -c '%a %U %G' /etc/security/pam_truid.toml)"
+if command -v systemd-tmpfiles >/dev/null; then
+    [ "$(stat -c '%a %U' /run/pam_truid)" = "700 root" ] || fail "/run/pam_truid not created 0700 root"
+fi
+grep -qx truid /var/lib/pam/seen || fail "pam-auth-update did not register the profile"
+assert_pam_untouched "by installing"
+
+# The shipped config is refused until filled in (empty client_id): the check says so.
+if /usr/bin/truid-pam check > "$work/check.shipped" 2>&1; then
+    fail "truid-pam check accepted the unfilled shipped config"
+fi
+grep -q 'client_id: is empty' "$work/check.shipped" || fail "check of the shipped config: $(cat "$work/check.shipped")"
+note "ok: the shipped config is refused until filled in"
+
+# --------------------------------------------------------------------------------------
+# The sshd login test against the installed module
+
+t=$(date +%s)
+PAM_TRUID_MODULE="$module" cargo test --locked --test real_logins ssh_key_then_code -- --nocapture
+note "ok: sshd key + code login through $module ($(secs "$t") s)"
+
+# --------------------------------------------------------------------------------------
+# truid-pam check (installed) against the emulator
+
+cargo build --locked -p truid-emulator
+emulator="$target/debug/truid-emulator"
+: > "$work/emu.out"
+"$emulator" --listen 127.0.0.1:0 > "$work/emu.out" 2> "$work/emu.err" &
+emu_pid=$!
+ready=""
+for _ in $(seq 600); do
+    ready=$(head -n 1 "$work/emu.out" || true)
+    [ -n "$ready" ] && break
+    kill -0 "$emu_pid" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$ready" ] || fail "the emulator printed no ready line: $(cat "$work/emu.err")"
+field() { echo "$ready" | jq -er ".$1"; }
+base_url=$(field base_url)
+ca_file=$(field ca_file)
+# An enrolled user, so that check also looks at a factor.
+factor=$(curl -sS --fail --cacert "$ca_file" -H 'content-type: application/json' \
+    -d '{"external_user_id":"root","type":"TOTP"}' "$base_url/_emulator/seed" | jq -er .factor_id)
+# The administrator's edit of the conffile: what upgrades must keep.
+cat > /etc/security/pam_truid.toml <<EOF
+# Edited by tests/packages.sh: the emulator.
+[api]
+base_url = "$base_url"
+ca_file = "$ca_file"
+client_id = "$(field client_id)"
+client_secret = "$(field client_secret)"
+
+[login]
+failmode = "secure"
+
+[users]
+root = "$factor"
+EOF
+chown root:root /etc/security/pam_truid.toml
+chmod 600 /etc/security/pam_truid.toml
+/usr/bin/truid-pam check || fail "truid-pam check against the emulator"
+note "ok: installed truid-pam check against the emulator"
+edited=$(sha256sum < /etc/security/pam_truid.toml)
+
+# --------------------------------------------------------------------------------------
+# pam-auth-update with the profile on, in a private mount namespace: the host's
+# /etc/pam.d, /var/lib/pam and debconf database are copies here, never written.
+
+mkdir -p "$work/ns/pam.d" "$work/ns/varlibpam" "$work/ns/debconf"
+cp -a /etc/pam.d/. "$work/ns/pam.d/"
+cp -a /var/lib/pam/. "$work/ns/varlibpam/"
+cp -a /var/cache/debconf/. "$work/ns/debconf/"
+unshare --mount --propagation private bash -euc '
+    mount --bind "$1/pam.d" /etc/pam.d
+    mount --bind "$1/varlibpam" /var/lib/pam
+    mount --bind "$1/debconf" /var/cache/debconf
+    DEBIAN_FRONTEND=noninteractive pam-auth-update --enable truid
+    cp /etc/pam.d/common-auth "$1/common-auth.enabled"
+    DEBIAN_FRONTEND=noninteractive pam-auth-update --disable truid
+    cp /etc/pam.d/common-auth "$1/common-auth.disabled"
+' _ "$work/ns"
+note "common-auth with the profile enabled:"
+grep -v '^#' "$work/ns/common-auth.enabled" | grep . | sed 's/^/    /'
+# The module line comes after pam_deny/pam_permit (the Additional block), as requisite.
+awk '/pam_permit\.so/ { permit = NR } /^auth[ \t]+requisite[ \t]+pam_truid\.so/ { truid = NR }
+     END { exit !(permit && truid > permit) }' "$work/ns/common-auth.enabled" ||
+    fail "profile: pam_truid.so is not a requisite line after pam_permit in common-auth"
+! grep -q pam_truid "$work/ns/common-auth.disabled" || fail "profile: --disable left pam_truid in common-auth"
+cmp -s "$work/ns/common-auth.disabled" /etc/pam.d/common-auth ||
+    fail "profile: enable then disable did not give back the same common-auth"
+assert_pam_untouched "by the profile test (private namespace)"
+
+# --------------------------------------------------------------------------------------
+# Upgrades keep the edited config
+
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall \
+    -o Dpkg::Options::=--force-confdef "$repo/$deb" >/dev/null
+[ "$(sha256sum < /etc/security/pam_truid.toml)" = "$edited" ] || fail "reinstall replaced the edited config"
+[ "$(stat -c '%a %U' /etc/security/pam_truid.toml)" = "600 root" ] || fail "reinstall changed the config's mode"
+# A real upgrade: the same files as revision 2.
+cargo deb --no-build -p pam_truid --deb-revision 2 -o "$work/" >/dev/null
+deb2=$(ls "$work"/libpam-truid_"$version"-2_*.deb)
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o Dpkg::Options::=--force-confdef "$deb2" >/dev/null
+[ "$(dpkg-query -W -f='${Version}' libpam-truid)" = "$version-2" ] || fail "upgrade to -2 did not happen"
+[ "$(sha256sum < /etc/security/pam_truid.toml)" = "$edited" ] || fail "upgrade replaced the edited config"
+/usr/bin/truid-pam check > /dev/null || fail "truid-pam check after the upgrade"
+assert_pam_untouched "by reinstall and upgrade"
+note "ok: reinstall and upgrade kept the edited config"
+
+# --------------------------------------------------------------------------------------
+# remove keeps the config, purge removes it
+
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq libpam-truid >/dev/null
+[ ! -e "$module" ] || fail "remove left $module"
+[ ! -e /usr/bin/truid-pam ] || fail "remove left /usr/bin/truid-pam"
+[ "$(sha256sum < /etc/security/pam_truid.toml)" = "$edited" ] || fail "remove changed or deleted the config"
+assert_pam_untouched "by remove"
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libpam-truid >/dev/null
+[ ! -e /etc/security/pam_truid.toml ] || fail "purge left /etc/security/pam_truid.toml"
+[ ! -e /etc/security/.pam_truid.toml.lock ] || fail "purge left the lock file"
+[ ! -e /run/pam_truid ] || fail "purge left /run/pam_truid"
+! grep -qx truid /var/lib/pam/seen || fail "purge left the profile in /var/lib/pam/seen"
+dpkg-query -W libpam-truid >/dev/null 2>&1 && fail "dpkg still knows libpam-truid after purge"
+installed=0
+assert_pam_untouched "by purge"
+note "ok: remove kept the config, purge removed it"
+
+note "all package checks passed in $(secs "$started") s"
