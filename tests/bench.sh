@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The benchmark of issue 9 (run by hand, not in CI): whole pamtester logins with pam_truid.so
+# next to pam_permit.so alone and pam_google_authenticator.so, pairwise in one run, against the
+# tru.ID emulator on loopback over TLS with latency 0; then 200 concurrent logins, the emulator's
+# own throughput, the floor (one TLS handshake + two round trips outside PAM), dlopen time,
+# threads and sockets left after a login, and instructions per login under callgrind.
+#
+#   sudo tests/bench.sh [--logins N] [--concurrent N] [--no-callgrind]   (BENCH_KEEP=1 keeps the work folder)
+#
+# Installs what it needs (pamtester, libpam-wrapper, libpam-google-authenticator, valgrind),
+# builds in release mode, prints a Markdown table. Everything it starts is killed by PID at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench: run as root (sudo $0): configs must be root-owned, and it installs packages." >&2
+  exit 1
+fi
+
+packages=(libpam0g-dev pamtester libpam-wrapper libpam-google-authenticator valgrind ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench: installing ${missing[*]}"
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "bench: building (release)" >&2
+# Two builds, the module last and alone: built with the emulator in one cargo invocation, the
+# module's tokio would get the emulator's "signal" feature (Cargo unifies features), whose
+# process-wide socket pair the shipped module does not have.
+cargo build --quiet --release -p truid-emulator
+cargo build --quiet --release -p pam_truid
+TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+REL=$TARGET/release
+
+W=$(mktemp -d /tmp/pam_truid-bench.XXXXXX)
+chmod 700 "$W"
+emu_pid=
+cleanup() {
+  if [ -n "$emu_pid" ]; then
+    kill "$emu_pid" 2>/dev/null || true
+    wait "$emu_pid" 2>/dev/null || true
+  fi
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$W"
+}
+trap cleanup EXIT
+
+# The module is loaded from a root-owned copy (what libpam would load from /lib/security).
+install -m 0644 "$REL/libpam_truid.so" "$W/pam_truid.so"
+
+"$REL/truid-emulator" --listen 127.0.0.1:0 --cert-dir "$W/certs" --latency-ms 0 \
+  >"$W/ready.json" 2>"$W/emulator.log" &
+emu_pid=$!
+for _ in $(seq 100); do
+  grep -q base_url "$W/ready.json" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q base_url "$W/ready.json" || { echo "bench: the emulator did not start" >&2; cat "$W/emulator.log" >&2; exit 1; }
+
+echo "bench: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
+SECDIR=$(dirname "$(dpkg -L libpam-modules | grep '/pam_permit\.so$' | head -n 1)")
+"$REL/truid-bench" all --ready "$W/ready.json" --module "$W/pam_truid.so" --work "$W" \
+  --secdir "$SECDIR" "$@"
+echo
+echo "command: sudo tests/bench.sh $*"
