@@ -1,10 +1,12 @@
-//! The token cache: one file per (base URL, client ID) in a root-only folder, so that every
-//! login on the host shares one token per token lifetime.
+//! The caches in the root-only folder (`[api] token_cache`, default /run/pam_truid): the token,
+//! one file per (base URL, client ID), so that every login on the host shares one token per
+//! token lifetime; and the system CA bundle's decoded trust anchors.
 //!
 //! A cache that cannot be used (missing, wrong owner, wrong mode, corrupt) is ignored and
 //! rewritten: it can cost a token request, never a login.
 
 use crate::secret::Secret;
+use rustls::pki_types::{Der, TrustAnchor};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -69,97 +71,185 @@ impl TokenCache {
 
     /// The cached token, if it is for this base URL and client and has more than a minute left.
     pub fn load(&self) -> Option<Secret> {
-        if !self.dir_is_private() {
-            return None;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&self.file)
-            .ok()?;
-        let meta = f.metadata().ok()?;
-        let private = meta.is_file()
-            && meta.uid() == nix::unistd::geteuid().as_raw()
-            && meta.mode() & 0o077 == 0
-            && meta.len() <= MAX_FILE;
-        if !private {
-            return None;
-        }
-        let mut text = zeroize::Zeroizing::new(String::new());
-        (&mut f).take(MAX_FILE).read_to_string(&mut text).ok()?;
-        let entry: Entry = serde_json::from_str(&text).ok()?;
+        let bytes = zeroize::Zeroizing::new(read_private(&self.dir, &self.file, MAX_FILE)?);
+        let entry: Entry = serde_json::from_slice(&bytes).ok()?;
         let fresh = entry.expires_at > now() + REFRESH_MARGIN_SECS;
         (fresh && entry.base_url == self.base_url && entry.client_id == self.client_id)
             .then(|| Secret::new(entry.access_token.clone()))
     }
 
-    /// Writes the token atomically (temporary file, fsync, rename): readers see the old token or
-    /// the new one, never half of one. Failures are ignored (the next login fetches again).
+    /// Writes the token atomically: readers see the old token or the new one, never half of
+    /// one. Failures are ignored (the next login fetches again).
     pub fn store(&self, token: &Secret, expires_in: u64) {
-        let _ = self.try_store(token, expires_in);
-    }
-
-    fn try_store(&self, token: &Secret, expires_in: u64) -> std::io::Result<()> {
-        self.ensure_dir()?;
         let entry = Entry {
             base_url: self.base_url.clone(),
             client_id: self.client_id.clone(),
             access_token: token.expose().to_string(),
             expires_at: now() + expires_in,
         };
-        let text = zeroize::Zeroizing::new(serde_json::to_string(&entry)?);
-        let tmp = self.dir.join(format!(
-            ".{}.{}.{}",
-            self.file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("token"),
-            std::process::id(),
-            crate::text::random_hex(4)
-        ));
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.file)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        if let Ok(text) = serde_json::to_string(&entry) {
+            let text = zeroize::Zeroizing::new(text);
+            let _ = write_private(&self.dir, &self.file, text.as_bytes());
         }
-        result
     }
 
     /// Drops the cached token (tru.ID refused it).
     pub fn forget(&self) {
         let _ = std::fs::remove_file(&self.file);
     }
+}
 
-    fn dir_is_private(&self) -> bool {
-        std::fs::symlink_metadata(&self.dir).is_ok_and(|m| {
-            m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o077 == 0
+/// The system CA bundle's trust anchors, already decoded, keyed by the bundle's identity
+/// (path, device, inode, size, mtime): reading and decoding ~150 PEM certificates costs more
+/// than the whole TLS handshake of a login, and sudo or sshd pay it in every process.
+/// A bundle replaced by `update-ca-certificates` has a new identity, so the cache follows it.
+#[derive(Debug, Clone)]
+pub struct AnchorCache {
+    dir: PathBuf,
+    file: PathBuf,
+    key: Vec<u8>,
+}
+
+const ANCHORS_MAGIC: &[u8] = b"pam_truid anchors 1\n";
+const MAX_ANCHORS_FILE: u64 = 4 * 1024 * 1024;
+
+impl AnchorCache {
+    /// `None` when the bundle cannot be examined (then nothing is cached).
+    pub fn new(dir: &Path, bundle: &Path) -> Option<AnchorCache> {
+        let m = std::fs::metadata(bundle).ok()?;
+        let key = format!(
+            "{}\0{}\0{}\0{}\0{}.{}\n",
+            bundle.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        );
+        Some(AnchorCache {
+            dir: dir.to_path_buf(),
+            file: dir.join("anchors-system.bin"),
+            key: key.into_bytes(),
         })
     }
 
-    fn ensure_dir(&self) -> std::io::Result<()> {
-        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+    /// The anchors, if the cache holds them for this very bundle.
+    pub fn load(&self) -> Option<Vec<TrustAnchor<'static>>> {
+        let bytes = read_private(&self.dir, &self.file, MAX_ANCHORS_FILE)?;
+        let mut rest = bytes
+            .strip_prefix(ANCHORS_MAGIC)?
+            .strip_prefix(self.key.as_slice())?;
+        let mut anchors = Vec::new();
+        while !rest.is_empty() {
+            let subject = take_field(&mut rest)?;
+            let spki = take_field(&mut rest)?;
+            let constraints = take_field(&mut rest)?;
+            anchors.push(TrustAnchor {
+                subject: Der::from(subject.to_vec()),
+                subject_public_key_info: Der::from(spki.to_vec()),
+                name_constraints: (!constraints.is_empty())
+                    .then(|| Der::from(constraints.to_vec())),
+            });
         }
-        if self.dir_is_private() {
-            Ok(())
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "token cache folder is not private to this user",
-            ))
-        }
+        Some(anchors)
     }
+
+    /// Writes the anchors (atomically; failures only cost the next process a re-read).
+    pub fn store(&self, anchors: &[TrustAnchor<'_>]) {
+        let mut out = Vec::with_capacity(64 * 1024);
+        out.extend_from_slice(ANCHORS_MAGIC);
+        out.extend_from_slice(&self.key);
+        for a in anchors {
+            let constraints: &[u8] = a.name_constraints.as_ref().map_or(&[], |c| c.as_ref());
+            for field in [
+                a.subject.as_ref(),
+                a.subject_public_key_info.as_ref(),
+                constraints,
+            ] {
+                let Ok(len) = u32::try_from(field.len()) else {
+                    return;
+                };
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(field);
+            }
+        }
+        let _ = write_private(&self.dir, &self.file, &out);
+    }
+}
+
+/// One length-prefixed field of the anchors file.
+fn take_field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    let field = tail.get(..len)?;
+    *rest = tail.get(len..)?;
+    Some(field)
+}
+
+/// A file's bytes, only if it and its folder are private to this user (a cache others could
+/// write would let them choose a token or, worse, whom the module trusts).
+fn read_private(dir: &Path, file: &Path, max: u64) -> Option<Vec<u8>> {
+    if !dir_is_private(dir) {
+        return None;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    let private = meta.is_file()
+        && meta.uid() == nix::unistd::geteuid().as_raw()
+        && meta.mode() & 0o077 == 0
+        && meta.len() <= max;
+    if !private {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&mut f).take(max).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Writes atomically (temporary file, fsync, rename), mode 0600, in a folder created 0700.
+fn write_private(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if !dir_is_private(dir) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "cache folder is not private to this user",
+        ));
+    }
+    let tmp = dir.join(format!(
+        ".{}.{}.{}",
+        file.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
+        std::process::id(),
+        crate::text::random_hex(4)
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn dir_is_private(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| {
+        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o077 == 0
+    })
 }
 
 #[cfg(test)]

@@ -80,7 +80,11 @@ impl Client {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<Client, String> {
-        let tls = super::tls::client_config(api.roots, api.ca_file.as_deref())?;
+        let tls = super::tls::client_config(
+            api.roots,
+            api.ca_file.as_deref(),
+            api.token_cache.as_deref(),
+        )?;
         let mut builder = Http::builder()
             .use_preconfigured_tls((*tls).clone())
             .redirect(reqwest::redirect::Policy::none())

@@ -1,6 +1,7 @@
 //! The rustls configuration: built once per process and per (roots, ca_file), then shared by
 //! every login the process runs (a display manager runs many).
 
+use crate::cache::AnchorCache;
 use crate::config::Roots;
 use base64::Engine as _;
 use once_cell::sync::Lazy;
@@ -23,21 +24,28 @@ type Built = Vec<(Key, Arc<rustls::ClientConfig>)>;
 static CONFIGS: Lazy<Mutex<Built>> = Lazy::new(|| Mutex::new(Vec::new()));
 
 /// The client configuration for these trust settings. Errors say which file is wrong.
+/// `cache_dir` (the root-only cache folder) keeps the system bundle's decoded anchors between
+/// processes.
 pub fn client_config(
     roots: Roots,
     ca_file: Option<&Path>,
+    cache_dir: Option<&Path>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let key = (roots, ca_file.map(Path::to_path_buf));
     let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, cfg)) = configs.iter().find(|(k, _)| *k == key) {
         return Ok(cfg.clone());
     }
-    let cfg = Arc::new(build(roots, ca_file)?);
+    let cfg = Arc::new(build(roots, ca_file, cache_dir)?);
     configs.push((key, cfg.clone()));
     Ok(cfg)
 }
 
-fn build(roots: Roots, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+fn build(
+    roots: Roots,
+    ca_file: Option<&Path>,
+    cache_dir: Option<&Path>,
+) -> Result<rustls::ClientConfig, String> {
     let mut store = RootCertStore::empty();
     match roots {
         Roots::Builtin => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -50,7 +58,16 @@ fn build(roots: Roots, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, S
                     "no system CA bundle found (install ca-certificates, or set [api] roots = \"builtin\")"
                         .to_string()
                 })?;
-            add_pem(&mut store, bundle)?;
+            let cache = cache_dir.and_then(|d| AnchorCache::new(d, bundle));
+            match cache.as_ref().and_then(AnchorCache::load) {
+                Some(anchors) => store.roots = anchors,
+                None => {
+                    add_pem(&mut store, bundle)?;
+                    if let Some(c) = &cache {
+                        c.store(&store.roots);
+                    }
+                }
+            }
         }
         Roots::None => {}
     }
@@ -129,9 +146,7 @@ mod tests {
 
     #[test]
     fn reads_the_same_certificates_as_rustls() {
-        let Some(bundle) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) else {
-            return;
-        };
+        let bundle = system_bundle();
         let ours = read_pem_certificates(bundle).unwrap();
         let theirs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
             .unwrap()
@@ -139,6 +154,42 @@ mod tests {
             .unwrap();
         assert!(!ours.is_empty());
         assert_eq!(ours, theirs);
+    }
+
+    /// tests/setup.sh installs ca-certificates.
+    fn system_bundle() -> &'static Path {
+        SYSTEM_BUNDLES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .expect("a system CA bundle (apt-get install ca-certificates)")
+    }
+
+    #[test]
+    fn the_anchor_cache_gives_back_what_the_bundle_gives() {
+        let bundle = system_bundle();
+        let mut parsed = RootCertStore::empty();
+        assert!(add_pem(&mut parsed, bundle).unwrap() > 50);
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        let cache = AnchorCache::new(&cache_dir, bundle).unwrap();
+        assert!(cache.load().is_none());
+        // build() fills the cache on a miss and reads it on a hit.
+        build(Roots::System, None, Some(&cache_dir)).unwrap();
+        assert_eq!(cache.load().unwrap(), parsed.roots);
+        build(Roots::System, None, Some(&cache_dir)).unwrap();
+        // Another bundle (here: another path) has another identity: no hit.
+        let copy = dir.path().join("bundle.pem");
+        std::fs::copy(bundle, &copy).unwrap();
+        assert!(AnchorCache::new(&cache_dir, &copy)
+            .unwrap()
+            .load()
+            .is_none());
+        // A cut file is refused, not half-read.
+        let file = cache_dir.join("anchors-system.bin");
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(cache.load().is_none());
     }
 
     #[test]

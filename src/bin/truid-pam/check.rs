@@ -65,7 +65,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
 }
 
 fn check_api(cfg: &Config, add: &mut impl FnMut(&str, Result<String, String>)) {
-    if let Err(e) = client_config(cfg.api.roots, cfg.api.ca_file.as_deref()) {
+    if let Err(e) = client_config(cfg.api.roots, cfg.api.ca_file.as_deref(), None) {
         add("tls", Err(e));
         return;
     }

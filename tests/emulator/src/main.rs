@@ -1,6 +1,7 @@
 //! `truid-emulator`: runs the tru.ID API stand-in until SIGTERM or SIGINT.
 //! Prints one JSON line on stdout when ready; logs go to stderr.
 
+use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,31 +159,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("truid-emulator: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Signal handlers first, so a SIGTERM right after the ready line is handled.
-    let signals = {
-        let _g = rt.enter();
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("truid-emulator: signals: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    };
+    // SIGTERM and SIGINT are blocked before any thread starts (threads inherit the mask) and
+    // taken with sigwait below: no signal handler, and no tokio "signal" driver, whose
+    // process-wide socket pair would leak into the module's tokio through Cargo's feature
+    // unification in test builds.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("truid-emulator: signals: {e}");
+        return ExitCode::FAILURE;
+    }
     let emu = match Emulator::start(opts) {
         Ok(e) => e,
         Err(e) => {
@@ -205,13 +192,9 @@ fn main() -> ExitCode {
         }
     }
     eprintln!("truid-emulator: listening on {}", emu.info().base_url);
-    let (mut term, mut int) = signals;
-    rt.block_on(async {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    });
+    if let Err(e) = signals.wait() {
+        eprintln!("truid-emulator: signals: {e}");
+    }
     eprintln!("truid-emulator: stopping");
     emu.shutdown();
     ExitCode::SUCCESS
