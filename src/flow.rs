@@ -254,20 +254,11 @@ pub fn authenticate(
             return Outcome::NotRequired;
         }
     }
-    let unavailable = |tries: u32, reason: String| Outcome::Unavailable {
-        tries,
-        reason,
-        let_in: cfg.login.failmode == FailMode::Safe,
-    };
-
     let factor = match cfg.users.get(user) {
         Some(f) => Some(f.clone()),
         None if cfg.login.lookup => match api.find_factor(user) {
             Ok(f) => f,
-            Err(ApiError::Unavailable(reason)) => {
-                return finish_unavailable(conv, unavailable(0, reason))
-            }
-            Err(ApiError::Refused(reason)) => return Outcome::Refused { tries: 0, reason },
+            Err(e) => return api_failure(cfg, conv, 0, e),
         },
         None => None,
     };
@@ -288,10 +279,7 @@ pub fn authenticate(
                     reason: format!("method = \"push\" but the factor is {kind:?}"),
                 }
             }
-            Err(ApiError::Unavailable(reason)) => {
-                return finish_unavailable(conv, unavailable(0, reason))
-            }
-            Err(ApiError::Refused(reason)) => return Outcome::Refused { tries: 0, reason },
+            Err(e) => return api_failure(cfg, conv, 0, e),
         },
         (Method::Push, None) => {
             return Outcome::Refused {
@@ -465,23 +453,19 @@ fn push_message(cfg: &Config, login: &LoginContext, user: &str) -> Option<String
 /// A failed call to tru.ID: `failmode` decides for an unavailable one; a refusal denies.
 fn api_failure(cfg: &Config, conv: &mut impl Conversation, tries: u32, e: ApiError) -> Outcome {
     match e {
-        ApiError::Unavailable(reason) => finish_unavailable(
-            conv,
+        ApiError::Unavailable(reason) => {
+            let let_in = cfg.login.failmode == FailMode::Safe;
+            if !let_in {
+                conv.error(MSG_UNAVAILABLE);
+            }
             Outcome::Unavailable {
                 tries,
                 reason,
-                let_in: cfg.login.failmode == FailMode::Safe,
-            },
-        ),
+                let_in,
+            }
+        }
         ApiError::Refused(reason) => Outcome::Refused { tries, reason },
     }
-}
-
-fn finish_unavailable(conv: &mut impl Conversation, outcome: Outcome) -> Outcome {
-    if let Outcome::Unavailable { let_in: false, .. } = outcome {
-        conv.error(MSG_UNAVAILABLE);
-    }
-    outcome
 }
 
 /// A user without a factor. With `deny`, the same prompts as an enrolled user's wrong codes,
