@@ -281,11 +281,7 @@ impl Client {
         external_user_id: &str,
     ) -> Result<Factor, ApiError> {
         let body = serde_json::json!({"phone_number": phone, "external_user_id": external_user_id});
-        let b = self.call(
-            Method::POST,
-            "/authenticator/v0.1/factors",
-            Some(("application/json", body.to_string().into_bytes())),
-        )?;
+        let b = self.post_json("/authenticator/v0.1/factors", &body)?;
         decode(&b)
     }
 
@@ -316,19 +312,33 @@ impl Client {
     }
 }
 
+impl Client {
+    fn post_json(&mut self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, ApiError> {
+        self.call(
+            Method::POST,
+            path,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    }
+
+    /// Creates a challenge (code or push, as the body says) and returns its ID.
+    fn post_challenge(
+        &mut self,
+        factor: &FactorId,
+        body: &serde_json::Value,
+    ) -> Result<String, ApiError> {
+        let path = format!("{}/challenges", factor_path(factor.as_str()));
+        checked_challenge_id(decode(&self.post_json(&path, body)?)?)
+    }
+}
+
 impl Authenticator for Client {
     fn create_challenge(
         &mut self,
         factor: &FactorId,
         reference_id: &str,
     ) -> Result<String, ApiError> {
-        let body = serde_json::json!({ "reference_id": reference_id });
-        let b = self.call(
-            Method::POST,
-            &format!("{}/challenges", factor_path(factor.as_str())),
-            Some(("application/json", body.to_string().into_bytes())),
-        )?;
-        checked_challenge_id(decode(&b)?)
+        self.post_challenge(factor, &serde_json::json!({ "reference_id": reference_id }))
     }
 
     fn verify(
@@ -343,16 +353,10 @@ impl Authenticator for Client {
         );
         let b = self.call(
             Method::PATCH,
-            &format!("{}/challenges/{challenge_id}", factor_path(factor.as_str())),
+            &challenge_path(factor, challenge_id),
             Some((JSON_PATCH, patch.as_bytes().to_vec())),
         )?;
-        let c: Challenge = decode(&b)?;
-        if c.challenge_id != challenge_id {
-            return Err(ApiError::Unavailable(
-                "answer is about another challenge".into(),
-            ));
-        }
-        Ok(c.status)
+        status_of(&b, challenge_id)
     }
 
     fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError> {
@@ -367,12 +371,7 @@ impl Authenticator for Client {
         message: Option<&str>,
     ) -> Result<String, ApiError> {
         let body = serde_json::json!({ "phone_number": phone });
-        let b = self.call(
-            Method::POST,
-            "/phone_check/v0.2/checks",
-            Some(("application/json", body.to_string().into_bytes())),
-        )?;
-        let check: PhoneCheck = decode(&b)?;
+        let check: PhoneCheck = decode(&self.post_json("/phone_check/v0.2/checks", &body)?)?;
         let mut body = serde_json::json!({
             "reference_id": reference_id,
             "check_id": check.check_id,
@@ -385,12 +384,7 @@ impl Authenticator for Client {
                 b.remove("message");
             }
         }
-        let b = self.call(
-            Method::POST,
-            &format!("{}/challenges", factor_path(factor.as_str())),
-            Some(("application/json", body.to_string().into_bytes())),
-        )?;
-        checked_challenge_id(decode(&b)?)
+        self.post_challenge(factor, &body)
     }
 
     fn challenge_status(
@@ -398,18 +392,8 @@ impl Authenticator for Client {
         factor: &FactorId,
         challenge_id: &str,
     ) -> Result<ChallengeStatus, ApiError> {
-        let b = self.call(
-            Method::GET,
-            &format!("{}/challenges/{challenge_id}", factor_path(factor.as_str())),
-            None,
-        )?;
-        let c: Challenge = decode(&b)?;
-        if c.challenge_id != challenge_id {
-            return Err(ApiError::Unavailable(
-                "answer is about another challenge".into(),
-            ));
-        }
-        Ok(c.status)
+        let b = self.call(Method::GET, &challenge_path(factor, challenge_id), None)?;
+        status_of(&b, challenge_id)
     }
 
     fn pause(&mut self, wait: Duration) {
@@ -441,6 +425,21 @@ fn checked_challenge_id(c: Challenge) -> Result<String, ApiError> {
             "challenge answer has no usable challenge_id".into(),
         ))
     }
+}
+
+/// The status of the challenge an answer describes, if it is the one asked about.
+fn status_of(body: &[u8], challenge_id: &str) -> Result<ChallengeStatus, ApiError> {
+    let c: Challenge = decode(body)?;
+    if c.challenge_id != challenge_id {
+        return Err(ApiError::Unavailable(
+            "answer is about another challenge".into(),
+        ));
+    }
+    Ok(c.status)
+}
+
+fn challenge_path(factor: &FactorId, challenge_id: &str) -> String {
+    format!("{}/challenges/{challenge_id}", factor_path(factor.as_str()))
 }
 
 fn factor_path(factor: &str) -> String {
