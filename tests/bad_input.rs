@@ -8,9 +8,8 @@
 #[allow(unused_imports)]
 mod common;
 use common::*;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const MALFORMED: &str = "A tru.ID code is 6 to 8 digits.";
 
@@ -748,7 +747,7 @@ fn no_user_at_all_is_refused() {
     let lines = w.outcomes();
     assert_ne!(rc, PAM_SUCCESS, "{lines:?}");
     assert!(
-        seen.iter().all(|m| !m.starts_with("prompt-off")),
+        seen.iter().all(|m| !matches!(m, Seen::Prompt(_))),
         "{seen:?}"
     );
     assert!(
@@ -816,134 +815,16 @@ fn hostile_tty_rhost_and_ruser_are_logged_escaped_and_never_sent_raw() {
     assert!(w.outcomes()[0].contains("PAM_RUSER"), "{:?}", w.outcomes());
 }
 
-// ---------------------------------------------------------------------------------------------
-// A second, minimal application side: lets the user be NULL (pam_start without a user), which
-// the shared harness cannot express. Records every message as "<style>:<text>".
-
-const PAM_PROMPT_ECHO_OFF: c_int = 1;
-const PAM_RHOST: c_int = 4;
-const PAM_TTY: c_int = 3;
-const PAM_RUSER: c_int = 8;
-
-#[repr(C)]
-struct Msg {
-    style: c_int,
-    text: *const c_char,
-}
-
-#[repr(C)]
-struct Resp {
-    resp: *mut c_char,
-    retcode: c_int,
-}
-
-#[repr(C)]
-struct Conv {
-    conv: extern "C" fn(c_int, *mut *const Msg, *mut *mut Resp, *mut c_void) -> c_int,
-    data: *mut c_void,
-}
-
-struct App {
-    answers: std::collections::VecDeque<CString>,
-    seen: Vec<String>,
-}
-
-// The same functions as the harness declares, with this file's conversation types.
-#[allow(clashing_extern_declarations)]
-#[link(name = "pam")]
-extern "C" {
-    fn pam_start_confdir(
-        service: *const c_char,
-        user: *const c_char,
-        conv: *const Conv,
-        confdir: *const c_char,
-        pamh: *mut *mut c_void,
-    ) -> c_int;
-    fn pam_authenticate(pamh: *mut c_void, flags: c_int) -> c_int;
-    fn pam_set_item(pamh: *mut c_void, item_type: c_int, item: *const c_void) -> c_int;
-    fn pam_end(pamh: *mut c_void, status: c_int) -> c_int;
-}
-
-extern "C" fn app_conv(
-    num: c_int,
-    msgs: *mut *const Msg,
-    resp: *mut *mut Resp,
-    data: *mut c_void,
-) -> c_int {
-    // SAFETY: libpam passes `num` valid messages and our App as `data`.
-    let app = unsafe { &mut *(data as *mut App) };
-    let out =
-        unsafe { libc::calloc(num.max(1) as usize, std::mem::size_of::<Resp>()) } as *mut Resp;
-    for i in 0..num.max(0) as usize {
-        let m = unsafe { &**msgs.add(i) };
-        let text = unsafe { CStr::from_ptr(m.text) }.to_string_lossy();
-        let style = match m.style {
-            PAM_PROMPT_ECHO_OFF => "prompt-off",
-            2 => "prompt-on",
-            3 => "error",
-            _ => "info",
-        };
-        app.seen.push(format!("{style}:{text}"));
-        if m.style == PAM_PROMPT_ECHO_OFF || m.style == 2 {
-            match app.answers.pop_front() {
-                Some(a) => unsafe { (*out.add(i)).resp = libc::strdup(a.as_ptr()) },
-                None => {
-                    unsafe { libc::free(out as *mut c_void) };
-                    return 19; // PAM_CONV_ERR
-                }
-            }
-        }
-    }
-    unsafe { *resp = out };
-    0
-}
-
-/// `pam_authenticate` for `service`, with `user` possibly NULL; returns the result and the
-/// messages seen.
+/// `pam_authenticate` for `service`, with `user` possibly NULL (`pam_start` without a user),
+/// through the shared harness; returns the result and what the person saw.
 fn pam_with(
     w: &World,
     service: &str,
     user: Option<&str>,
     items: &Items,
     answers: &[&str],
-) -> (i32, Vec<String>) {
-    let mut app = App {
-        answers: answers.iter().map(|a| CString::new(*a).unwrap()).collect(),
-        seen: Vec::new(),
-    };
-    let conv = Conv {
-        conv: app_conv,
-        data: &mut app as *mut App as *mut c_void,
-    };
-    let service = CString::new(service).unwrap();
-    let user = user.map(|u| CString::new(u).unwrap());
-    let dir: PathBuf = w.path("pam.d");
-    let dir = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    let mut pamh = std::ptr::null_mut();
-    let rc = unsafe {
-        pam_start_confdir(
-            service.as_ptr(),
-            user.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
-            &conv,
-            dir.as_ptr(),
-            &mut pamh,
-        )
-    };
-    assert_eq!(rc, 0, "pam_start_confdir");
-    for (kind, v) in [
-        (PAM_RHOST, &items.rhost),
-        (PAM_TTY, &items.tty),
-        (PAM_RUSER, &items.ruser),
-    ] {
-        if let Some(v) = v {
-            let v = CString::new(v.as_str()).unwrap();
-            assert_eq!(
-                unsafe { pam_set_item(pamh, kind, v.as_ptr() as *const c_void) },
-                0
-            );
-        }
-    }
-    let rc = unsafe { pam_authenticate(pamh, 0) };
-    unsafe { pam_end(pamh, rc) };
-    (rc, app.seen)
+) -> (i32, Vec<Seen>) {
+    let mut s = Script::answering(answers);
+    let rc = pam_login_as(&w.path("pam.d"), service, user, items, &mut s);
+    (rc, s.seen)
 }

@@ -175,8 +175,20 @@ pub fn pam_login(
     items: &Items,
     script: &mut Script,
 ) -> i32 {
+    pam_login_as(confdir, service, Some(user), items, script)
+}
+
+/// `pam_login` where the application may give no user at all (`pam_start` with NULL): the
+/// module then asks libpam, which prompts for one.
+pub fn pam_login_as(
+    confdir: &Path,
+    service: &str,
+    user: Option<&str>,
+    items: &Items,
+    script: &mut Script,
+) -> i32 {
     let service = CString::new(service).unwrap();
-    let user = CString::new(user).unwrap();
+    let user = user.map(|u| CString::new(u).unwrap());
     let confdir = CString::new(confdir.as_os_str().as_encoded_bytes()).unwrap();
     let conv = PamConv {
         conv: Some(scripted_conv),
@@ -186,7 +198,7 @@ pub fn pam_login(
     let rc = unsafe {
         pam_start_confdir(
             service.as_ptr(),
-            user.as_ptr(),
+            user.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
             &conv,
             confdir.as_ptr(),
             &mut pamh,
