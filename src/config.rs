@@ -14,6 +14,8 @@ use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/security/pam_truid.toml";
 pub const DEFAULT_TOKEN_CACHE: &str = "/run/pam_truid";
+/// Where `truid-pam agent` listens by default (the folder tmpfiles.d makes at boot).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/pam_truid/agent.sock";
 /// Far above any real configuration (a thousand users is ~60 KB); refuses a file that would
 /// make the module read megabytes inside sshd.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -59,7 +61,7 @@ pub enum Unenrolled {
 }
 
 /// Which trust anchors, besides `ca_file`, verify tru.ID's certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Roots {
     /// The distribution's CA bundle (Debian, RHEL and SUSE paths).
@@ -115,6 +117,8 @@ pub struct ApiConfig {
     pub proxy: Option<String>,
     /// Folder of the token cache; `None` turns the cache off.
     pub token_cache: Option<PathBuf>,
+    /// The local agent's socket, asked first when something listens there; `None`: never.
+    pub agent: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +198,7 @@ struct RawApi {
     timeout: Option<u64>,
     proxy: Option<String>,
     token_cache: Option<String>,
+    agent: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -325,6 +330,16 @@ impl Config {
                     "must be an absolute folder path, or \"\" to turn the cache off".into(),
                 ))
             }
+        };
+        let agent = match api.agent.as_deref() {
+            None => Some(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+            Some("") => None,
+            Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
+            Some(_) => return Err(err(
+                "[api] agent",
+                "must be the absolute path of the agent's socket, or \"\" to never use an agent"
+                    .into(),
+            )),
         };
         if let Some(ca) = &api.ca_file {
             if !ca.is_absolute() {
@@ -469,6 +484,7 @@ impl Config {
                 timeout: Duration::from_secs(timeout),
                 proxy,
                 token_cache,
+                agent,
             },
             login: LoginConfig {
                 failmode: login.failmode.unwrap_or(FailMode::Secure),

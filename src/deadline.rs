@@ -17,6 +17,15 @@ impl Deadline {
         }
     }
 
+    /// A budget of which `spent` is already used (a login's calls handed to the agent).
+    pub fn with_spent(budget: Duration, spent: Duration) -> Self {
+        Deadline { budget, spent }
+    }
+
+    pub fn spent(&self) -> Duration {
+        self.spent
+    }
+
     pub fn budget(&self) -> Duration {
         self.budget
     }

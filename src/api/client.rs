@@ -80,36 +80,32 @@ impl Client {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<Client, String> {
-        let tls = super::tls::client_config(
-            api.roots,
-            api.ca_file.as_deref(),
-            api.token_cache.as_deref(),
-        )?;
-        let mut builder = Http::builder()
-            .use_preconfigured_tls((*tls).clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(1)
-            .connect_timeout(api.timeout)
-            .user_agent(concat!("pam_truid/", env!("CARGO_PKG_VERSION")));
-        // The config alone decides where the module connects: the host process's *_proxy
-        // variables are never read.
-        builder = match &api.proxy {
-            Some(p) => {
-                builder.proxy(reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?)
-            }
-            None => builder.no_proxy(),
-        };
-        let http = builder
-            .build()
-            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
+        let http = http_client(api, 1)?;
+        Ok(Client::with_http(
+            api,
+            scope,
+            client_id,
+            client_secret,
+            http,
+        ))
+    }
+
+    /// A client on an HTTP client made before (the agent keeps one per project and hands it to
+    /// each call, so calls share its kept-alive connections).
+    pub fn with_http(
+        api: &ApiConfig,
+        scope: Scope,
+        client_id: &str,
+        client_secret: &Secret,
+        http: Http,
+    ) -> Client {
         let cache = match (scope, &api.token_cache) {
             (Scope::Authenticator, Some(dir)) => {
                 Some(TokenCache::new(dir, &api.base_url, client_id))
             }
             _ => None,
         };
-        Ok(Client {
+        Client {
             http,
             base: api.base_url.clone(),
             client_id: client_id.to_string(),
@@ -119,7 +115,16 @@ impl Client {
             cache,
             deadline: Deadline::new(api.timeout),
             requests: 0,
-        })
+        }
+    }
+
+    /// The bearer token this client holds, to hand to the next client of the same project.
+    pub fn held_token(&self) -> Option<Secret> {
+        self.token.clone()
+    }
+
+    pub fn hold_token(&mut self, token: Option<Secret>) {
+        self.token = token;
     }
 
     /// A bearer token: this client's, the cache's, or a new one.
@@ -409,6 +414,34 @@ impl Authenticator for Client {
             .filter(|f| f.status == "ACTIVE" && f.external_user_id == user)
             .find_map(|f| FactorId::parse(&f.factor_id)))
     }
+}
+
+/// The HTTP client for these settings, keeping up to `idle` connections open between requests.
+pub fn http_client(api: &ApiConfig, idle: usize) -> Result<Http, String> {
+    let tls = super::tls::client_config(
+        api.roots,
+        api.ca_file.as_deref(),
+        api.token_cache.as_deref(),
+    )?;
+    let mut builder = Http::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(idle)
+        // Below the idle limits of common front ends (60 s and more), so a kept connection is
+        // not closed by the server just as a request goes out on it.
+        .pool_idle_timeout(Duration::from_secs(20))
+        .connect_timeout(api.timeout)
+        .user_agent(concat!("pam_truid/", env!("CARGO_PKG_VERSION")));
+    // The config alone decides where the module connects: the host process's *_proxy
+    // variables are never read.
+    builder = match &api.proxy {
+        Some(p) => builder.proxy(reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?),
+        None => builder.no_proxy(),
+    };
+    builder
+        .build()
+        .map_err(|e| format!("HTTP client setup failed: {e}"))
 }
 
 /// A challenge ID goes into the next request's path: only a plain identifier will do.

@@ -1,12 +1,10 @@
 //! The tru.ID API client: token, factors, challenges. Knows HTTP and JSON, nothing of PAM.
 
 mod client;
-mod lazy;
 mod tls;
 mod types;
 
-pub use client::{Client, Scope};
-pub use lazy::LazyClient;
+pub use client::{http_client, Client, Scope};
 pub use tls::client_config;
 pub use types::{Challenge, ChallengeStatus, Factor, FactorKind, FactorList, Problem};
 

@@ -38,7 +38,21 @@ pub enum FactorKind {
 
 impl Factor {
     pub fn kind(&self) -> FactorKind {
-        match self.kind.as_str() {
+        FactorKind::from_name(&self.kind)
+    }
+}
+
+impl FactorKind {
+    pub fn name(&self) -> &str {
+        match self {
+            FactorKind::Totp => "TOTP",
+            FactorKind::Push => "PUSH",
+            FactorKind::Other(s) => s,
+        }
+    }
+
+    pub fn from_name(s: &str) -> Self {
+        match s {
             "TOTP" => FactorKind::Totp,
             "PUSH" => FactorKind::Push,
             other => FactorKind::Other(sanitize(other, 16)),
@@ -98,16 +112,32 @@ pub enum ChallengeStatus {
     Other(String),
 }
 
-impl<'de> Deserialize<'de> for ChallengeStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Ok(match s.as_str() {
+impl ChallengeStatus {
+    /// tru.ID's name of the status.
+    pub fn name(&self) -> &str {
+        match self {
+            ChallengeStatus::Pending => "PENDING",
+            ChallengeStatus::Verified => "VERIFIED",
+            ChallengeStatus::Failed => "FAILED",
+            ChallengeStatus::Expired => "EXPIRED",
+            ChallengeStatus::Other(s) => s,
+        }
+    }
+
+    pub fn from_name(s: &str) -> Self {
+        match s {
             "PENDING" => ChallengeStatus::Pending,
             "VERIFIED" => ChallengeStatus::Verified,
             "FAILED" => ChallengeStatus::Failed,
             "EXPIRED" => ChallengeStatus::Expired,
-            _ => ChallengeStatus::Other(sanitize(&s, 32)),
-        })
+            _ => ChallengeStatus::Other(sanitize(s, 32)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChallengeStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| ChallengeStatus::from_name(&s))
     }
 }
 

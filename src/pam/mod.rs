@@ -3,7 +3,7 @@
 
 mod conv;
 
-use crate::api::LazyClient;
+use crate::agent::AgentOrDirect;
 use crate::config::{Config, DEFAULT_PATH};
 use crate::flow::{self, LoginContext, Outcome};
 use crate::log::{Severity, Sink};
@@ -116,15 +116,17 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
     };
     let debug = parsed.as_ref().is_ok_and(|a| a.debug);
     let started = std::time::Instant::now();
-    let mut requests = 0;
-    let outcome = run(pamh, &mut login, parsed, flags, &mut requests);
+    let mut traffic = Traffic::default();
+    let outcome = run(pamh, &mut login, parsed, flags, &mut traffic);
     sink.outcome(&login, &outcome);
     if debug {
         sink.write(
             Severity::Debug,
             &format!(
-                "debug: outcome={} http_requests={requests} elapsed_ms={}",
+                "debug: outcome={} http_requests={} via_agent={} elapsed_ms={}",
                 outcome.name(),
+                traffic.http_requests,
+                traffic.via_agent,
                 started.elapsed().as_millis()
             ),
         );
@@ -132,12 +134,19 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
     pam_code(&outcome)
 }
 
+/// What a login sent to tru.ID, for the debug line.
+#[derive(Default)]
+struct Traffic {
+    http_requests: u32,
+    via_agent: bool,
+}
+
 fn run(
     pamh: &mut PamHandle,
     login: &mut LoginContext,
     args: Result<Args, String>,
     flags: PamFlag,
-    requests: &mut u32,
+    traffic: &mut Traffic,
 ) -> Outcome {
     let args = match args {
         Ok(a) => a,
@@ -173,9 +182,10 @@ fn run(
             }
         }
     };
-    let mut api = LazyClient::new(&cfg.api);
+    let mut api = AgentOrDirect::new(&cfg.api);
     let outcome = flow::authenticate(&cfg, login, &mut conv, &mut api);
-    *requests = api.requests();
+    traffic.http_requests = api.requests();
+    traffic.via_agent = api.used_agent();
     outcome
     // `api` drops here: its connection closes and reqwest's thread ends before PAM returns.
 }

@@ -304,7 +304,7 @@ impl World {
     pub fn api_table(&self) -> String {
         let i = self.emu.info();
         format!(
-            "[api]\nbase_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nca_file = \"{}\"\nroots = \"none\"\ntimeout = 5\ntoken_cache = \"{}\"\n",
+            "[api]\nbase_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nca_file = \"{}\"\nroots = \"none\"\ntimeout = 5\ntoken_cache = \"{}\"\nagent = \"\"\n",
             i.base_url,
             i.client_id,
             i.client_secret,

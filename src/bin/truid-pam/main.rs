@@ -3,6 +3,7 @@
 //! Every command works on the same config file the module reads, through the same library
 //! code (config, api, flow): what `check` and `test` report is what the module will do.
 
+mod agent;
 mod check;
 mod edit;
 mod enroll;
@@ -66,6 +67,8 @@ enum Command {
         #[command(subcommand)]
         action: project::Action,
     },
+    /// Run the local agent: keeps tru.ID connections open for the module's logins (run by systemd).
+    Agent(agent::Args),
 }
 
 /// A failure the CLI reports as one line and a non-zero exit.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Check { json } => check::run(&cli.config, json),
         Command::Test { user, service } => test_login::run(&cli.config, &user, &service),
         Command::Project { action } => project::run(&cli.config, action),
+        Command::Agent(args) => agent::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,632 @@
+//! The local agent: `truid-pam agent`, a root daemon that keeps kept-alive TLS connections to
+//! tru.ID and the bearer token for every login of the host.
+//!
+//! Why: a login process starts with nothing, so each login paid a full TLS handshake (two
+//! signature checks and a key exchange, most of a login's CPU). The module asks the agent over
+//! a Unix socket instead; the agent sends the same requests on a connection it already has.
+//! The login flow stays in the module; the agent only carries the API calls of
+//! `flow::Authenticator`, and answers with the same `ApiError` split, so failmode decides
+//! exactly as it does without an agent.
+//!
+//! Trust: both sides check the other's credentials on the socket (`SO_PEERCRED`): the module
+//! talks only to a process of root, and the agent answers only root. When nothing (or nothing
+//! of root) listens at the configured path, the module goes to tru.ID itself.
+//!
+//! Wire: one JSON object per line each way, one call per connection.
+
+use crate::api::{http_client, ApiError, ChallengeStatus, Client, FactorKind, Scope};
+use crate::config::{ApiConfig, FactorId, Roots};
+use crate::deadline::Deadline;
+use crate::flow::Authenticator;
+use crate::secret::Secret;
+use crate::text::sanitize;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The version both sides must speak; a mismatch is answered, not guessed at.
+pub const PROTOCOL: u32 = 1;
+/// A request carries a few IDs and at most a code: far below this.
+const MAX_MESSAGE: u64 = 64 * 1024;
+/// Time the agent gives a root client to send its request once connected.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// Projects (API settings) the agent keeps connections for; the oldest goes first.
+const MAX_PROJECTS: usize = 8;
+/// Idle connections kept per project: enough for bursts of concurrent logins.
+const IDLE_PER_PROJECT: usize = 16;
+/// Past the module's deadline, time left for the agent's own answer to arrive.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// The `[api]` settings of the module's config, sent with every call: the agent reads no
+/// config file, so one agent serves every config of the host and never sees a stale one.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireApi {
+    base_url: String,
+    client_id: String,
+    #[serde(serialize_with = "expose")]
+    client_secret: Secret,
+    ca_file: Option<PathBuf>,
+    roots: Roots,
+    timeout_ms: u64,
+    proxy: Option<String>,
+    token_cache: Option<PathBuf>,
+}
+
+impl WireApi {
+    fn new(api: &ApiConfig) -> Self {
+        WireApi {
+            base_url: api.base_url.clone(),
+            client_id: api.client_id.clone(),
+            client_secret: api.client_secret.clone(),
+            ca_file: api.ca_file.clone(),
+            roots: api.roots,
+            timeout_ms: millis(api.timeout),
+            proxy: api.proxy.clone(),
+            token_cache: api.token_cache.clone(),
+        }
+    }
+
+    fn config(&self) -> ApiConfig {
+        ApiConfig {
+            base_url: self.base_url.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            ca_file: self.ca_file.clone(),
+            roots: self.roots,
+            timeout: Duration::from_millis(self.timeout_ms),
+            proxy: self.proxy.clone(),
+            token_cache: self.token_cache.clone(),
+            agent: None,
+        }
+    }
+}
+
+/// One call of `flow::Authenticator`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Call {
+    CreateChallenge {
+        factor: String,
+        reference_id: String,
+    },
+    Verify {
+        factor: String,
+        challenge_id: String,
+        #[serde(serialize_with = "expose")]
+        code: Secret,
+    },
+    FindFactor {
+        user: String,
+    },
+    FactorKind {
+        factor: String,
+    },
+    StartPush {
+        factor: String,
+        reference_id: String,
+        phone: String,
+        message: Option<String>,
+    },
+    ChallengeStatus {
+        factor: String,
+        challenge_id: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    v: u32,
+    api: WireApi,
+    /// Of the login's `[api] timeout`, what its earlier calls used.
+    spent_ms: u64,
+    call: Call,
+}
+
+/// The answer to one call: its value (an ID, a status, a kind, or none), or the error with
+/// the same split the module's own client makes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Answer {
+    Ok(Option<String>),
+    Refused(String),
+    Unavailable(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    /// HTTP requests the agent sent for this call (the module's debug line counts them).
+    requests: u32,
+    answer: Answer,
+}
+
+fn expose<S: serde::Serializer>(s: &Secret, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The user ID of the process at the other end of the socket.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The module's side.
+
+/// The module's calls, sent to the agent while one listens, else to tru.ID directly.
+///
+/// Each call connects anew, so a login that waits minutes for a person holds no connection,
+/// and an agent restarted mid-login costs nothing: the next call finds the new one, or goes
+/// direct.
+pub struct AgentOrDirect<'a> {
+    api: &'a ApiConfig,
+    /// `None` once a connect found no agent: the rest of the login goes direct.
+    socket: Option<&'a Path>,
+    direct: Option<Client>,
+    deadline: Deadline,
+    agent_requests: u32,
+    agent_answers: u32,
+}
+
+impl<'a> AgentOrDirect<'a> {
+    pub fn new(api: &'a ApiConfig) -> Self {
+        AgentOrDirect {
+            api,
+            socket: api.agent.as_deref(),
+            direct: None,
+            deadline: Deadline::new(api.timeout),
+            agent_requests: 0,
+            agent_answers: 0,
+        }
+    }
+
+    /// HTTP requests this login sent to tru.ID, through the agent or not.
+    pub fn requests(&self) -> u32 {
+        self.agent_requests + self.direct.as_ref().map_or(0, |c| c.requests)
+    }
+
+    /// Whether any call went through the agent (the debug line says so).
+    pub fn used_agent(&self) -> bool {
+        self.agent_answers > 0
+    }
+
+    fn direct(&mut self) -> Result<&mut Client, ApiError> {
+        if self.direct.is_none() {
+            // A local setup failure (unreadable ca_file) is the administrator's to fix and
+            // denies whatever failmode says: it is not tru.ID being down.
+            let mut c = Client::new(self.api).map_err(ApiError::Refused)?;
+            // Calls the agent answered earlier in this login count against the same budget.
+            c.deadline = self.deadline.clone();
+            self.direct = Some(c);
+        }
+        self.direct
+            .as_mut()
+            .ok_or_else(|| ApiError::Refused("HTTP client missing".into()))
+    }
+
+    /// Sends `call` to the agent; `None` when no agent of root listens (go direct).
+    fn via_agent(
+        &mut self,
+        call: impl FnOnce() -> Call,
+    ) -> Option<Result<Option<String>, ApiError>> {
+        let path = self.socket?;
+        let Some(stream) = connect(path) else {
+            self.socket = None;
+            return None;
+        };
+        let Some(left) = self.deadline.remaining() else {
+            return Some(Err(timed_out(self.api.timeout)));
+        };
+        let request = Request {
+            v: PROTOCOL,
+            api: WireApi::new(self.api),
+            spent_ms: millis(self.deadline.spent()),
+            call: call(),
+        };
+        let reply = self
+            .deadline
+            .charge(|| exchange(stream, &request, left + ANSWER_GRACE));
+        Some(reply.and_then(|r| {
+            self.agent_requests += r.requests;
+            self.agent_answers += 1;
+            match r.answer {
+                Answer::Ok(v) => Ok(v),
+                Answer::Refused(why) => Err(ApiError::Refused(why)),
+                Answer::Unavailable(why) => Err(ApiError::Unavailable(why)),
+            }
+        }))
+    }
+}
+
+/// A connection to the agent at `path`, if one of root listens there.
+pub fn connect(path: &Path) -> Option<UnixStream> {
+    let stream = UnixStream::connect(path).ok()?;
+    // Anyone may bind a socket where the folder lets them; only root's answers are believed.
+    (peer_uid(&stream) == Some(0)).then_some(stream)
+}
+
+fn exchange(mut stream: UnixStream, request: &Request, wait: Duration) -> Result<Reply, ApiError> {
+    let lost = |e: &dyn std::fmt::Display| {
+        ApiError::Unavailable(format!("the pam_truid agent did not answer ({e})"))
+    };
+    stream
+        .set_write_timeout(Some(wait))
+        .and_then(|()| stream.set_read_timeout(Some(wait)))
+        .map_err(|e| lost(&e))?;
+    let mut text = Zeroizing::new(serde_json::to_vec(request).map_err(|e| lost(&e))?);
+    text.push(b'\n');
+    stream.write_all(&text).map_err(|e| lost(&e))?;
+    let line = read_line(&mut stream).map_err(|e| lost(&e))?;
+    serde_json::from_slice(&line).map_err(|e| lost(&format_args!("unreadable answer: {e}")))
+}
+
+/// One line of at most `MAX_MESSAGE` bytes, zeroised when dropped (a request holds secrets).
+fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(1024));
+    BufReader::new(stream.take(MAX_MESSAGE)).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "message cut short or too long",
+        ));
+    }
+    Ok(line)
+}
+
+fn timed_out(budget: Duration) -> ApiError {
+    ApiError::Unavailable(format!(
+        "no answer within [api] timeout ({} s)",
+        budget.as_secs()
+    ))
+}
+
+fn want_value(v: Option<String>) -> Result<String, ApiError> {
+    v.ok_or_else(|| ApiError::Unavailable("the pam_truid agent answered no value".into()))
+}
+
+impl Authenticator for AgentOrDirect<'_> {
+    fn create_challenge(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+    ) -> Result<String, ApiError> {
+        let call = || Call::CreateChallenge {
+            factor: factor.as_str().into(),
+            reference_id: reference_id.into(),
+        };
+        match self.via_agent(call) {
+            Some(r) => want_value(r?),
+            None => self.direct()?.create_challenge(factor, reference_id),
+        }
+    }
+
+    fn verify(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+        code: &Secret,
+    ) -> Result<ChallengeStatus, ApiError> {
+        let call = || Call::Verify {
+            factor: factor.as_str().into(),
+            challenge_id: challenge_id.into(),
+            code: code.clone(),
+        };
+        match self.via_agent(call) {
+            Some(r) => Ok(ChallengeStatus::from_name(&want_value(r?)?)),
+            None => self.direct()?.verify(factor, challenge_id, code),
+        }
+    }
+
+    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
+        let call = || Call::FindFactor { user: user.into() };
+        match self.via_agent(call) {
+            Some(r) => match r? {
+                None => Ok(None),
+                Some(id) => FactorId::parse(&id).map(Some).ok_or_else(|| {
+                    ApiError::Unavailable(
+                        "the pam_truid agent answered a malformed factor ID".into(),
+                    )
+                }),
+            },
+            None => self.direct()?.find_factor(user),
+        }
+    }
+
+    fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError> {
+        let call = || Call::FactorKind {
+            factor: factor.as_str().into(),
+        };
+        match self.via_agent(call) {
+            Some(r) => Ok(FactorKind::from_name(&want_value(r?)?)),
+            None => self.direct()?.factor_kind(factor),
+        }
+    }
+
+    fn start_push(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+        phone: &str,
+        message: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let call = || Call::StartPush {
+            factor: factor.as_str().into(),
+            reference_id: reference_id.into(),
+            phone: phone.into(),
+            message: message.map(str::to_string),
+        };
+        match self.via_agent(call) {
+            Some(r) => want_value(r?),
+            None => self
+                .direct()?
+                .start_push(factor, reference_id, phone, message),
+        }
+    }
+
+    fn challenge_status(
+        &mut self,
+        factor: &FactorId,
+        challenge_id: &str,
+    ) -> Result<ChallengeStatus, ApiError> {
+        let call = || Call::ChallengeStatus {
+            factor: factor.as_str().into(),
+            challenge_id: challenge_id.into(),
+        };
+        match self.via_agent(call) {
+            Some(r) => Ok(ChallengeStatus::from_name(&want_value(r?)?)),
+            None => self.direct()?.challenge_status(factor, challenge_id),
+        }
+    }
+
+    fn pause(&mut self, wait: Duration) {
+        // The person answering on the phone: not charged to the API deadline.
+        std::thread::sleep(wait);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's side (the socket, threads and signals are `truid-pam agent`'s).
+
+/// What the agent keeps per project: its HTTP client (and so its open connections) and the
+/// last bearer token.
+struct Project {
+    key: ring::digest::Digest,
+    http: reqwest::blocking::Client,
+    token: Mutex<Option<Secret>>,
+}
+
+/// The agent's projects, by a digest of all their `[api]` settings (secret included, so a
+/// changed secret is a new project, never a reused token).
+#[derive(Default)]
+pub struct Projects {
+    known: Mutex<Vec<Arc<Project>>>,
+}
+
+impl Projects {
+    fn get(&self, wire: &WireApi, api: &ApiConfig) -> Result<Arc<Project>, String> {
+        let text = Zeroizing::new(serde_json::to_vec(wire).map_err(|e| e.to_string())?);
+        let key = ring::digest::digest(&ring::digest::SHA256, &text);
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = known.iter().find(|p| p.key.as_ref() == key.as_ref()) {
+            return Ok(p.clone());
+        }
+        let project = Arc::new(Project {
+            key,
+            http: http_client(api, IDLE_PER_PROJECT)?,
+            token: Mutex::new(None),
+        });
+        if known.len() >= MAX_PROJECTS {
+            known.remove(0);
+        }
+        known.push(project.clone());
+        Ok(project)
+    }
+
+    /// Runs one call for a root client and answers it.
+    pub fn answer(&self, request: Request) -> Reply {
+        let fail = |answer| Reply {
+            requests: 0,
+            answer,
+        };
+        if request.v != PROTOCOL {
+            return fail(Answer::Unavailable(format!(
+                "the pam_truid agent speaks protocol {PROTOCOL}, the module {}: install the same version of both",
+                request.v
+            )));
+        }
+        let api = request.api.config();
+        let project = match self.get(&request.api, &api) {
+            Ok(p) => p,
+            // What the module's own client would say: a local setup problem, which denies.
+            Err(why) => return fail(Answer::Refused(why)),
+        };
+        let token = project.token.lock().map(|t| t.clone()).unwrap_or(None);
+        let mut client = Client::with_http(
+            &api,
+            Scope::Authenticator,
+            &api.client_id,
+            &api.client_secret,
+            project.http.clone(),
+        );
+        client.hold_token(token);
+        client.deadline =
+            Deadline::with_spent(api.timeout, Duration::from_millis(request.spent_ms));
+        let answer = match run(&mut client, request.call) {
+            Ok(v) => Answer::Ok(v),
+            Err(ApiError::Refused(why)) => Answer::Refused(why),
+            Err(ApiError::Unavailable(why)) => Answer::Unavailable(why),
+        };
+        if let Ok(mut t) = project.token.lock() {
+            *t = client.held_token();
+        }
+        Reply {
+            requests: client.requests,
+            answer,
+        }
+    }
+}
+
+fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
+    let factor_id = |f: &str| {
+        FactorId::parse(f)
+            .ok_or_else(|| ApiError::Refused("malformed factor ID in the request".into()))
+    };
+    Ok(match call {
+        Call::CreateChallenge {
+            factor,
+            reference_id,
+        } => Some(client.create_challenge(&factor_id(&factor)?, &reference_id)?),
+        Call::Verify {
+            factor,
+            challenge_id,
+            code,
+        } => Some(
+            client
+                .verify(&factor_id(&factor)?, &challenge_id, &code)?
+                .name()
+                .to_string(),
+        ),
+        Call::FindFactor { user } => client.find_factor(&user)?.map(|f| f.as_str().to_string()),
+        Call::FactorKind { factor } => {
+            Some(client.factor_kind(&factor_id(&factor)?)?.name().to_string())
+        }
+        Call::StartPush {
+            factor,
+            reference_id,
+            phone,
+            message,
+        } => Some(client.start_push(
+            &factor_id(&factor)?,
+            &reference_id,
+            &phone,
+            message.as_deref(),
+        )?),
+        Call::ChallengeStatus {
+            factor,
+            challenge_id,
+        } => Some(
+            client
+                .challenge_status(&factor_id(&factor)?, &challenge_id)?
+                .name()
+                .to_string(),
+        ),
+    })
+}
+
+/// Serves one connection: only root is answered; anything else is closed unanswered.
+pub fn serve(mut stream: UnixStream, projects: &Projects) -> Result<(), String> {
+    let uid = peer_uid(&stream);
+    if uid != Some(0) {
+        return Err(format!(
+            "refused a connection from uid {}: only root is served",
+            uid.map_or("unknown".into(), |u| u.to_string())
+        ));
+    }
+    stream
+        .set_read_timeout(Some(REQUEST_WAIT))
+        .map_err(|e| e.to_string())?;
+    let line = read_line(&mut stream).map_err(|e| format!("reading a request: {e}"))?;
+    let reply = match serde_json::from_slice::<Request>(&line) {
+        Ok(request) => projects.answer(request),
+        Err(e) => Reply {
+            requests: 0,
+            answer: Answer::Unavailable(format!(
+                "the pam_truid agent could not read the request ({})",
+                sanitize(&e.to_string(), 120)
+            )),
+        },
+    };
+    let mut text = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
+    text.push(b'\n');
+    stream
+        .set_write_timeout(Some(REQUEST_WAIT))
+        .and_then(|()| stream.write_all(&text))
+        .map_err(|e| format!("writing an answer: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> ApiConfig {
+        ApiConfig {
+            base_url: "https://127.0.0.1:1".into(),
+            client_id: "id".into(),
+            client_secret: Secret::new("s3cr3t-value"),
+            ca_file: None,
+            roots: Roots::Builtin,
+            timeout: Duration::from_secs(3),
+            proxy: None,
+            token_cache: None,
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn a_request_crosses_the_wire_whole_and_shows_no_secret_in_debug() {
+        let r = Request {
+            v: PROTOCOL,
+            api: WireApi::new(&api()),
+            spent_ms: 7,
+            call: Call::Verify {
+                factor: "f".into(),
+                challenge_id: "c".into(),
+                code: Secret::new("123456"),
+            },
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Request = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.api.client_secret.expose(), "s3cr3t-value");
+        assert_eq!(back.spent_ms, 7);
+        match back.call {
+            Call::Verify { code, .. } => assert_eq!(code.expose(), "123456"),
+            _ => panic!("another call"),
+        }
+        let cfg = back.api.config();
+        assert_eq!(cfg.timeout, Duration::from_secs(3));
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_refused() {
+        assert!(
+            serde_json::from_str::<Reply>(r#"{"requests":1,"answer":{"ok":"x"},"more":1}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Reply>(r#"{"requests":1,"answer":{"maybe":"x"}}"#).is_err());
+        let mut r = Request {
+            v: PROTOCOL + 1,
+            api: WireApi::new(&api()),
+            spent_ms: 0,
+            call: Call::FindFactor { user: "a".into() },
+        };
+        let reply = Projects::default().answer(r);
+        assert!(
+            matches!(reply.answer, Answer::Unavailable(ref w) if w.contains("protocol")),
+            "{reply:?}"
+        );
+        r = Request {
+            v: PROTOCOL,
+            api: WireApi::new(&api()),
+            spent_ms: 0,
+            call: Call::FactorKind {
+                factor: "not-a-uuid".into(),
+            },
+        };
+        // A malformed ID is never sent on: the agent refuses it like the config would.
+        let reply = Projects::default().answer(r);
+        assert!(matches!(reply.answer, Answer::Refused(_)), "{reply:?}");
+        assert_eq!(reply.requests, 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! `truid-pam agent`: the local agent's socket, workers and signals. What a call does is
+//! `pam_truid::agent`'s; this file only listens.
+
+use crate::Failure;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::{umask, Mode};
+use pam_truid::agent::{serve, Projects};
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The socket to listen on: the path the modules' [api] agent names.
+    #[arg(long, default_value = pam_truid::config::DEFAULT_AGENT_SOCKET, value_name = "PATH")]
+    socket: std::path::PathBuf,
+    /// Calls served at once; more wait in the socket's queue.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: u16,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, Failure> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Failure(
+            "the agent must run as root: it reads the root-only token cache and serves root's PAM modules (run it from systemd: systemctl enable --now pam_truid-agent)".into(),
+        ));
+    }
+    let socket = args.socket.as_path();
+    let listener = bind(socket)?;
+    let inode = std::fs::symlink_metadata(socket).map(|m| m.ino()).ok();
+    // Signals go to the main thread's sigwait only: the workers never see them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Failure(format!("cannot block signals: {e}")))?;
+    let projects = Arc::new(Projects::default());
+    for _ in 0..args.workers {
+        let listener = listener
+            .try_clone()
+            .map_err(|e| Failure(format!("{}: {e}", socket.display())))?;
+        let projects = projects.clone();
+        std::thread::spawn(move || work(&listener, &projects));
+    }
+    println!("truid-pam agent: listening on {}", socket.display());
+    let _ = std::io::stdout().flush();
+    let signal = signals.wait();
+    // Only our own socket: a later agent may already have replaced it (then it is theirs).
+    if inode.is_some() && std::fs::symlink_metadata(socket).map(|m| m.ino()).ok() == inode {
+        let _ = std::fs::remove_file(socket);
+    }
+    eprintln!(
+        "truid-pam agent: stopped by {}",
+        signal.map_or("a signal".into(), |s| s.to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn work(listener: &UnixListener, projects: &Projects) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(why) = serve(stream, projects) {
+                    eprintln!("truid-pam agent: {why}");
+                }
+            }
+            Err(e) => eprintln!("truid-pam agent: accept failed: {e}"),
+        }
+    }
+}
+
+/// Binds the socket, mode 0600, in a folder only root can write to.
+fn bind(socket: &Path) -> Result<UnixListener, Failure> {
+    let fail = |what: String| Failure(format!("{}: {what}", socket.display()));
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| fail("give an absolute path".into()))?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(dir)
+            .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(fail(format!(
+            "its folder {} must be a folder owned by root and writable by root alone",
+            dir.display()
+        )));
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(socket).is_ok() {
+                return Err(fail(
+                    "another agent listens there; stop it first (systemctl stop pam_truid-agent)"
+                        .into(),
+                ));
+            }
+            // Left by an agent that did not stop cleanly.
+            std::fs::remove_file(socket).map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(_) => return Err(fail("exists and is not a socket; remove it".into())),
+        Err(_) => {}
+    }
+    // The socket is made 0600 from the start: no moment where others could connect.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(socket);
+    umask(old);
+    bound.map_err(|e| fail(format!("cannot listen: {e}")))
+}

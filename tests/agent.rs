@@ -1,0 +1,382 @@
+//! The local agent (`truid-pam agent`) as a real process, the module through real libpam, the
+//! emulator over TLS: logins go through the agent on one kept connection; every outcome is the
+//! one the module reaches on its own; no agent, a dead one, or a listener that is not root's
+//! means the module goes to tru.ID itself and tells a non-root listener nothing.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
+
+/// A process this test started, killed by its PID when the test ends, pass or fail.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `cmd` and waits for `ready` on the stream it prints it to (no sleeping).
+    fn start(mut cmd: Command, ready: &str, on_stderr: bool) -> Daemon {
+        // The stream that says "ready" is read; the other goes to the test's own output.
+        if on_stderr {
+            cmd.stdout(Stdio::inherit()).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        }
+        let mut child = cmd.stdin(Stdio::null()).spawn().unwrap();
+        let line = if on_stderr {
+            read_until(&mut BufReader::new(child.stderr.take().unwrap()), ready)
+        } else {
+            read_until(&mut BufReader::new(child.stdout.take().unwrap()), ready)
+        };
+        let mut d = Daemon { child };
+        if line.is_none() {
+            d.stop();
+            panic!("{cmd:?} never said {ready:?}");
+        }
+        d
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn signal(&mut self, s: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(self.pid(), s);
+        self.child.wait().unwrap()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_until(r: &mut impl BufRead, want: &str) -> Option<String> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line.contains(want) {
+            return Some(line);
+        }
+    }
+}
+
+fn start_agent(socket: &Path) -> Daemon {
+    let mut cmd = Command::new(CLI);
+    cmd.args(["agent", "--workers", "4", "--socket"])
+        .arg(socket);
+    Daemon::start(cmd, "listening on", false)
+}
+
+/// A config whose `[api] agent` is `socket`, with `login` lines and users.
+fn config_with_agent(w: &World, socket: &Path, login: &str, users: &[(&str, &str)]) {
+    let mut text = w
+        .api_table()
+        .replace("agent = \"\"", &format!("agent = \"{}\"", socket.display()));
+    text.push_str(&format!("\n[login]\n{login}\n\n[users]\n"));
+    for (u, f) in users {
+        text.push_str(&format!("{u} = \"{f}\"\n"));
+    }
+    w.write_config(&text);
+}
+
+/// The module's stack with `debug`, whose line says whether the agent was used.
+fn debug_stack(w: &World) {
+    w.stack("auth required {module} {args} debug\n");
+}
+
+fn debug_lines(w: &World) -> Vec<String> {
+    w.log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("debug: outcome="))
+        .collect()
+}
+
+fn agent_socket(w: &World) -> PathBuf {
+    w.path("agent").join("agent.sock")
+}
+
+#[test]
+fn logins_go_through_the_agent_on_one_kept_connection() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let _agent = start_agent(&sock);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
+    assert_eq!(
+        std::fs::metadata(sock.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    let users: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            let u = format!("user{i}");
+            let f = w.enroll(&u);
+            (u, f)
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, f)| (u.as_str(), f.as_str()))
+        .collect();
+    config_with_agent(&w, &sock, "failmode = \"safe\"", &pairs);
+    debug_stack(&w);
+
+    let before = w.emu.stats();
+    for (u, f) in &users {
+        let (rc, s) = w.login(u, &[&w.code(f)]);
+        assert_eq!(rc, PAM_SUCCESS, "{u}: {:?} {:?}", s.seen, w.outcomes());
+        assert_eq!(s.prompts(), vec!["tru.ID code: "]);
+    }
+    let after = w.emu.stats();
+    // Five logins, one TLS connection (the agent's), one token.
+    assert_eq!(after.tls_handshakes - before.tls_handshakes, 1);
+    assert_eq!(after.connections_accepted - before.connections_accepted, 1);
+    assert_eq!(after.tokens_issued - before.tokens_issued, 1);
+    assert_eq!(after.verifications - before.verifications, 5);
+    let debug = debug_lines(&w);
+    assert_eq!(debug.len(), 5, "{debug:?}");
+    assert!(
+        debug[0].contains("http_requests=3 via_agent=true"),
+        "{debug:?}"
+    );
+    for d in &debug[1..] {
+        assert!(d.contains("http_requests=2 via_agent=true"), "{d}");
+    }
+    let outcomes = w.outcomes();
+    assert!(
+        outcomes.iter().all(|l| l.contains("outcome=verified")),
+        "{outcomes:?}"
+    );
+
+    // A wrong code through the agent is a wrong code: never a failure that `safe` lets in.
+    let (u, f) = &users[0];
+    let wrong = w.wrong_code(f);
+    let (rc, s) = w.login(u, &[&wrong, &wrong, &wrong]);
+    assert_eq!(rc, PAM_AUTH_ERR, "{:?}", s.seen);
+    assert!(w.outcomes().last().unwrap().contains("outcome=wrong_code"));
+}
+
+#[test]
+fn without_a_live_agent_the_module_goes_to_tru_id_itself() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let f = w.enroll("alice");
+    let g = w.enroll("bob");
+    let h = w.enroll("carol");
+    config_with_agent(&w, &sock, "", &[("alice", &f), ("bob", &g), ("carol", &h)]);
+    debug_stack(&w);
+
+    // Nothing listens there.
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+
+    // An agent, then the same agent killed without cleaning up: its socket file stays.
+    let mut agent = start_agent(&sock);
+    let (rc, _) = w.login("bob", &[&w.code(&g)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(sock.exists(), "a killed agent leaves its socket");
+    let (rc, _) = w.login("carol", &[&w.code(&h)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+
+    let debug = debug_lines(&w);
+    assert_eq!(debug.len(), 3, "{debug:?}");
+    assert!(debug[0].contains("via_agent=false"), "{}", debug[0]);
+    assert!(debug[1].contains("via_agent=true"), "{}", debug[1]);
+    assert!(debug[2].contains("via_agent=false"), "{}", debug[2]);
+
+    // A new agent replaces the stale socket; SIGTERM removes it.
+    let mut agent = start_agent(&sock);
+    let st = agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(st.success(), "{st:?}");
+    assert!(!sock.exists(), "a stopped agent removes its socket");
+}
+
+#[test]
+fn a_listener_that_is_not_root_is_told_nothing() {
+    let w = World::new();
+    // A folder anyone may write to, and a socket there made by nobody (uid 65534).
+    let open = w.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = open.join("agent.sock");
+    let heard = open.join("heard");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "socat",
+        "-d",
+        "-d",
+        "-u",
+    ])
+    .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+    .arg(format!("OPEN:{},creat,append", heard.display()));
+    let _impostor = Daemon::start(cmd, "listening on", true);
+    let f = w.enroll("alice");
+    config_with_agent(&w, &sock, "", &[("alice", &f)]);
+    debug_stack(&w);
+
+    let code = w.code(&f);
+    let (rc, _) = w.login("alice", &[&code]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    assert!(debug_lines(&w)[0].contains("via_agent=false"));
+    // The module connected, saw a non-root peer, and sent not one byte: no secret, no code.
+    let sent = std::fs::read(&heard).unwrap_or_default();
+    assert!(sent.is_empty(), "{} bytes reached the impostor", sent.len());
+}
+
+#[test]
+fn the_agent_socket_is_closed_to_other_users() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let _agent = start_agent(&sock);
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "socat",
+            "-u",
+            "-",
+        ])
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody reached the agent's socket");
+    // A second agent on the same socket refuses to start, and says why.
+    let out = Command::new(CLI)
+        .args(["agent", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another agent listens there"), "{err}");
+}
+
+/// Each failure, through the agent and without it: the same PAM result and the same outcome
+/// line, under both failmodes.
+#[test]
+fn every_outcome_through_the_agent_is_the_modules_own() {
+    let rows: Vec<(&str, Option<Fault>)> = vec![
+        ("wrong code", None),
+        (
+            "503 on verify",
+            Some(Fault {
+                route: Route::ChallengeVerify,
+                kind: FaultKind::Status(503),
+                times: None,
+            }),
+        ),
+        (
+            "503 on create",
+            Some(Fault {
+                route: Route::ChallengeCreate,
+                kind: FaultKind::Status(503),
+                times: None,
+            }),
+        ),
+        (
+            "token refused",
+            Some(Fault {
+                route: Route::Token,
+                kind: FaultKind::Unauthorized,
+                times: None,
+            }),
+        ),
+        (
+            "not JSON",
+            Some(Fault {
+                route: Route::ChallengeVerify,
+                kind: FaultKind::NotJson,
+                times: None,
+            }),
+        ),
+        (
+            "dropped",
+            Some(Fault {
+                route: Route::ChallengeCreate,
+                kind: FaultKind::Drop,
+                times: None,
+            }),
+        ),
+    ];
+    for failmode in ["secure", "safe"] {
+        for (name, fault) in &rows {
+            let mut seen = Vec::new();
+            for via_agent in [false, true] {
+                let w = World::new();
+                let sock = agent_socket(&w);
+                let _agent = via_agent.then(|| start_agent(&sock));
+                let f = w.enroll("alice");
+                config_with_agent(
+                    &w,
+                    &sock,
+                    &format!("failmode = \"{failmode}\"\ntries = 1"),
+                    &[("alice", &f)],
+                );
+                debug_stack(&w);
+                if let Some(fl) = fault {
+                    w.emu.set_fault(fl.clone());
+                }
+                let code = if fault.is_none() {
+                    w.wrong_code(&f)
+                } else {
+                    w.code(&f)
+                };
+                let (rc, _) = w.login("alice", &[&code]);
+                // The sink gives each line once: read them all, then pick.
+                let lines = w.log.lines();
+                let pick = |debug: bool| {
+                    lines
+                        .iter()
+                        .rfind(|l| l.contains(" outcome=") && l.contains("debug:") == debug)
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                let (outcome, debug) = (pick(false), pick(true));
+                let what = outcome
+                    .split_whitespace()
+                    .find(|p| p.starts_with("outcome="))
+                    .unwrap_or("")
+                    .to_string();
+                assert!(
+                    debug.contains(&format!("via_agent={via_agent}")),
+                    "[{name} {failmode}] {debug} rc={rc} {lines:?}"
+                );
+                seen.push((rc, what, outcome));
+            }
+            assert_eq!(
+                (seen[0].0, &seen[0].1),
+                (seen[1].0, &seen[1].1),
+                "[{name} {failmode}] direct {:?}, agent {:?}",
+                seen[0].2,
+                seen[1].2
+            );
+            if failmode == "safe" && (*name == "wrong code" || *name == "token refused") {
+                assert_ne!(seen[1].0, PAM_SUCCESS, "[{name}] let in under safe");
+            }
+        }
+    }
+}
