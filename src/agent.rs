@@ -21,7 +21,7 @@ use crate::flow::Authenticator;
 use crate::secret::Secret;
 use crate::text::sanitize;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,19 +31,23 @@ use zeroize::Zeroizing;
 /// The version both sides must speak; a mismatch is answered, not guessed at.
 pub const PROTOCOL: u32 = 1;
 /// A request carries a few IDs and at most a code: far below this.
-const MAX_MESSAGE: u64 = 64 * 1024;
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Room a message is written into from the start: a request is about 600 bytes, so the buffer
+/// never grows, and so never leaves an unzeroised copy of a secret behind in freed memory.
+const MESSAGE_ROOM: usize = 8 * 1024;
 /// Time the agent gives a root client to send its request once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Projects (API settings) the agent keeps connections for; the oldest goes first.
 const MAX_PROJECTS: usize = 8;
-/// Idle connections kept per project: enough for bursts of concurrent logins.
-const IDLE_PER_PROJECT: usize = 16;
+/// Idle connections kept per project: at least the most workers an agent runs (32 by default),
+/// so a burst of concurrent logins does not leave connections to be closed and made again.
+const IDLE_PER_PROJECT: usize = 64;
 /// Past the module's deadline, time left for the agent's own answer to arrive.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
 /// The `[api]` settings of the module's config, sent with every call: the agent reads no
 /// config file, so one agent serves every config of the host and never sees a stale one.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WireApi {
     base_url: String,
@@ -264,22 +268,33 @@ fn exchange(mut stream: UnixStream, request: &Request, wait: Duration) -> Result
         .set_write_timeout(Some(wait))
         .and_then(|()| stream.set_read_timeout(Some(wait)))
         .map_err(|e| lost(&e))?;
-    let mut text = Zeroizing::new(serde_json::to_vec(request).map_err(|e| lost(&e))?);
+    let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
+    serde_json::to_writer(&mut *text, request).map_err(|e| lost(&e))?;
     text.push(b'\n');
     stream.write_all(&text).map_err(|e| lost(&e))?;
     let line = read_line(&mut stream).map_err(|e| lost(&e))?;
     serde_json::from_slice(&line).map_err(|e| lost(&format_args!("unreadable answer: {e}")))
 }
 
-/// One line of at most `MAX_MESSAGE` bytes, zeroised when dropped (a request holds secrets).
+/// The one line a peer sends, of at most `MAX_MESSAGE` bytes. Every buffer it passes through
+/// is zeroised when dropped, since a request holds the client secret and the code. Read
+/// straight from the socket, without a `BufReader`, whose buffer would not be.
 fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let mut line = Zeroizing::new(Vec::with_capacity(1024));
-    BufReader::new(stream.take(MAX_MESSAGE)).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "message cut short or too long",
-        ));
+    let mut line = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    while line.last() != Some(&b'\n') {
+        let n = stream.read(&mut chunk[..])?;
+        if n == 0 && line.is_empty() {
+            // `truid-pam check` connects to see whether an agent listens, and sends nothing.
+            return Err(std::io::ErrorKind::NotConnected.into());
+        }
+        if n == 0 || line.len() + n > MAX_MESSAGE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "message cut short or too long",
+            ));
+        }
+        line.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
     Ok(line)
 }
@@ -401,28 +416,26 @@ impl Authenticator for AgentOrDirect<'_> {
 /// What the agent keeps per project: its HTTP client (and so its open connections) and the
 /// last bearer token.
 struct Project {
-    key: ring::digest::Digest,
+    settings: WireApi,
     http: reqwest::blocking::Client,
     token: Mutex<Option<Secret>>,
 }
 
-/// The agent's projects, by a digest of all their `[api]` settings (secret included, so a
-/// changed secret is a new project, never a reused token).
+/// The agent's projects, by all their `[api]` settings (secret included, so a changed secret is
+/// a new project, never a reused token).
 #[derive(Default)]
 pub struct Projects {
     known: Mutex<Vec<Arc<Project>>>,
 }
 
 impl Projects {
-    fn get(&self, wire: &WireApi, api: &ApiConfig) -> Result<Arc<Project>, String> {
-        let text = Zeroizing::new(serde_json::to_vec(wire).map_err(|e| e.to_string())?);
-        let key = ring::digest::digest(&ring::digest::SHA256, &text);
+    fn get(&self, wire: WireApi, api: &ApiConfig) -> Result<Arc<Project>, String> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = known.iter().find(|p| p.key.as_ref() == key.as_ref()) {
+        if let Some(p) = known.iter().find(|p| p.settings == wire) {
             return Ok(p.clone());
         }
         let project = Arc::new(Project {
-            key,
+            settings: wire,
             http: http_client(api, IDLE_PER_PROJECT)?,
             token: Mutex::new(None),
         });
@@ -446,7 +459,7 @@ impl Projects {
             )));
         }
         let api = request.api.config();
-        let project = match self.get(&request.api, &api) {
+        let project = match self.get(request.api, &api) {
             Ok(p) => p,
             // What the module's own client would say: a local setup problem, which denies.
             Err(why) => return fail(Answer::Refused(why)),
@@ -536,7 +549,11 @@ pub fn serve(mut stream: UnixStream, projects: &Projects) -> Result<(), String> 
     stream
         .set_read_timeout(Some(REQUEST_WAIT))
         .map_err(|e| e.to_string())?;
-    let line = read_line(&mut stream).map_err(|e| format!("reading a request: {e}"))?;
+    let line = match read_line(&mut stream) {
+        Ok(line) => line,
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Ok(()),
+        Err(e) => return Err(format!("reading a request: {e}")),
+    };
     let reply = match serde_json::from_slice::<Request>(&line) {
         Ok(request) => projects.answer(request),
         Err(e) => Reply {

@@ -720,6 +720,16 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
             Some(Path::new("/run/pam_truid"))
         );
         assert_eq!(
+            c.api.agent.as_deref(),
+            Some(Path::new("/run/pam_truid/agent.sock"))
+        );
+        let off = parse(&GOOD.replace(
+            "client_secret = \"csecret\"",
+            "client_secret = \"csecret\"\nagent = \"\"",
+        ))
+        .unwrap();
+        assert_eq!(off.api.agent, None);
+        assert_eq!(
             c.users["alice"].as_str(),
             "5995afaf-f5d1-47ab-b586-50ad46904eec"
         );

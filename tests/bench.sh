@@ -3,7 +3,8 @@
 # next to pam_permit.so alone and pam_google_authenticator.so, pairwise in one run, against the
 # tru.ID emulator on loopback over TLS with latency 0; then 200 concurrent logins, the emulator's
 # own throughput, the floor (one TLS handshake + two round trips outside PAM), dlopen time,
-# threads and sockets left after a login, and instructions per login under callgrind.
+# threads and sockets left after a login, and instructions per login under callgrind. Every
+# pam_truid figure is given twice: the module on its own, and through the local agent.
 #
 #   sudo tests/bench.sh [--logins N] [--concurrent N] [--no-callgrind]   (BENCH_KEEP=1 keeps the work folder)
 #
@@ -41,11 +42,12 @@ REL=$TARGET/release
 W=$(mktemp -d /tmp/pam_truid-bench.XXXXXX)
 chmod 700 "$W"
 emu_pid=
+agent_pid=
 cleanup() {
-  if [ -n "$emu_pid" ]; then
-    kill "$emu_pid" 2>/dev/null || true
-    wait "$emu_pid" 2>/dev/null || true
-  fi
+  for pid in $agent_pid $emu_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   [ -n "${BENCH_KEEP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
@@ -62,9 +64,19 @@ for _ in $(seq 100); do
 done
 grep -q base_url "$W/ready.json" || { echo "bench: the emulator did not start" >&2; cat "$W/emulator.log" >&2; exit 1; }
 
+# The local agent (truid-pam agent), as systemd would run it; its socket in the work folder.
+# AGENT_WRAPPER (e.g. "valgrind --tool=callgrind") runs it under a profiler.
+${AGENT_WRAPPER:-} "$REL/truid-pam" agent --socket "$W/agent/agent.sock" >"$W/agent.out" 2>"$W/agent.log" &
+agent_pid=$!
+for _ in $(seq 300); do
+  grep -q "listening on" "$W/agent.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "listening on" "$W/agent.out" || { echo "bench: the agent did not start" >&2; cat "$W/agent.log" >&2; exit 1; }
+
 echo "bench: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
 SECDIR=$(dirname "$(dpkg -L libpam-modules | grep '/pam_permit\.so$' | head -n 1)")
 "$REL/truid-bench" all --ready "$W/ready.json" --module "$W/pam_truid.so" --work "$W" \
-  --secdir "$SECDIR" "$@"
+  --secdir "$SECDIR" --agent "$W/agent/agent.sock" --agent-pid "$agent_pid" "$@"
 echo
 echo "command: sudo tests/bench.sh $*"

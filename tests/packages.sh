@@ -5,8 +5,10 @@
 #   - builds the .deb and the .rpm with packaging/build.sh,
 #   - checks their file lists, modes, owners, conffiles and dependencies,
 #   - runs lintian on the .deb (errors fail; warnings are listed),
-#   - installs the .deb, then: the sshd login test against the INSTALLED module, and the
-#     installed truid-pam check against the emulator,
+#   - installs the .deb (without a running systemd here, its postinst only enables the
+#     agent's unit), then: the sshd login test against the INSTALLED module, the installed
+#     truid-pam check against the emulator, and the installed agent started by hand: its
+#     socket, a login that can reach tru.ID only through it, and its stop on SIGTERM,
 #   - enables the pam-auth-update profile in a private mount namespace (the host's
 #     /etc/pam.d is never written) to check where its line lands,
 #   - upgrades (same version again, then a -2 revision) with a changed config: kept,
@@ -57,11 +59,16 @@ note "cargo tools ready in $(secs "$t") s"
 
 work=$(mktemp -d /tmp/pam_truid-packages.XXXXXX)
 emu_pid=""
+agent_pid=""
 installed=0
 moved_config=""
 cleanup() {
     local rc=$?
     set +e
+    if [ -n "$agent_pid" ]; then
+        kill "$agent_pid" 2>/dev/null
+        wait "$agent_pid" 2>/dev/null
+    fi
     if [ -n "$emu_pid" ]; then
         kill "$emu_pid" 2>/dev/null
         wait "$emu_pid" 2>/dev/null
@@ -117,6 +124,7 @@ deb_expect=(
     "-rw------- ./etc/security/pam_truid.toml"
     "-rw-r--r-- ./usr/share/pam-configs/truid"
     "-rw-r--r-- ./usr/lib/tmpfiles.d/pam_truid.conf"
+    "-rw-r--r-- ./usr/lib/systemd/system/pam_truid-agent.service"
     "-rw-r--r-- ./usr/share/man/man8/pam_truid.8.gz"
     "-rw-r--r-- ./usr/share/man/man5/pam_truid.toml.5.gz"
     "-rw-r--r-- ./usr/share/man/man1/truid-pam.1.gz"
@@ -152,6 +160,10 @@ done
 extra=$(echo "$depends" | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -vxE 'libc6|libpam0g|libgcc-s1' || true)
 [ -z "$extra" ] || fail "deb: unexpected dependencies: $extra"
 [ "$(dpkg-deb -f "$deb" Package)" = libpam-truid ] || fail "deb: package name"
+for s in postinst prerm postrm; do
+    sh -n "$work/$s" || fail "deb: $s is not valid sh"
+    grep -q "pam_truid-agent.service" "$work/$s" || fail "deb: $s does not handle pam_truid-agent.service"
+done
 note "ok: deb conffiles, maintainer scripts, Depends"
 
 # --------------------------------------------------------------------------------------
@@ -165,6 +177,7 @@ rpm_expect=(
     "-rwxr-xr-x /usr/bin/truid-pam"
     "-rw------- /etc/security/pam_truid.toml"
     "-rw-r--r-- /usr/lib/tmpfiles.d/pam_truid.conf"
+    "-rw-r--r-- /usr/lib/systemd/system/pam_truid-agent.service"
     "-rw-r--r-- /usr/share/man/man8/pam_truid.8.gz"
     "-rw-r--r-- /usr/share/man/man5/pam_truid.toml.5.gz"
     "-rw-r--r-- /usr/share/man/man1/truid-pam.1.gz"
@@ -187,6 +200,11 @@ case "$flags" in *c*n* | *n*c*) ;; *) fail "rpm: pam_truid.toml flags \"$flags\"
 [ "$(rpm -qp --qf '%{NAME}' "$rpm")" = pam_truid ] || fail "rpm: package name"
 note "rpm Requires: $(rpm -qpR "$rpm" | tr '\n' ' ')"
 rpm -qpR "$rpm" | grep -q '^libpam\.so\.0' || fail "rpm: Requires lacks libpam.so.0"
+# The agent's unit: preset on install, disabled and stopped on erase (as %systemd_* do).
+rpm -qp --scripts "$rpm" > "$work/rpm.scripts"
+grep -q 'preset pam_truid-agent.service' "$work/rpm.scripts" || fail "rpm: %post does not preset the agent's unit"
+awk '/^preuninstall scriptlet/ { p = 1 } /^postuninstall scriptlet/ { p = 0 } p && /disable pam_truid-agent.service/ { ok = 1 }
+     END { exit !ok }' "$work/rpm.scripts" || fail "rpm: %preun does not disable the agent's unit"
 note "ok: rpm file list, modes, %config(noreplace) (${#rpm_expect[@]} files)"
 
 # --------------------------------------------------------------------------------------
@@ -214,6 +232,25 @@ if command -v systemd-tmpfiles >/dev/null; then
 fi
 grep -qx truid /var/lib/pam/seen || fail "pam-auth-update did not register the profile"
 assert_pam_untouched "by installing"
+
+# The agent's unit: enabled by postinst through deb-systemd-helper, with or without systemd.
+unit=/usr/lib/systemd/system/pam_truid-agent.service
+wants=/etc/systemd/system/multi-user.target.wants/pam_truid-agent.service
+[ "$wants" -ef "$unit" ] || fail "postinst did not enable $unit ($wants)"
+if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify "$unit" > "$work/verify.out" 2>&1 ||
+        fail "systemd-analyze verify $unit: $(cat "$work/verify.out")"
+    [ ! -s "$work/verify.out" ] || fail "systemd-analyze verify $unit: $(cat "$work/verify.out")"
+    note "ok: systemd-analyze verify $unit"
+fi
+if [ -d /run/systemd/system ]; then
+    # A running systemd: postinst started it. Stopped here so the test runs its own below.
+    systemctl is-active --quiet pam_truid-agent.service || fail "postinst did not start pam_truid-agent.service"
+    systemctl stop pam_truid-agent.service
+    note "ok: postinst enabled and started pam_truid-agent.service"
+else
+    note "ok: postinst enabled pam_truid-agent.service (no systemd running: not started)"
+fi
 
 # The shipped config is refused until filled in (empty client_id): the check says so.
 if /usr/bin/truid-pam check > "$work/check.shipped" 2>&1; then
@@ -270,6 +307,65 @@ chown root:root /etc/security/pam_truid.toml
 chmod 600 /etc/security/pam_truid.toml
 /usr/bin/truid-pam check || fail "truid-pam check against the emulator"
 note "ok: installed truid-pam check against the emulator"
+
+# --------------------------------------------------------------------------------------
+# The installed agent, started by hand, on the socket the config's default [api] agent names
+
+sock=/run/pam_truid/agent.sock
+mkfifo "$work/agent.fifo"
+/usr/bin/truid-pam agent --socket "$sock" > "$work/agent.fifo" 2> "$work/agent.err" &
+agent_pid=$!
+# Its ready line, read from its stdout: EOF (it exited) or 30 s without it fail.
+exec 3< "$work/agent.fifo"
+agent_ready=""
+read -r -t 30 agent_ready <&3 || true
+[ "$agent_ready" = "truid-pam agent: listening on $sock" ] ||
+    fail "agent: ready line \"$agent_ready\": $(cat "$work/agent.err")"
+[ "$(stat -c '%F %a %U' "$sock")" = "socket 600 root" ] || fail "agent: $sock is $(stat -c '%F %a %U' "$sock")"
+[ "$(stat -c '%a %U' /run/pam_truid)" = "700 root" ] || fail "agent: /run/pam_truid is $(stat -c '%a %U' /run/pam_truid)"
+socat -u /dev/null "UNIX-CONNECT:$sock" || fail "agent: $sock does not accept connections"
+if /usr/bin/truid-pam agent --socket "$sock" > /dev/null 2> "$work/agent2.err"; then
+    fail "a second agent started on $sock"
+fi
+grep -q 'another agent listens' "$work/agent2.err" || fail "second agent: $(cat "$work/agent2.err")"
+note "ok: the installed agent listens on $sock (0600, folder 0700), a second one is refused"
+
+# A login that can reach tru.ID only through the agent: truid-pam test (the module's flow
+# and its agent-or-direct client) in a network namespace with no network. Pathname Unix
+# sockets cross network namespaces; TCP to the emulator does not.
+# The emulator accepts each time step's code once: each login takes the next step's.
+totp() {
+    curl -sS --fail --cacert "$ca_file" "$base_url/_emulator/factors/$factor/code?offset=$1" | jq -er .code
+}
+handshakes() { curl -sS --fail --cacert "$ca_file" "$base_url/_emulator/stats" | jq -er .tls_handshakes; }
+totp 0 | unshare --net /usr/bin/truid-pam test root > "$work/test1.out" 2>&1 ||
+    fail "login through the agent: $(cat "$work/test1.out") / agent: $(cat "$work/agent.err")"
+grep -q 'PAM_SUCCESS: outcome=verified' "$work/test1.out" || fail "login through the agent: $(cat "$work/test1.out")"
+# A second login reuses the agent's kept-alive connection: the only new TLS handshake is
+# the one of curl asking for the count.
+code=$(totp 1)
+before=$(handshakes)
+echo "$code" | unshare --net /usr/bin/truid-pam test root > "$work/test2.out" 2>&1 ||
+    fail "second login through the agent: $(cat "$work/test2.out")"
+grep -q 'PAM_SUCCESS: outcome=verified' "$work/test2.out" || fail "second login through the agent: $(cat "$work/test2.out")"
+after=$(handshakes)
+[ "$after" = $((before + 1)) ] || fail "the second login through the agent made $((after - before - 1)) new TLS handshakes"
+note "ok: logins reach tru.ID through the agent, on its kept connection"
+
+kill -TERM "$agent_pid"
+agent_rc=0
+wait "$agent_pid" || agent_rc=$?
+agent_pid=""
+exec 3<&-
+[ "$agent_rc" = 0 ] || fail "agent: exit status $agent_rc on SIGTERM: $(cat "$work/agent.err")"
+[ ! -e "$sock" ] || fail "agent: $sock left after SIGTERM"
+grep -q 'stopped by SIGTERM' "$work/agent.err" || fail "agent: $(cat "$work/agent.err")"
+# No agent now: the same login goes direct, and so fails without a network.
+if totp 0 | unshare --net /usr/bin/truid-pam test root > "$work/test3.out" 2>&1; then
+    fail "a login without network succeeded with no agent running"
+fi
+grep -q 'outcome=unavailable_denied' "$work/test3.out" || fail "login without agent: $(cat "$work/test3.out")"
+note "ok: the agent stops on SIGTERM (exit 0, socket removed); without it logins go direct"
 edited=$(sha256sum < /etc/security/pam_truid.toml)
 
 # --------------------------------------------------------------------------------------
@@ -313,6 +409,7 @@ deb2=$(ls "$work"/libpam-truid_"$version"-2_*.deb)
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     -o Dpkg::Options::=--force-confdef "$deb2" >/dev/null
 [ "$(dpkg-query -W -f='${Version}' libpam-truid)" = "$version-2" ] || fail "upgrade to -2 did not happen"
+[ "$wants" -ef "$unit" ] || fail "upgrade dropped the agent's enablement"
 [ "$(sha256sum < /etc/security/pam_truid.toml)" = "$edited" ] || fail "upgrade replaced the edited config"
 /usr/bin/truid-pam check > /dev/null || fail "truid-pam check after the upgrade"
 assert_pam_untouched "by reinstall and upgrade"
@@ -325,12 +422,15 @@ DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq libpam-truid >/dev/null
 [ ! -e "$module" ] || fail "remove left $module"
 [ ! -e /usr/bin/truid-pam ] || fail "remove left /usr/bin/truid-pam"
 [ "$(sha256sum < /etc/security/pam_truid.toml)" = "$edited" ] || fail "remove changed or deleted the config"
+[ ! -e "$unit" ] || fail "remove left $unit"
 assert_pam_untouched "by remove"
 DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libpam-truid >/dev/null
 [ ! -e /etc/security/pam_truid.toml ] || fail "purge left /etc/security/pam_truid.toml"
 [ ! -e /etc/security/.pam_truid.toml.lock ] || fail "purge left the lock file"
 [ ! -e /run/pam_truid ] || fail "purge left /run/pam_truid"
 ! grep -qx truid /var/lib/pam/seen || fail "purge left the profile in /var/lib/pam/seen"
+left=$(find /etc/systemd/system /var/lib/systemd -name 'pam_truid-agent.service*' 2>/dev/null)
+[ -z "$left" ] || fail "purge left the agent's unit state: $left"
 dpkg-query -W libpam-truid >/dev/null 2>&1 && fail "dpkg still knows libpam-truid after purge"
 installed=0
 assert_pam_untouched "by purge"

@@ -3,3 +3,12 @@
 if command -v systemd-tmpfiles >/dev/null 2>&1; then
     systemd-tmpfiles --create pam_truid.conf || :
 fi
+# pam_truid-agent.service as %systemd_post does it: on a first install ($1 = 1) the
+# distribution's preset policy decides whether it is enabled (Fedora and RHEL: not
+# unless listed); nothing is started. Enable it with: systemctl enable --now pam_truid-agent
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+fi
+if [ "$1" = 1 ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl --no-reload preset pam_truid-agent.service >/dev/null 2>&1 || :
+fi

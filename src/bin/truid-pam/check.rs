@@ -39,6 +39,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
                 )),
             );
             check_api(&cfg, &mut add);
+            add("agent", Ok(agent_state(&cfg)));
         }
     }
     let all_ok = items.iter().all(|i| i.ok);
@@ -116,5 +117,19 @@ fn check_api(cfg: &Config, add: &mut impl FnMut(&str, Result<String, String>)) {
             )),
         };
         add(&format!("user {user}"), result);
+    }
+}
+
+/// Whether logins will go through a local agent. Informational: without one they go direct.
+fn agent_state(cfg: &Config) -> String {
+    match cfg.api.agent.as_deref() {
+        None => "off ([api] agent = \"\"): logins go to tru.ID directly".into(),
+        Some(sock) => match pam_truid::agent::connect(sock) {
+            Some(_) => format!("{}: root's agent listens; logins go through it", sock.display()),
+            None => format!(
+                "none listens at {}: logins go to tru.ID directly, a TLS handshake each (for faster logins: systemctl enable --now pam_truid-agent)",
+                sock.display()
+            ),
+        },
     }
 }

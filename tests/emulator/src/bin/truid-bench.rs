@@ -336,6 +336,25 @@ fn callgrind_total(out: &Path) -> Res<u64> {
         .ok_or_else(|| "no total in the callgrind output".into())
 }
 
+/// CPU time (user+sys) a process has used so far, in ms, from /proc/PID/stat.
+fn cpu_of(pid: u32) -> Res<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(e("agent stat"))?;
+    // The fields after the command name (which may hold spaces) end in ')'.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or("agent stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let mut ticks = 0.0;
+    for i in [11, 12] {
+        ticks += f
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or("agent stat: no CPU times")?;
+    }
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks * 1e3 / hz)
+}
+
 // ---------------------------------------------------------------------------------------------
 // `all`: the whole benchmark.
 
@@ -364,6 +383,12 @@ fn all(args: &[String]) -> Res<()> {
         .map_err(e("--concurrent"))?;
     let secdir = opt(args, "--secdir").unwrap_or("/usr/lib/x86_64-linux-gnu/security");
     let skip_callgrind = args.iter().any(|a| a == "--no-callgrind");
+    // The local agent (`truid-pam agent`), started by bench.sh: its socket and PID.
+    let agent_sock = opt(args, "--agent").map(PathBuf::from);
+    let agent_pid: Option<u32> = opt(args, "--agent-pid")
+        .map(str::parse)
+        .transpose()
+        .map_err(e("--agent-pid"))?;
     let info = read_ready(ready_path)?;
     let https = Https::new(&info)?;
     let ca = info.ca_file.clone().unwrap_or_default();
@@ -371,7 +396,19 @@ fn all(args: &[String]) -> Res<()> {
 
     // Users: one factor per login, so every login has a fresh code (a code is good once).
     let leak_n = 20;
-    let total = 3 + n + conc + 3 + leak_n;
+    let block = 20;
+    let with_agent = agent_sock.is_some();
+    let total = 3
+        + n
+        + conc
+        + 3
+        + leak_n
+        + 2 * block
+        + if with_agent {
+            3 + n + conc + 1 + leak_n
+        } else {
+            0
+        };
     eprintln!("truid-bench: seeding {total} factors");
     let mut users = Vec::with_capacity(total);
     for i in 0..total {
@@ -428,10 +465,19 @@ fn all(args: &[String]) -> Res<()> {
         std::fs::write(p, text).map_err(e("write"))?;
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(e("chmod"))
     };
-    let service = |u: &User, roots: Option<&str>| -> Res<String> {
-        let tag = roots.unwrap_or("default");
+    // `agent`: the module asks the local agent; otherwise (`agent = ""`) it goes to tru.ID itself.
+    let service_with = |u: &User, roots: Option<&str>, agent: bool| -> Res<String> {
+        let tag = if agent {
+            "agent"
+        } else {
+            roots.unwrap_or("default")
+        };
         let cfg = cfgs.join(format!("{}-{tag}.toml", u.name));
-        let roots_line = roots.map_or(String::new(), |r| format!("roots = \"{r}\"\n"));
+        let mut roots_line = roots.map_or(String::new(), |r| format!("roots = \"{r}\"\n"));
+        match (&agent_sock, agent) {
+            (Some(sock), true) => roots_line.push_str(&format!("agent = \"{}\"\n", sock.display())),
+            _ => roots_line.push_str("agent = \"\"\n"),
+        }
         write_private(
             &cfg,
             &format!(
@@ -467,6 +513,7 @@ fn all(args: &[String]) -> Res<()> {
         .map_err(e("write"))?;
         Ok(svc)
     };
+    let service = |u: &User, roots: Option<&str>| service_with(u, roots, false);
     std::fs::write(pamd.join("permit"), "auth required pam_permit.so\n").map_err(e("write"))?;
     // pam_google_authenticator: a local TOTP check. Its secret file is root's (the user= option),
     // without DISALLOW_REUSE and RATE_LIMIT: the file is only read, as on most hosts.
@@ -519,77 +566,166 @@ fn all(args: &[String]) -> Res<()> {
         if !g.ok {
             return Err("pam_google_authenticator login failed".into());
         }
+        if with_agent {
+            let u = take();
+            let svc = service_with(u, None, true)?;
+            let r = pamtester(&pamd, &svc, &u.name, &format!("{}\n", code(u)))?;
+            if !r.ok {
+                return Err(format!(
+                    "warm-up login of {} through the agent failed: {}",
+                    u.name, r.err
+                ));
+            }
+        }
     }
 
-    // Pairwise sequential logins: permit, google-authenticator, truid, order rotating.
+    // Pairwise sequential logins: permit, google-authenticator, truid (and truid through the
+    // agent), order rotating.
+    let kinds = if with_agent { 4 } else { 3 };
     eprintln!("truid-bench: {n} sequential logins of each kind, interleaved");
-    let seq: Vec<(&User, String)> = (0..n)
+    // A login on its own, and the one through the agent that runs next to it.
+    type Pair<'a> = (&'a User, String, Option<(&'a User, String)>);
+    let seq: Vec<Pair> = (0..n)
         .map(|_| {
             let u = take();
-            service(u, None).map(|s| (u, s))
+            let s = service(u, None)?;
+            let a = if with_agent {
+                let v = take();
+                Some((v, service_with(v, None, true)?))
+            } else {
+                None
+            };
+            Ok((u, s, a))
         })
         .collect::<Res<_>>()?;
     let s1 = https.stats()?;
-    let mut runs: [Vec<Run>; 3] = Default::default();
-    for (i, (u, svc)) in seq.iter().enumerate() {
-        for k in 0..3 {
-            let which = (i + k) % 3;
-            let r = match which {
-                0 => pamtester(&pamd, "permit", "root", "")?,
-                1 => pamtester(&pamd, "gauth", "root", &ga_code())?,
-                _ => pamtester(&pamd, svc, &u.name, &format!("{}\n", code(u)))?,
+    let agent_cpu_before = agent_pid.map(cpu_of).transpose()?;
+    let mut runs: [Vec<Run>; 4] = Default::default();
+    for (i, (u, svc, a)) in seq.iter().enumerate() {
+        for k in 0..kinds {
+            let which = (i + k) % kinds;
+            let r = match (which, a) {
+                (0, _) => pamtester(&pamd, "permit", "root", "")?,
+                (1, _) => pamtester(&pamd, "gauth", "root", &ga_code())?,
+                (2, _) => pamtester(&pamd, svc, &u.name, &format!("{}\n", code(u)))?,
+                (_, Some((v, asvc))) => pamtester(&pamd, asvc, &v.name, &format!("{}\n", code(v)))?,
+                (_, None) => return Err("no agent service".into()),
             };
             runs[which].push(r);
         }
     }
-    let s2 = https.stats()?;
+    // The agent's own CPU, spread over the logins it served (only the agent kind uses it).
+    let agent_cpu_ms = match (agent_pid, agent_cpu_before) {
+        (Some(pid), Some(b)) => Some((cpu_of(pid)? - b) / n as f64),
+        _ => None,
+    };
+    // Requests and handshakes per login of each kind, each counted in a block of its own.
+    let mut blocks: Vec<(&str, Stats, Stats)> = Vec::new();
+    for agent in [false, true] {
+        if agent && !with_agent {
+            continue;
+        }
+        let users: Vec<(&User, String)> = (0..block)
+            .map(|_| {
+                let u = take();
+                service_with(u, None, agent).map(|s| (u, s))
+            })
+            .collect::<Res<_>>()?;
+        let a = https.stats()?;
+        for (u, svc) in &users {
+            let r = pamtester(&pamd, svc, &u.name, &format!("{}\n", code(u)))?;
+            if !r.ok {
+                return Err(format!("login of {} failed: {}", u.name, r.err));
+            }
+        }
+        let b = https.stats()?;
+        blocks.push((
+            if agent {
+                "through the agent"
+            } else {
+                "on its own"
+            },
+            a,
+            b,
+        ));
+    }
     let errors: Vec<usize> = runs
         .iter()
         .map(|v| v.iter().filter(|r| !r.ok).count())
         .collect();
 
-    // 200 concurrent logins against the one emulator.
-    eprintln!("truid-bench: {conc} concurrent logins");
-    let batch: Vec<(String, String, String)> = (0..conc)
-        .map(|_| {
-            let u = take();
-            service(u, None).map(|s| (s, u.name.clone(), format!("{}\n", code(u))))
-        })
-        .collect::<Res<_>>()?;
-    let s3 = https.stats()?;
-    let start = Instant::now();
-    // Through real libpam (pam_start_confdir) in one fresh process per login: pam_wrapper's
-    // clean-up of its temporary folders races when hundreds of instances start at once.
-    let handles: Vec<_> = batch
-        .into_iter()
-        .map(|(_svc, user, input)| {
-            let (pamd, me) = (pamd.clone(), me.clone());
-            std::thread::spawn(move || -> Res<Run> {
-                let start = Instant::now();
-                let o = Command::new(&me)
-                    .arg("leak")
-                    .arg(&pamd)
-                    .arg(format!("{user}:{}", input.trim()))
-                    .output()
-                    .map_err(e("login"))?;
-                Ok(Run {
-                    ok: o.status.success(),
-                    err: String::from_utf8_lossy(&o.stderr).to_string(),
-                    wall_ms: start.elapsed().as_secs_f64() * 1e3,
-                    ..Default::default()
+    // 200 concurrent logins against the one emulator, on their own and through the agent.
+    struct Burst {
+        label: &'static str,
+        runs: Vec<Run>,
+        elapsed: f64,
+        errors: usize,
+        a: Stats,
+        b: Stats,
+    }
+    let mut bursts: Vec<Burst> = Vec::new();
+    for agent in [false, true] {
+        if agent && !with_agent {
+            continue;
+        }
+        eprintln!(
+            "truid-bench: {conc} concurrent logins{}",
+            if agent { " through the agent" } else { "" }
+        );
+        let tag = if agent { "agent" } else { "default" };
+        let batch: Vec<(String, String)> = (0..conc)
+            .map(|_| {
+                let u = take();
+                service_with(u, None, agent).map(|_| (u.name.clone(), code(u)))
+            })
+            .collect::<Res<_>>()?;
+        let a = https.stats()?;
+        let start = Instant::now();
+        // Through real libpam (pam_start_confdir) in one fresh process per login: pam_wrapper's
+        // clean-up of its temporary folders races when hundreds of instances start at once.
+        let handles: Vec<_> = batch
+            .into_iter()
+            .map(|(user, code)| {
+                let (pamd, me) = (pamd.clone(), me.clone());
+                std::thread::spawn(move || -> Res<Run> {
+                    let start = Instant::now();
+                    let o = Command::new(&me)
+                        .arg("leak")
+                        .arg(&pamd)
+                        .arg(format!("{user}:{code}:{tag}"))
+                        .output()
+                        .map_err(e("login"))?;
+                    Ok(Run {
+                        ok: o.status.success(),
+                        err: String::from_utf8_lossy(&o.stderr).to_string(),
+                        wall_ms: start.elapsed().as_secs_f64() * 1e3,
+                        ..Default::default()
+                    })
                 })
             })
-        })
-        .collect();
-    let conc_runs: Vec<Run> = handles
-        .into_iter()
-        .map(|h| h.join().unwrap_or_else(|_| Err("thread".into())))
-        .collect::<Res<_>>()?;
-    let conc_elapsed = start.elapsed().as_secs_f64();
-    let s4 = https.stats()?;
-    let conc_errors = conc_runs.iter().filter(|r| !r.ok).count();
-    for r in conc_runs.iter().filter(|r| !r.ok).take(3) {
-        eprintln!("truid-bench: a concurrent login failed: {}", r.err);
+            .collect();
+        let runs: Vec<Run> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread".into())))
+            .collect::<Res<_>>()?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let b = https.stats()?;
+        let errors = runs.iter().filter(|r| !r.ok).count();
+        for r in runs.iter().filter(|r| !r.ok).take(3) {
+            eprintln!("truid-bench: a concurrent login failed: {}", r.err);
+        }
+        bursts.push(Burst {
+            label: if agent {
+                "through the agent"
+            } else {
+                "on their own"
+            },
+            runs,
+            elapsed,
+            errors,
+            a,
+            b,
+        });
     }
 
     // The emulator alone: the same two requests on a fresh TLS connection, no PAM, from
@@ -655,21 +791,40 @@ fn all(args: &[String]) -> Res<()> {
 
     // Threads and sockets of the module after pam_sm_authenticate returns: 20 logins in one
     // process through real libpam.
-    let leak_users: Vec<String> = (0..leak_n)
-        .map(|_| {
-            let u = take();
-            service(u, None)?;
-            Ok(format!("{}:{}", u.name, code(u)))
-        })
-        .collect::<Res<_>>()?;
-    let mut leak_cmd = Command::new(&me);
-    leak_cmd.arg("leak").arg(&pamd).args(&leak_users);
-    let out = leak_cmd.output().map_err(e("leak"))?;
-    let leak_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() {
-        return Err(format!(
-            "leak check: {leak_line} {}",
-            String::from_utf8_lossy(&out.stderr)
+    let mut leak_lines = Vec::new();
+    for agent in [false, true] {
+        if agent && !with_agent {
+            continue;
+        }
+        let leak_users: Vec<String> = (0..leak_n)
+            .map(|_| {
+                let u = take();
+                service_with(u, None, agent)?;
+                Ok(format!(
+                    "{}:{}:{}",
+                    u.name,
+                    code(u),
+                    if agent { "agent" } else { "default" }
+                ))
+            })
+            .collect::<Res<_>>()?;
+        let mut leak_cmd = Command::new(&me);
+        leak_cmd.arg("leak").arg(&pamd).args(&leak_users);
+        let out = leak_cmd.output().map_err(e("leak"))?;
+        let leak_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() {
+            return Err(format!(
+                "leak check: {leak_line} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        leak_lines.push((
+            if agent {
+                "through the agent"
+            } else {
+                "on its own"
+            },
+            leak_line,
         ));
     }
 
@@ -696,6 +851,15 @@ fn all(args: &[String]) -> Res<()> {
             };
             let i = callgrind(&pamd, &svc, &u.name, &format!("{}\n", code(u)), &o(roots))?;
             cg.push((label.into(), i));
+        }
+        if with_agent {
+            let u = take();
+            let svc = service_with(u, None, true)?;
+            let i = callgrind(&pamd, &svc, &u.name, &format!("{}\n", code(u)), &o("agent"))?;
+            cg.push((
+                "pam_truid.so through the agent (the login process only)".into(),
+                i,
+            ));
         }
         let floor_cg = |k: &str| -> Res<u64> {
             let out = o(&format!("floor{k}"));
@@ -732,7 +896,8 @@ fn all(args: &[String]) -> Res<()> {
     let names = [
         "pam_permit.so",
         "pam_google_authenticator.so",
-        "pam_truid.so",
+        "pam_truid.so on its own (agent = \"\")",
+        "pam_truid.so through the agent",
     ];
     let med = |v: &[Run], f: fn(&Run) -> f64| pct(&v.iter().map(f).collect::<Vec<_>>(), 50.0);
     let p95 = |v: &[Run], f: fn(&Run) -> f64| pct(&v.iter().map(f).collect::<Vec<_>>(), 95.0);
@@ -751,7 +916,7 @@ fn all(args: &[String]) -> Res<()> {
     println!();
     println!("| stack | wall median | wall p95 | x permit (median) | CPU user+sys median | x permit | peak RSS | errors |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (k, name) in names.iter().enumerate() {
+    for (k, name) in names.iter().enumerate().take(kinds) {
         let v = &runs[k];
         println!(
             "| {name} | {:.2} ms | {:.2} ms | {:.2}x | {:.2} ms | {:.2}x | {:.0} KiB | {} |",
@@ -764,34 +929,54 @@ fn all(args: &[String]) -> Res<()> {
             errors[k]
         );
     }
-    let tw = med(&runs[2], wall);
     println!();
+    for k in 2..kinds {
+        println!(
+            "- {}: added wall time over pam_permit.so {:.2} ms median",
+            names[k],
+            med(&runs[k], wall) - pw
+        );
+    }
     println!(
-        "- added wall time over pam_permit.so: {:.2} ms median; the floor (TCP connect, one TLS 1.3 handshake, two requests, rustls+ring in one warm process, no PAM): {:.2} ms median, {:.2} ms p95",
-        tw - pw,
-        floor_ms[0],
-        floor_ms[1]
+        "- the floor of a login on its own (TCP connect, one TLS 1.3 handshake, two requests, rustls+ring in one warm process, no PAM): {:.2} ms median, {:.2} ms p95",
+        floor_ms[0], floor_ms[1]
     );
-    let seq_logins = n as f64;
+    if let Some(c) = agent_cpu_ms {
+        println!(
+            "- the agent's own CPU (user+sys, /proc/PID/stat over the {n} logins it served): {c:.3} ms per login; login process + agent: {:.2}x permit",
+            (med(&runs[3], cpu) + c) / pc
+        );
+    }
     println!(
-        "- per pam_truid login ({n} logins): {:.2} HTTP requests, {:.2} TLS handshakes ({:.2} connections); token requests: {} in these {n} logins, {} in the warm-up (empty cache)",
-        api_requests(&s1, &s2) as f64 / seq_logins,
-        (s2.tls_handshakes - s1.tls_handshakes - 1) as f64 / seq_logins,
-        (s2.connections_accepted - s1.connections_accepted - 1) as f64 / seq_logins,
-        s2.tokens_issued - s1.tokens_issued,
-        s1.tokens_issued - s0.tokens_issued
+        "- token requests: {} in the warm-up (empty cache), {} in all later logins",
+        s1.tokens_issued - s0.tokens_issued,
+        s5.tokens_issued - s1.tokens_issued
     );
-    let cw: Vec<f64> = conc_runs.iter().map(|r| r.wall_ms).collect();
-    println!(
-        "- {conc} concurrent pam_truid logins (one process each, real libpam via pam_start_confdir): {:.2} s in all, {:.0} logins/s, per login p50 {:.1} ms, p99 {:.1} ms, errors {conc_errors}; {} HTTP requests, {} TLS handshakes, {} token requests",
-        conc_elapsed,
-        conc as f64 / conc_elapsed,
-        pct(&cw, 50.0),
-        pct(&cw, 99.0),
-        api_requests(&s3, &s4),
-        s4.tls_handshakes - s3.tls_handshakes - 1,
-        s4.tokens_issued - s3.tokens_issued
-    );
+    for (label, a, b) in &blocks {
+        // `- 1`: the stats request itself comes on a TLS connection of its own.
+        println!(
+            "- per pam_truid login {label} ({block} logins in a row): {:.2} HTTP requests, {:.2} TLS handshakes ({:.2} connections), {} token requests",
+            api_requests(a, b) as f64 / block as f64,
+            (b.tls_handshakes - a.tls_handshakes - 1) as f64 / block as f64,
+            (b.connections_accepted - a.connections_accepted - 1) as f64 / block as f64,
+            b.tokens_issued - a.tokens_issued
+        );
+    }
+    for bu in &bursts {
+        let cw: Vec<f64> = bu.runs.iter().map(|r| r.wall_ms).collect();
+        println!(
+            "- {conc} concurrent pam_truid logins {} (one process each, real libpam via pam_start_confdir): {:.2} s in all, {:.0} logins/s, per login p50 {:.1} ms, p99 {:.1} ms, errors {}; {} HTTP requests, {} TLS handshakes, {} token requests",
+            bu.label,
+            bu.elapsed,
+            conc as f64 / bu.elapsed,
+            pct(&cw, 50.0),
+            pct(&cw, 99.0),
+            bu.errors,
+            api_requests(&bu.a, &bu.b),
+            bu.b.tls_handshakes - bu.a.tls_handshakes - 1,
+            bu.b.tokens_issued - bu.a.tokens_issued
+        );
+    }
     println!(
         "- the emulator alone (16 client threads on the same 2-core host, a fresh TLS connection + the same 2 requests each): {emu_rate:.0} logins/s"
     );
@@ -800,11 +985,20 @@ fn all(args: &[String]) -> Res<()> {
         so_size,
         so_size as f64 / 1048576.0
     );
-    println!("- after pam_sm_authenticate returned, {leak_n} logins in one process: {leak_line}");
+    for (label, line) in &leak_lines {
+        println!(
+            "- after pam_sm_authenticate returned, {leak_n} logins {label} in one process: {line}"
+        );
+    }
     println!(
         "- syslog lines outcome=verified: {} (expected {})",
         verified.load(Ordering::Relaxed),
-        3 + n + conc + leak_n + if skip_callgrind { 0 } else { 3 }
+        (3 + n + block + conc + leak_n) * if with_agent { 2 } else { 1 }
+            + if skip_callgrind {
+                0
+            } else {
+                3 + usize::from(with_agent)
+            }
     );
     for line in others
         .lock()
@@ -828,7 +1022,7 @@ fn all(args: &[String]) -> Res<()> {
             );
         }
     }
-    let _ = s5;
+
     Ok(())
 }
 
@@ -951,8 +1145,12 @@ fn sockets() -> Vec<String> {
 }
 
 fn leak(args: &[String]) -> Res<()> {
-    let confdir = CString::new(args.first().ok_or("leak CONFDIR USER:CODE...")?.as_str())
-        .map_err(e("confdir"))?;
+    let confdir = CString::new(
+        args.first()
+            .ok_or("leak CONFDIR USER:CODE[:TAG]...")?
+            .as_str(),
+    )
+    .map_err(e("confdir"))?;
     type Start = unsafe extern "C" fn(
         *const c_char,
         *const c_char,
@@ -987,8 +1185,13 @@ fn leak(args: &[String]) -> Res<()> {
     let (mut max_threads, mut max_sockets, mut failed) = (0, 0, 0);
     let mut kinds = Vec::new();
     for spec in &args[1..] {
-        let (user, code) = spec.split_once(':').ok_or("USER:CODE")?;
-        let service = CString::new(format!("truid-{user}-default")).map_err(e("service"))?;
+        let mut parts = spec.split(':');
+        let (user, code) = (
+            parts.next().unwrap_or(""),
+            parts.next().ok_or("USER:CODE[:TAG]")?,
+        );
+        let tag = parts.next().unwrap_or("default");
+        let service = CString::new(format!("truid-{user}-{tag}")).map_err(e("service"))?;
         let user = CString::new(user).map_err(e("user"))?;
         let code = CString::new(code).map_err(e("code"))?;
         let conv = PamConv {
