@@ -140,6 +140,9 @@ pub enum Answer {
     Ok(Option<String>),
     Refused(String),
     Unavailable(String),
+    /// The agent speaks another protocol version (a package upgrade between the module and the
+    /// agent's restart): it sent nothing to tru.ID, and the module goes there itself.
+    Unsupported(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -219,7 +222,8 @@ impl<'a> AgentOrDirect<'a> {
             .ok_or_else(|| ApiError::Refused("HTTP client missing".into()))
     }
 
-    /// Sends `call` to the agent; `None` when no agent of root listens (go direct).
+    /// Sends `call` to the agent; `None` when the call must go direct: no agent of root listens,
+    /// it speaks another protocol version, or it failed to answer.
     fn via_agent(
         &mut self,
         call: impl FnOnce() -> Call,
@@ -241,15 +245,27 @@ impl<'a> AgentOrDirect<'a> {
         let reply = self
             .deadline
             .charge(|| exchange(stream, &request, left + ANSWER_GRACE));
-        Some(reply.and_then(|r| {
-            self.agent_requests += r.requests;
-            self.agent_answers += 1;
-            match r.answer {
-                Answer::Ok(v) => Ok(v),
-                Answer::Refused(why) => Err(ApiError::Refused(why)),
-                Answer::Unavailable(why) => Err(ApiError::Unavailable(why)),
+        let reply = match reply {
+            Ok(r) => r,
+            // The agent broke (died mid-call, hung, answered nonsense): tru.ID is asked
+            // directly with what is left of the budget. That is safe even for a code: one the
+            // agent did get through has spent its challenge, and tru.ID refuses it again.
+            Err(_) => {
+                self.socket = None;
+                return None;
             }
-        }))
+        };
+        if let Answer::Unsupported(_) = reply.answer {
+            self.socket = None;
+            return None;
+        }
+        self.agent_requests += reply.requests;
+        self.agent_answers += 1;
+        Some(match reply.answer {
+            Answer::Ok(v) => Ok(v),
+            Answer::Refused(why) => Err(ApiError::Refused(why)),
+            Answer::Unavailable(why) | Answer::Unsupported(why) => Err(ApiError::Unavailable(why)),
+        })
     }
 }
 
@@ -453,7 +469,7 @@ impl Projects {
             answer,
         };
         if request.v != PROTOCOL {
-            return fail(Answer::Unavailable(format!(
+            return fail(Answer::Unsupported(format!(
                 "the pam_truid agent speaks protocol {PROTOCOL}, the module {}: install the same version of both",
                 request.v
             )));
@@ -630,7 +646,7 @@ mod tests {
         };
         let reply = Projects::default().answer(r);
         assert!(
-            matches!(reply.answer, Answer::Unavailable(ref w) if w.contains("protocol")),
+            matches!(reply.answer, Answer::Unsupported(ref w) if w.contains("protocol")),
             "{reply:?}"
         );
         r = Request {

@@ -380,3 +380,102 @@ fn every_outcome_through_the_agent_is_the_modules_own() {
         }
     }
 }
+
+/// A process of root at the socket that is not a working agent of this version: one that
+/// answers with another protocol version, one that answers nonsense, one that closes without
+/// a word. Each time the module asks tru.ID itself, so the login is verified under `secure`.
+#[test]
+fn a_broken_agent_sends_the_module_to_tru_id_itself() {
+    for reply in [
+        "{\"requests\":0,\"answer\":{\"unsupported\":\"the agent speaks protocol 9\"}}\n",
+        "this is not JSON\n",
+        "",
+    ] {
+        let w = World::new();
+        let sock = w.path("fake.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = asked.clone();
+        // Ends with the test process; answers every connection the same way.
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut line = String::new();
+                let _ = BufReader::new(&c).read_line(&mut line);
+                let _ = std::io::Write::write_all(&mut c, reply.as_bytes());
+            }
+        });
+        let f = w.enroll("alice");
+        config_with_agent(&w, &sock, "failmode = \"secure\"", &[("alice", &f)]);
+        debug_stack(&w);
+        let (rc, _) = w.login("alice", &[&w.code(&f)]);
+        let lines = w.log.lines();
+        assert_eq!(rc, PAM_SUCCESS, "[{reply:?}] {lines:?}");
+        // Asked once, then never again in this login.
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "[{reply:?}]"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("via_agent=false")),
+            "[{reply:?}] {lines:?}"
+        );
+    }
+}
+
+/// The agent is a long-lived daemon: many logins leave its threads, descriptors and memory as
+/// they were.
+#[test]
+fn the_agent_stays_flat_over_many_logins() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let agent = start_agent(&sock);
+    let f = w.enroll("alice");
+    // One try with a wrong code: the same two calls a login makes, on one factor.
+    config_with_agent(&w, &sock, "tries = 1", &[("alice", &f)]);
+    w.module_stack();
+    let wrong = w.wrong_code(&f);
+    let pid = agent.child.id();
+    let state = || {
+        let count = |d: &str| {
+            std::fs::read_dir(format!("/proc/{pid}/{d}"))
+                .unwrap()
+                .count()
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        (count("task"), count("fd"), rss)
+    };
+    let login = || {
+        let (rc, _) = w.login("alice", &[&wrong]);
+        assert_eq!(rc, PAM_AUTH_ERR);
+        // Drained as it comes: a full log socket would slow each login by the send timeout.
+        w.log.lines();
+    };
+    for _ in 0..50 {
+        login();
+    }
+    let before = state();
+    let stats = w.emu.stats();
+    for _ in 0..400 {
+        login();
+    }
+    let after = state();
+    let stats2 = w.emu.stats();
+    assert_eq!(
+        stats2.verification_attempts - stats.verification_attempts,
+        400
+    );
+    assert_eq!(
+        stats2.tls_handshakes, stats.tls_handshakes,
+        "a new connection"
+    );
+    assert_eq!(after.0, before.0, "threads {before:?} -> {after:?}");
+    assert_eq!(after.1, before.1, "descriptors {before:?} -> {after:?}");
+    assert!(after.2 < before.2 + 2048, "RSS {before:?} -> {after:?} KiB");
+}
