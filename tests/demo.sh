@@ -57,6 +57,8 @@ client_secret = "$(field client_secret)"
 ca_file = "$CA"
 timeout = 5
 token_cache = "$T/cache"
+# The local agent's socket: used once an agent listens there (below), direct until then.
+agent = "$T/agent/agent.sock"
 
 [login]
 failmode = "secure"
@@ -88,7 +90,8 @@ sed -n '/^\[users\]/,$p' "$CFG"
 
 say "A PAM stack with the module (real libpam through pam_wrapper, service truid-demo)"
 mkdir -p "$T/pamd"
-printf 'auth required %s config=%s syslog_socket=%s\n' "$MOD" "$CFG" "$T/log.sock" >"$T/pamd/truid-demo"
+# `debug` adds a line per login: HTTP requests sent, and whether they went through the agent.
+printf 'auth required %s config=%s syslog_socket=%s debug\n' "$MOD" "$CFG" "$T/log.sock" >"$T/pamd/truid-demo"
 printf 'auth required pam_deny.so\naccount required pam_deny.so\n' >"$T/pamd/other"
 cat "$T/pamd/truid-demo"
 socat -u UNIX-RECV:"$T/log.sock" OPEN:"$T/syslog.txt",creat,append &
@@ -106,11 +109,23 @@ echo "$CODE" | login && echo ">>> verdict: logged in"
 say "Login as alice with wrong codes"
 printf '000000\n111111\nabc\n' | login || echo ">>> verdict: refused"
 
+say "Starting the local agent (truid-pam agent): it keeps the TLS connection and the token"
+"$CLI" agent --socket "$T/agent/agent.sock" >"$T/agent.out" 2>&1 &
+pids+=($!)
+wait_for "$T/agent.out" "listening on"
+cat "$T/agent.out"
+# A second user, seeded at the emulator as a phone would have been enrolled, for a fresh code.
+BOB=$(curl -fsS --cacert "$CA" -X POST "$BASE/_emulator/seed" -d '{"external_user_id":"bob","type":"TOTP"}' | sed -n 's/.*"factor_id":"\([^"]*\)".*/\1/p')
+sed -i "/^\[users\]/a bob = \"$BOB\"" "$CFG"
+BOB_CODE=$(phone_code "$BOB")
+say "Login as bob through the agent ($BOB_CODE): no TLS handshake in the login process"
+echo "$BOB_CODE" | LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$T/pamd" pamtester truid-demo bob authenticate && echo ">>> verdict: logged in"
+
 say "Login while tru.ID is down (emulator stopped, failmode = \"secure\")"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 echo "123456" | login || echo ">>> verdict: refused"
 
-say "What the module logged (syslog authpriv, one line per login)"
+say "What the module logged (syslog authpriv: one outcome line per login, and the debug line)"
 wait_for "$T/syslog.txt" unavailable_denied
 # Datagrams arrive back to back; each starts with its <priority>.
 sed 's/<[0-9]*>/\n/g' "$T/syslog.txt" | grep -v '^$'
