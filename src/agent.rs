@@ -140,9 +140,10 @@ pub enum Answer {
     Ok(Option<String>),
     Refused(String),
     Unavailable(String),
-    /// The agent speaks another protocol version (a package upgrade between the module and the
-    /// agent's restart): it sent nothing to tru.ID, and the module goes there itself.
-    Unsupported(String),
+    /// The agent cannot serve this call: it speaks another protocol version (a package upgrade
+    /// before the agent's restart), or cannot set up this project's HTTP client (a `ca_file`
+    /// it cannot see from its sandbox). It sent nothing to tru.ID; the module goes there itself.
+    GoDirect(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -255,7 +256,7 @@ impl<'a> AgentOrDirect<'a> {
                 return None;
             }
         };
-        if let Answer::Unsupported(_) = reply.answer {
+        if let Answer::GoDirect(_) = reply.answer {
             self.socket = None;
             return None;
         }
@@ -264,14 +265,30 @@ impl<'a> AgentOrDirect<'a> {
         Some(match reply.answer {
             Answer::Ok(v) => Ok(v),
             Answer::Refused(why) => Err(ApiError::Refused(why)),
-            Answer::Unavailable(why) | Answer::Unsupported(why) => Err(ApiError::Unavailable(why)),
+            Answer::Unavailable(why) | Answer::GoDirect(why) => Err(ApiError::Unavailable(why)),
         })
     }
 }
 
-/// A connection to the agent at `path`, if one of root listens there.
+/// A connection to the agent at `path`, if one of root listens there and has room.
 pub fn connect(path: &Path) -> Option<UnixStream> {
-    let stream = UnixStream::connect(path).ok()?;
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    // Non-blocking, because a blocking connect to a listener whose queue is full waits without
+    // end; a busy agent is as good as none.
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .ok()?;
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new(path).ok()?,
+    )
+    .ok()?;
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false).ok()?;
     // Anyone may bind a socket where the folder lets them; only root's answers are believed.
     (peer_uid(&stream) == Some(0)).then_some(stream)
 }
@@ -469,7 +486,7 @@ impl Projects {
             answer,
         };
         if request.v != PROTOCOL {
-            return fail(Answer::Unsupported(format!(
+            return fail(Answer::GoDirect(format!(
                 "the pam_truid agent speaks protocol {PROTOCOL}, the module {}: install the same version of both",
                 request.v
             )));
@@ -477,8 +494,9 @@ impl Projects {
         let api = request.api.config();
         let project = match self.get(request.api, &api) {
             Ok(p) => p,
-            // What the module's own client would say: a local setup problem, which denies.
-            Err(why) => return fail(Answer::Refused(why)),
+            // The agent's own setup, not the module's: the module may well manage on its own
+            // (and denies, as for any local setup problem, if it cannot either).
+            Err(why) => return fail(Answer::GoDirect(why)),
         };
         let token = project.token.lock().map(|t| t.clone()).unwrap_or(None);
         let mut client = Client::with_http(
@@ -646,7 +664,7 @@ mod tests {
         };
         let reply = Projects::default().answer(r);
         assert!(
-            matches!(reply.answer, Answer::Unsupported(ref w) if w.contains("protocol")),
+            matches!(reply.answer, Answer::GoDirect(ref w) if w.contains("protocol")),
             "{reply:?}"
         );
         r = Request {
@@ -657,6 +675,20 @@ mod tests {
                 factor: "not-a-uuid".into(),
             },
         };
+        // A ca_file the agent cannot read (its sandbox hides /tmp): the module goes direct.
+        let mut hidden = api();
+        hidden.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
+        hidden.roots = Roots::None;
+        let reply = Projects::default().answer(Request {
+            v: PROTOCOL,
+            api: WireApi::new(&hidden),
+            spent_ms: 0,
+            call: Call::FindFactor { user: "a".into() },
+        });
+        assert!(
+            matches!(reply.answer, Answer::GoDirect(ref w) if w.contains("/nonexistent/ca.pem")),
+            "{reply:?}"
+        );
         // A malformed ID is never sent on: the agent refuses it like the config would.
         let reply = Projects::default().answer(r);
         assert!(matches!(reply.answer, Answer::Refused(_)), "{reply:?}");

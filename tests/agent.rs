@@ -387,7 +387,7 @@ fn every_outcome_through_the_agent_is_the_modules_own() {
 #[test]
 fn a_broken_agent_sends_the_module_to_tru_id_itself() {
     for reply in [
-        "{\"requests\":0,\"answer\":{\"unsupported\":\"the agent speaks protocol 9\"}}\n",
+        "{\"requests\":0,\"answer\":{\"go_direct\":\"the agent speaks protocol 9\"}}\n",
         "this is not JSON\n",
         "",
     ] {

@@ -9,6 +9,6 @@ if [ "$1" = 0 ]; then
     rm -rf /run/pam_truid
 elif [ -d /run/systemd/system ]; then
     # An upgrade, as %systemd_postun_with_restart: a running agent takes the new
-    # truid-pam (the agent and the module must speak the same protocol).
+    # truid-pam (modules skip an agent of another protocol version).
     systemctl try-restart pam_truid-agent.service >/dev/null 2>&1 || :
 fi
