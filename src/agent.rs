@@ -479,6 +479,11 @@ impl Projects {
         Ok(project)
     }
 
+    /// Drops every project: their connections close once their calls in flight end.
+    pub fn forget(&self) {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Runs one call for a root client and answers it.
     pub fn answer(&self, request: Request) -> Reply {
         let fail = |answer| Reply {

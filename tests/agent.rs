@@ -15,6 +15,8 @@ const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
 /// A process this test started, killed by its PID when the test ends, pass or fail.
 struct Daemon {
     child: Child,
+    /// Its stdout after the ready line, when that is where it said it.
+    out: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Daemon {
@@ -27,17 +29,27 @@ impl Daemon {
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         }
         let mut child = cmd.stdin(Stdio::null()).spawn().unwrap();
-        let line = if on_stderr {
-            read_until(&mut BufReader::new(child.stderr.take().unwrap()), ready)
+        let (line, out) = if on_stderr {
+            let line = read_until(&mut BufReader::new(child.stderr.take().unwrap()), ready);
+            (line, None)
         } else {
-            read_until(&mut BufReader::new(child.stdout.take().unwrap()), ready)
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            (read_until(&mut out, ready), Some(out))
         };
-        let mut d = Daemon { child };
+        let mut d = Daemon { child, out };
         if line.is_none() {
             d.stop();
             panic!("{cmd:?} never said {ready:?}");
         }
         d
+    }
+
+    /// Waits for a line of its stdout holding `want`.
+    fn said(&mut self, want: &str) -> bool {
+        self.out
+            .as_mut()
+            .and_then(|o| read_until(o, want))
+            .is_some()
     }
 
     fn pid(&self) -> nix::unistd::Pid {
@@ -203,8 +215,24 @@ fn without_a_live_agent_the_module_goes_to_tru_id_itself() {
     assert!(debug[1].contains("via_agent=true"), "{}", debug[1]);
     assert!(debug[2].contains("via_agent=false"), "{}", debug[2]);
 
-    // A new agent replaces the stale socket; SIGTERM removes it.
+    // A new agent replaces the stale socket; SIGHUP drops its connections (the next login
+    // makes a new one) and keeps it serving; SIGTERM stops it and removes the socket.
     let mut agent = start_agent(&sock);
+    let d = w.enroll("dave");
+    let e = w.enroll("erin");
+    config_with_agent(&w, &sock, "", &[("dave", &d), ("erin", &e)]);
+    let (rc, _) = w.login("dave", &[&w.code(&d)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    let before = w.emu.stats().tls_handshakes;
+    let _ = nix::sys::signal::kill(agent.pid(), nix::sys::signal::Signal::SIGHUP);
+    assert!(agent.said("connections and tokens dropped"));
+    let (rc, _) = w.login("erin", &[&w.code(&e)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    assert_eq!(
+        w.emu.stats().tls_handshakes,
+        before + 2,
+        "a new connection after SIGHUP"
+    );
     let st = agent.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(st.success(), "{st:?}");
     assert!(!sock.exists(), "a stopped agent removes its socket");

@@ -49,7 +49,18 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     }
     println!("truid-pam agent: listening on {}", socket.display());
     let _ = std::io::stdout().flush();
-    let signal = signals.wait();
+    // SIGHUP, as for most daemons, is a reload: connections and tokens are dropped and made
+    // anew on the next call (after a CA or network change). The others stop the agent.
+    let signal = loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
+                projects.forget();
+                println!("truid-pam agent: SIGHUP: connections and tokens dropped");
+                let _ = std::io::stdout().flush();
+            }
+            other => break other,
+        }
+    };
     // Only our own socket: a later agent may already have replaced it (then it is theirs).
     if inode.is_some() && std::fs::symlink_metadata(socket).map(|m| m.ino()).ok() == inode {
         let _ = std::fs::remove_file(socket);
