@@ -14,7 +14,7 @@
 //!
 //! Wire: one JSON object per line each way, one call per connection.
 
-use crate::api::{http_client, ApiError, ChallengeStatus, Client, FactorKind, Scope};
+use crate::api::{ApiError, ChallengeStatus, Client, FactorKind, Scope, Transport};
 use crate::config::{ApiConfig, FactorId, Roots};
 use crate::deadline::Deadline;
 use crate::flow::Authenticator;
@@ -39,8 +39,9 @@ const MESSAGE_ROOM: usize = 8 * 1024;
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Projects (API settings) the agent keeps connections for; the oldest goes first.
 const MAX_PROJECTS: usize = 8;
-/// Idle connections kept per project: at least the most workers an agent runs (32 by default),
-/// so a burst of concurrent logins does not leave connections to be closed and made again.
+/// Idle transports (each with its open connection) kept per project: at least the most workers
+/// an agent runs (32 by default), so a burst of concurrent logins does not leave connections
+/// to be closed and made again.
 const IDLE_PER_PROJECT: usize = 64;
 /// Past the module's deadline, time left for the agent's own answer to arrive.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
@@ -446,11 +447,11 @@ impl Authenticator for AgentOrDirect<'_> {
 // ---------------------------------------------------------------------------------------------
 // The agent's side (the socket, threads and signals are `truid-pam agent`'s).
 
-/// What the agent keeps per project: its HTTP client (and so its open connections) and the
+/// What the agent keeps per project: idle transports, each with its open connection, and the
 /// last bearer token.
 struct Project {
     settings: WireApi,
-    http: reqwest::blocking::Client,
+    idle: Mutex<Vec<Transport>>,
     token: Mutex<Option<Secret>>,
 }
 
@@ -467,9 +468,10 @@ impl Projects {
         if let Some(p) = known.iter().find(|p| p.settings == wire) {
             return Ok(p.clone());
         }
+        // The first transport is made here, so a project the agent cannot set up is never kept.
         let project = Arc::new(Project {
             settings: wire,
-            http: http_client(api, IDLE_PER_PROJECT)?,
+            idle: Mutex::new(vec![Transport::local(api, 1)?]),
             token: Mutex::new(None),
         });
         if known.len() >= MAX_PROJECTS {
@@ -504,12 +506,18 @@ impl Projects {
             Err(why) => return fail(Answer::GoDirect(why)),
         };
         let token = project.token.lock().map(|t| t.clone()).unwrap_or(None);
+        // A transport of its own for this call: its runtime is driven by this thread alone.
+        let idle = project.idle.lock().ok().and_then(|mut v| v.pop());
+        let transport = match idle.map_or_else(|| Transport::local(&api, 1), Ok) {
+            Ok(t) => t,
+            Err(why) => return fail(Answer::GoDirect(why)),
+        };
         let mut client = Client::with_http(
             &api,
             Scope::Authenticator,
             &api.client_id,
             &api.client_secret,
-            project.http.clone(),
+            transport,
         );
         client.hold_token(token);
         client.deadline =
@@ -522,10 +530,13 @@ impl Projects {
         if let Ok(mut t) = project.token.lock() {
             *t = client.held_token();
         }
-        Reply {
-            requests: client.requests,
-            answer,
+        let requests = client.requests;
+        if let Ok(mut idle) = project.idle.lock() {
+            if idle.len() < IDLE_PER_PROJECT {
+                idle.push(client.into_transport());
+            }
         }
+        Reply { requests, answer }
     }
 }
 

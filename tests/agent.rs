@@ -350,6 +350,22 @@ fn every_outcome_through_the_agent_is_the_modules_own() {
                 times: None,
             }),
         ),
+        (
+            "huge answer",
+            Some(Fault {
+                route: Route::ChallengeVerify,
+                kind: FaultKind::Huge(8 * 1024 * 1024),
+                times: None,
+            }),
+        ),
+        (
+            "hang",
+            Some(Fault {
+                route: Route::ChallengeVerify,
+                kind: FaultKind::Hang,
+                times: None,
+            }),
+        ),
     ];
     for failmode in ["secure", "safe"] {
         for (name, fault) in &rows {
@@ -365,6 +381,11 @@ fn every_outcome_through_the_agent_is_the_modules_own() {
                     &format!("failmode = \"{failmode}\"\ntries = 1"),
                     &[("alice", &f)],
                 );
+                if *name == "hang" {
+                    // One second, not five: the row waits it out four times.
+                    let text = std::fs::read_to_string(w.path("pam_truid.toml")).unwrap();
+                    w.write_config(&text.replace("timeout = 5", "timeout = 1"));
+                }
                 debug_stack(&w);
                 if let Some(fl) = fault {
                     w.emu.set_fault(fl.clone());

@@ -1,5 +1,6 @@
 //! HTTP to tru.ID over one kept-alive connection, within one `Deadline`.
 
+use super::transport::{timed_out_error, Answer, Outgoing, Transport};
 use super::types::{
     Challenge, ChallengeStatus, Factor, FactorKind, FactorList, PhoneCheck, Problem, TokenAnswer,
 };
@@ -9,16 +10,13 @@ use crate::config::{ApiConfig, FactorId};
 use crate::deadline::Deadline;
 use crate::flow::Authenticator;
 use crate::secret::Secret;
-use crate::text::sanitize;
-use reqwest::blocking::Client as Http;
-use reqwest::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use base64::Engine as _;
+use reqwest::header::HeaderValue;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use std::io::Read;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
-/// No answer pam_truid reads comes near this; a bigger one is refused unread.
-const MAX_ANSWER: u64 = 256 * 1024;
 const JSON_PATCH: &str = "application/json-patch+json";
 /// Waited on a 429 without `Retry-After`, if the deadline allows.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -44,7 +42,7 @@ impl Scope {
 /// A client for one login (or one CLI command). Dropping it closes its connection and ends
 /// reqwest's runtime thread, so nothing of it outlives the login.
 pub struct Client {
-    http: Http,
+    http: Transport,
     base: String,
     client_id: String,
     client_secret: Secret,
@@ -54,12 +52,6 @@ pub struct Client {
     pub deadline: Deadline,
     /// HTTP requests sent, for `truid-pam test` and the benchmarks.
     pub requests: u32,
-}
-
-struct Answer {
-    status: u16,
-    retry_after: Option<Duration>,
-    body: Vec<u8>,
 }
 
 impl Client {
@@ -80,7 +72,7 @@ impl Client {
         client_id: &str,
         client_secret: &Secret,
     ) -> Result<Client, String> {
-        let http = http_client(api, 1)?;
+        let http = Transport::blocking(api, 1)?;
         Ok(Client::with_http(
             api,
             scope,
@@ -97,7 +89,7 @@ impl Client {
         scope: Scope,
         client_id: &str,
         client_secret: &Secret,
-        http: Http,
+        http: Transport,
     ) -> Client {
         let cache = match (scope, &api.token_cache) {
             (Scope::Authenticator, Some(dir)) => {
@@ -127,6 +119,11 @@ impl Client {
         self.token = token;
     }
 
+    /// Ends this client, giving back its transport (and so its open connection) for the next.
+    pub fn into_transport(self) -> Transport {
+        self.http
+    }
+
     /// A bearer token: this client's, the cache's, or a new one.
     fn token(&mut self) -> Result<Secret, ApiError> {
         if let Some(t) = &self.token {
@@ -147,12 +144,11 @@ impl Client {
             "grant_type=client_credentials&scope={}",
             self.scope.as_str().replace(' ', "%20")
         );
-        let (id, secret) = (self.client_id.clone(), self.client_secret.clone());
-        let ans = self.send_with_retry(|http| {
-            http.post(&url)
-                .basic_auth(&id, Some(secret.expose()))
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(body.clone())
+        let ans = self.send_with_retry(&Outgoing {
+            method: Method::POST,
+            url: &url,
+            authorization: basic(&self.client_id, &self.client_secret)?,
+            body: Some(("application/x-www-form-urlencoded", body.as_bytes())),
         })?;
         match ans.status {
             200..=299 => {
@@ -187,18 +183,11 @@ impl Client {
         let url = format!("{}{}", self.base, path);
         for refreshed in [false, true] {
             let token = self.token()?;
-            let ans = self.send_with_retry(|http| {
-                let mut r = http
-                    .request(method.clone(), &url)
-                    .bearer_auth(token.expose())
-                    .header(
-                        ACCEPT,
-                        "application/hal+json, application/json, application/problem+json",
-                    );
-                if let Some((ct, b)) = &body {
-                    r = r.header(CONTENT_TYPE, *ct).body(b.clone());
-                }
-                r
+            let ans = self.send_with_retry(&Outgoing {
+                method: method.clone(),
+                url: &url,
+                authorization: bearer(&token)?,
+                body: body.as_ref().map(|(ct, b)| (*ct, b.as_slice())),
             })?;
             match ans.status {
                 200..=299 => return Ok(ans.body),
@@ -223,11 +212,8 @@ impl Client {
 
     /// Sends a request; on 429 waits for `Retry-After` and sends once more, only if the wait
     /// and a request still fit in the deadline.
-    fn send_with_retry(
-        &mut self,
-        build: impl Fn(&Http) -> reqwest::blocking::RequestBuilder,
-    ) -> Result<Answer, ApiError> {
-        let ans = self.send(&build)?;
+    fn send_with_retry(&mut self, out: &Outgoing) -> Result<Answer, ApiError> {
+        let ans = self.send(out)?;
         if ans.status != 429 {
             return Ok(ans);
         }
@@ -235,29 +221,20 @@ impl Client {
         match self.deadline.remaining() {
             Some(left) if left > wait + Duration::from_millis(100) => {
                 self.deadline.charge(|| std::thread::sleep(wait));
-                self.send(&build)
+                self.send(out)
             }
             _ => Ok(ans),
         }
     }
 
-    fn send(
-        &mut self,
-        build: &impl Fn(&Http) -> reqwest::blocking::RequestBuilder,
-    ) -> Result<Answer, ApiError> {
+    fn send(&mut self, out: &Outgoing) -> Result<Answer, ApiError> {
+        let budget = self.deadline.budget();
         let Some(left) = self.deadline.remaining() else {
-            return Err(ApiError::Unavailable(format!(
-                "no answer within [api] timeout ({} s)",
-                self.deadline.budget().as_secs()
-            )));
+            return Err(timed_out_error(budget));
         };
         self.requests += 1;
-        let request = build(&self.http).timeout(left);
-        let budget = self.deadline.budget();
-        self.deadline.charge(|| {
-            let resp = request.send().map_err(|e| transport_error(&e, budget))?;
-            read_answer(resp, budget)
-        })
+        let http = &self.http;
+        self.deadline.charge(|| http.exchange(out, left, budget))
     }
 
     /// GET a factor.
@@ -416,34 +393,6 @@ impl Authenticator for Client {
     }
 }
 
-/// The HTTP client for these settings, keeping up to `idle` connections open between requests.
-pub fn http_client(api: &ApiConfig, idle: usize) -> Result<Http, String> {
-    let tls = super::tls::client_config(
-        api.roots,
-        api.ca_file.as_deref(),
-        api.token_cache.as_deref(),
-    )?;
-    let mut builder = Http::builder()
-        .use_preconfigured_tls((*tls).clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(idle)
-        // Below the idle limits of common front ends (60 s and more), so a kept connection is
-        // not closed by the server just as a request goes out on it.
-        .pool_idle_timeout(Duration::from_secs(20))
-        .connect_timeout(api.timeout)
-        .user_agent(concat!("pam_truid/", env!("CARGO_PKG_VERSION")));
-    // The config alone decides where the module connects: the host process's *_proxy
-    // variables are never read.
-    builder = match &api.proxy {
-        Some(p) => builder.proxy(reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?),
-        None => builder.no_proxy(),
-    };
-    builder
-        .build()
-        .map_err(|e| format!("HTTP client setup failed: {e}"))
-}
-
 /// A challenge ID goes into the next request's path: only a plain identifier will do.
 fn checked_challenge_id(c: Challenge) -> Result<String, ApiError> {
     let usable = !c.challenge_id.is_empty()
@@ -498,69 +447,25 @@ fn unavailable_status(ans: &Answer) -> ApiError {
     ApiError::Unavailable(status_text(ans))
 }
 
-fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
-    if e.is_timeout() {
-        return ApiError::Unavailable(format!(
-            "no answer within [api] timeout ({} s)",
-            budget.as_secs()
-        ));
-    }
-    // The innermost cause says what failed (refused, DNS, certificate).
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    ApiError::Unavailable(format!("{what}: {}", sanitize(&cause.to_string(), 200)))
+/// `Authorization: Basic` for the token endpoint; the text made on the way is zeroised.
+fn basic(id: &str, secret: &Secret) -> Result<HeaderValue, ApiError> {
+    let pair = Zeroizing::new(format!("{id}:{}", secret.expose()));
+    let value = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+    ));
+    sensitive(&value, "[api] client_id and client_secret")
 }
 
-fn read_answer(resp: reqwest::blocking::Response, budget: Duration) -> Result<Answer, ApiError> {
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v: &HeaderValue| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let declared = resp
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ANSWER) {
-        return Err(ApiError::Unavailable(format!(
-            "answer of {} bytes is over the {MAX_ANSWER} byte limit",
-            declared.unwrap_or(0)
-        )));
-    }
-    let mut body = Vec::new();
-    resp.take(MAX_ANSWER + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                ApiError::Unavailable(format!(
-                    "no answer within [api] timeout ({} s)",
-                    budget.as_secs()
-                ))
-            } else {
-                ApiError::Unavailable(format!(
-                    "answer cut short: {}",
-                    sanitize(&e.to_string(), 200)
-                ))
-            }
-        })?;
-    if body.len() as u64 > MAX_ANSWER {
-        return Err(ApiError::Unavailable(format!(
-            "answer is over the {MAX_ANSWER} byte limit"
-        )));
-    }
-    Ok(Answer {
-        status,
-        retry_after,
-        body,
-    })
+fn bearer(token: &Secret) -> Result<HeaderValue, ApiError> {
+    let value = Zeroizing::new(format!("Bearer {}", token.expose()));
+    sensitive(&value, "the access token tru.ID issued")
+}
+
+/// A header value no debug output shows. Text a header cannot carry is refused, never sent.
+fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ApiError> {
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| ApiError::Unavailable(format!("{what} cannot go in an HTTP header")))?;
+    v.set_sensitive(true);
+    Ok(v)
 }

@@ -2,10 +2,12 @@
 
 mod client;
 mod tls;
+mod transport;
 mod types;
 
-pub use client::{http_client, Client, Scope};
+pub use client::{Client, Scope};
 pub use tls::client_config;
+pub use transport::Transport;
 pub use types::{Challenge, ChallengeStatus, Factor, FactorKind, FactorList, Problem};
 
 use std::fmt;

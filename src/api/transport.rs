@@ -1,0 +1,234 @@
+//! How a request reaches tru.ID: reqwest's blocking client in the module, or reqwest's async
+//! client on a runtime the calling thread drives, in the agent.
+//!
+//! Why two: the blocking client runs its own runtime thread, which a login process wants (it
+//! ends with the login) but which costs the agent a crossing to that thread and back on every
+//! request, for a worker that does nothing meanwhile. The agent's workers drive their own
+//! current-thread runtime instead. Everything above the transport (token, retries, deadline,
+//! what an answer means) is `Client`'s, and the same for both.
+
+use super::ApiError;
+use crate::config::ApiConfig;
+use crate::text::sanitize;
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
+use reqwest::Method;
+use std::io::Read;
+use std::time::Duration;
+
+/// No answer pam_truid reads comes near this; a bigger one is refused unread.
+pub(crate) const MAX_ANSWER: u64 = 256 * 1024;
+const ACCEPTED: &str = "application/hal+json, application/json, application/problem+json";
+
+/// A request, whichever transport sends it.
+pub(crate) struct Outgoing<'a> {
+    pub method: Method,
+    pub url: &'a str,
+    /// The whole `Authorization` value, marked sensitive so no debug output shows it.
+    pub authorization: HeaderValue,
+    pub body: Option<(&'static str, &'a [u8])>,
+}
+
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+pub enum Transport {
+    /// reqwest's blocking client: one runtime thread, ended when the client drops.
+    Blocking(reqwest::blocking::Client),
+    /// reqwest's async client on a current-thread runtime driven only by the thread that
+    /// sends (one per agent worker at a time).
+    Local(Box<Local>),
+}
+
+pub struct Local {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+/// The same settings on either client builder.
+macro_rules! configure {
+    ($builder:expr, $api:expr, $idle:expr, $tls:expr) => {{
+        let b = $builder
+            .use_preconfigured_tls($tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host($idle)
+            // Below the idle limits of common front ends (60 s and more), so a kept
+            // connection is not closed by the server just as a request goes out on it.
+            .pool_idle_timeout(Duration::from_secs(20))
+            .connect_timeout($api.timeout)
+            .user_agent(concat!("pam_truid/", env!("CARGO_PKG_VERSION")));
+        // The config alone decides where the module connects: the host process's *_proxy
+        // variables are never read.
+        match &$api.proxy {
+            Some(p) => b.proxy(reqwest::Proxy::all(p).map_err(|e| format!("[api] proxy: {e}"))?),
+            None => b.no_proxy(),
+        }
+    }};
+}
+
+/// The same request on either client.
+macro_rules! request {
+    ($http:expr, $out:expr, $left:expr) => {{
+        let r = $http
+            .request($out.method.clone(), $out.url)
+            .header(AUTHORIZATION, $out.authorization.clone())
+            .header(ACCEPT, ACCEPTED)
+            .timeout($left);
+        match $out.body {
+            Some((ct, b)) => r.header(CONTENT_TYPE, ct).body(b.to_vec()),
+            None => r,
+        }
+    }};
+}
+
+impl Transport {
+    /// The module's: keeps up to `idle` connections open between requests.
+    pub fn blocking(api: &ApiConfig, idle: usize) -> Result<Transport, String> {
+        let tls = (*tls(api)?).clone();
+        let http = configure!(reqwest::blocking::Client::builder(), api, idle, tls)
+            .build()
+            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
+        Ok(Transport::Blocking(http))
+    }
+
+    /// The agent's: no thread of its own.
+    pub fn local(api: &ApiConfig, idle: usize) -> Result<Transport, String> {
+        let tls = (*tls(api)?).clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
+        // reqwest's async client starts its resolver and connections on the runtime it is
+        // used from: built and used inside this one.
+        let http = runtime.block_on(async {
+            configure!(reqwest::Client::builder(), api, idle, tls)
+                .build()
+                .map_err(|e| format!("HTTP client setup failed: {e}"))
+        })?;
+        Ok(Transport::Local(Box::new(Local { runtime, http })))
+    }
+
+    /// Sends `out` and reads the answer, all within `left`; `budget` names the configured
+    /// timeout in errors.
+    pub(crate) fn exchange(
+        &self,
+        out: &Outgoing,
+        left: Duration,
+        budget: Duration,
+    ) -> Result<Answer, ApiError> {
+        let fail = |e: reqwest::Error| transport_error(&e, budget);
+        match self {
+            Transport::Blocking(http) => {
+                let resp = request!(http, out, left).send().map_err(fail)?;
+                let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
+                check_length(resp.headers())?;
+                let mut body = Vec::new();
+                resp.take(MAX_ANSWER + 1)
+                    .read_to_end(&mut body)
+                    .map_err(|e| {
+                        body_error(e.kind() == std::io::ErrorKind::TimedOut, &e, budget)
+                    })?;
+                finish(status, retry_after, body)
+            }
+            Transport::Local(l) => l.runtime.block_on(async {
+                let mut resp = request!(l.http, out, left).send().await.map_err(fail)?;
+                let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
+                check_length(resp.headers())?;
+                let mut body = Vec::new();
+                while let Some(chunk) = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| body_error(e.is_timeout(), &e, budget))?
+                {
+                    body.extend_from_slice(&chunk);
+                    if body.len() as u64 > MAX_ANSWER {
+                        break;
+                    }
+                }
+                finish(status, retry_after, body)
+            }),
+        }
+    }
+}
+
+fn tls(api: &ApiConfig) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    super::tls::client_config(
+        api.roots,
+        api.ca_file.as_deref(),
+        api.token_cache.as_deref(),
+    )
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A declared length over the limit is refused before a byte of the body is read.
+fn check_length(h: &HeaderMap) -> Result<(), ApiError> {
+    let declared = h
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_ANSWER => Err(ApiError::Unavailable(format!(
+            "answer of {n} bytes is over the {MAX_ANSWER} byte limit"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn finish(status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<Answer, ApiError> {
+    if body.len() as u64 > MAX_ANSWER {
+        return Err(ApiError::Unavailable(format!(
+            "answer is over the {MAX_ANSWER} byte limit"
+        )));
+    }
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+fn body_error(timed_out: bool, e: &dyn std::fmt::Display, budget: Duration) -> ApiError {
+    if timed_out {
+        timed_out_error(budget)
+    } else {
+        ApiError::Unavailable(format!(
+            "answer cut short: {}",
+            sanitize(&e.to_string(), 200)
+        ))
+    }
+}
+
+pub(crate) fn timed_out_error(budget: Duration) -> ApiError {
+    ApiError::Unavailable(format!(
+        "no answer within [api] timeout ({} s)",
+        budget.as_secs()
+    ))
+}
+
+fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
+    if e.is_timeout() {
+        return timed_out_error(budget);
+    }
+    // The innermost cause says what failed (refused, DNS, certificate).
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    ApiError::Unavailable(format!("{what}: {}", sanitize(&cause.to_string(), 200)))
+}
