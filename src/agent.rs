@@ -14,12 +14,13 @@
 //!
 //! Wire: one JSON object per line each way, one call per connection.
 
-use crate::api::{ApiError, ChallengeStatus, Client, FactorKind, Scope, Transport};
+use crate::api::{
+    timed_out_error, ApiError, ChallengeStatus, Client, FactorKind, Scope, Transport,
+};
 use crate::config::{ApiConfig, FactorId, Roots};
 use crate::deadline::Deadline;
 use crate::flow::Authenticator;
 use crate::secret::Secret;
-use crate::text::sanitize;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -231,12 +232,12 @@ impl<'a> AgentOrDirect<'a> {
         call: impl FnOnce() -> Call,
     ) -> Option<Result<Option<String>, ApiError>> {
         let path = self.socket?;
+        let Some(left) = self.deadline.remaining() else {
+            return Some(Err(timed_out_error(self.api.timeout)));
+        };
         let Some(stream) = connect(path) else {
             self.socket = None;
             return None;
-        };
-        let Some(left) = self.deadline.remaining() else {
-            return Some(Err(timed_out(self.api.timeout)));
         };
         let request = Request {
             v: PROTOCOL,
@@ -247,27 +248,40 @@ impl<'a> AgentOrDirect<'a> {
         let reply = self
             .deadline
             .charge(|| exchange(stream, &request, left + ANSWER_GRACE));
-        let reply = match reply {
-            Ok(r) => r,
+        let answer = match reply {
+            Some(Reply { requests, answer }) => {
+                self.agent_requests += requests;
+                answer
+            }
             // The agent broke (died mid-call, hung, answered nonsense): tru.ID is asked
             // directly with what is left of the budget. That is safe even for a code: one the
             // agent did get through has spent its challenge, and tru.ID refuses it again.
-            Err(_) => {
+            None => Answer::GoDirect(String::new()),
+        };
+        let result = match answer {
+            Answer::Ok(v) => Ok(v),
+            Answer::Refused(why) => Err(ApiError::Refused(why)),
+            Answer::Unavailable(why) => Err(ApiError::Unavailable(why)),
+            Answer::GoDirect(_) => {
                 self.socket = None;
                 return None;
             }
         };
-        if let Answer::GoDirect(_) = reply.answer {
-            self.socket = None;
-            return None;
-        }
-        self.agent_requests += reply.requests;
         self.agent_answers += 1;
-        Some(match reply.answer {
-            Answer::Ok(v) => Ok(v),
-            Answer::Refused(why) => Err(ApiError::Refused(why)),
-            Answer::Unavailable(why) | Answer::GoDirect(why) => Err(ApiError::Unavailable(why)),
-        })
+        Some(result)
+    }
+
+    /// One call: through the agent (its value read by `read`), or to tru.ID directly.
+    fn ask<T>(
+        &mut self,
+        call: impl FnOnce() -> Call,
+        read: impl FnOnce(Option<String>) -> Result<T, ApiError>,
+        direct: impl FnOnce(&mut Client) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match self.via_agent(call) {
+            Some(answer) => read(answer?),
+            None => direct(self.direct()?),
+        }
     }
 }
 
@@ -294,20 +308,16 @@ pub fn connect(path: &Path) -> Option<UnixStream> {
     (peer_uid(&stream) == Some(0)).then_some(stream)
 }
 
-fn exchange(mut stream: UnixStream, request: &Request, wait: Duration) -> Result<Reply, ApiError> {
-    let lost = |e: &dyn std::fmt::Display| {
-        ApiError::Unavailable(format!("the pam_truid agent did not answer ({e})"))
-    };
-    stream
-        .set_write_timeout(Some(wait))
-        .and_then(|()| stream.set_read_timeout(Some(wait)))
-        .map_err(|e| lost(&e))?;
+/// Sends the request and reads the answer; `None` if the agent does not give a readable one.
+fn exchange(mut stream: UnixStream, request: &Request, wait: Duration) -> Option<Reply> {
+    stream.set_write_timeout(Some(wait)).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
     let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
-    serde_json::to_writer(&mut *text, request).map_err(|e| lost(&e))?;
+    serde_json::to_writer(&mut *text, request).ok()?;
     text.push(b'\n');
-    stream.write_all(&text).map_err(|e| lost(&e))?;
-    let line = read_line(&mut stream).map_err(|e| lost(&e))?;
-    serde_json::from_slice(&line).map_err(|e| lost(&format_args!("unreadable answer: {e}")))
+    stream.write_all(&text).ok()?;
+    let line = read_line(&mut stream).ok()?;
+    serde_json::from_slice(&line).ok()
 }
 
 /// The one line a peer sends, of at most `MAX_MESSAGE` bytes. Every buffer it passes through
@@ -333,15 +343,12 @@ fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
     Ok(line)
 }
 
-fn timed_out(budget: Duration) -> ApiError {
-    ApiError::Unavailable(format!(
-        "no answer within [api] timeout ({} s)",
-        budget.as_secs()
-    ))
-}
-
 fn want_value(v: Option<String>) -> Result<String, ApiError> {
     v.ok_or_else(|| ApiError::Unavailable("the pam_truid agent answered no value".into()))
+}
+
+fn want_status(v: Option<String>) -> Result<ChallengeStatus, ApiError> {
+    Ok(ChallengeStatus::from_name(&want_value(v)?))
 }
 
 impl Authenticator for AgentOrDirect<'_> {
@@ -350,14 +357,14 @@ impl Authenticator for AgentOrDirect<'_> {
         factor: &FactorId,
         reference_id: &str,
     ) -> Result<String, ApiError> {
-        let call = || Call::CreateChallenge {
-            factor: factor.as_str().into(),
-            reference_id: reference_id.into(),
-        };
-        match self.via_agent(call) {
-            Some(r) => want_value(r?),
-            None => self.direct()?.create_challenge(factor, reference_id),
-        }
+        self.ask(
+            || Call::CreateChallenge {
+                factor: factor.as_str().into(),
+                reference_id: reference_id.into(),
+            },
+            want_value,
+            |c| c.create_challenge(factor, reference_id),
+        )
     }
 
     fn verify(
@@ -366,21 +373,21 @@ impl Authenticator for AgentOrDirect<'_> {
         challenge_id: &str,
         code: &Secret,
     ) -> Result<ChallengeStatus, ApiError> {
-        let call = || Call::Verify {
-            factor: factor.as_str().into(),
-            challenge_id: challenge_id.into(),
-            code: code.clone(),
-        };
-        match self.via_agent(call) {
-            Some(r) => Ok(ChallengeStatus::from_name(&want_value(r?)?)),
-            None => self.direct()?.verify(factor, challenge_id, code),
-        }
+        self.ask(
+            || Call::Verify {
+                factor: factor.as_str().into(),
+                challenge_id: challenge_id.into(),
+                code: code.clone(),
+            },
+            want_status,
+            |c| c.verify(factor, challenge_id, code),
+        )
     }
 
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
-        let call = || Call::FindFactor { user: user.into() };
-        match self.via_agent(call) {
-            Some(r) => match r? {
+        self.ask(
+            || Call::FindFactor { user: user.into() },
+            |v| match v {
                 None => Ok(None),
                 Some(id) => FactorId::parse(&id).map(Some).ok_or_else(|| {
                     ApiError::Unavailable(
@@ -388,18 +395,18 @@ impl Authenticator for AgentOrDirect<'_> {
                     )
                 }),
             },
-            None => self.direct()?.find_factor(user),
-        }
+            |c| c.find_factor(user),
+        )
     }
 
     fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError> {
-        let call = || Call::FactorKind {
-            factor: factor.as_str().into(),
-        };
-        match self.via_agent(call) {
-            Some(r) => Ok(FactorKind::from_name(&want_value(r?)?)),
-            None => self.direct()?.factor_kind(factor),
-        }
+        self.ask(
+            || Call::FactorKind {
+                factor: factor.as_str().into(),
+            },
+            |v| Ok(FactorKind::from_name(&want_value(v)?)),
+            |c| c.factor_kind(factor),
+        )
     }
 
     fn start_push(
@@ -409,18 +416,16 @@ impl Authenticator for AgentOrDirect<'_> {
         phone: &str,
         message: Option<&str>,
     ) -> Result<String, ApiError> {
-        let call = || Call::StartPush {
-            factor: factor.as_str().into(),
-            reference_id: reference_id.into(),
-            phone: phone.into(),
-            message: message.map(str::to_string),
-        };
-        match self.via_agent(call) {
-            Some(r) => want_value(r?),
-            None => self
-                .direct()?
-                .start_push(factor, reference_id, phone, message),
-        }
+        self.ask(
+            || Call::StartPush {
+                factor: factor.as_str().into(),
+                reference_id: reference_id.into(),
+                phone: phone.into(),
+                message: message.map(str::to_string),
+            },
+            want_value,
+            |c| c.start_push(factor, reference_id, phone, message),
+        )
     }
 
     fn challenge_status(
@@ -428,14 +433,14 @@ impl Authenticator for AgentOrDirect<'_> {
         factor: &FactorId,
         challenge_id: &str,
     ) -> Result<ChallengeStatus, ApiError> {
-        let call = || Call::ChallengeStatus {
-            factor: factor.as_str().into(),
-            challenge_id: challenge_id.into(),
-        };
-        match self.via_agent(call) {
-            Some(r) => Ok(ChallengeStatus::from_name(&want_value(r?)?)),
-            None => self.direct()?.challenge_status(factor, challenge_id),
-        }
+        self.ask(
+            || Call::ChallengeStatus {
+                factor: factor.as_str().into(),
+                challenge_id: challenge_id.into(),
+            },
+            want_status,
+            |c| c.challenge_status(factor, challenge_id),
+        )
     }
 
     fn pause(&mut self, wait: Duration) {
@@ -587,6 +592,23 @@ fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
     })
 }
 
+/// The answer to one request line. One the agent cannot read (a module of another version)
+/// was sent nowhere, so the module is told to go direct. serde's message is not passed on:
+/// it quotes the values it stumbles on, and a value may be the secret or the code.
+fn reply_to(line: &[u8], projects: &Projects) -> Reply {
+    match serde_json::from_slice::<Request>(line) {
+        Ok(request) => projects.answer(request),
+        Err(e) => Reply {
+            requests: 0,
+            answer: Answer::GoDirect(format!(
+                "the pam_truid agent could not read the request ({:?} error at column {})",
+                e.classify(),
+                e.column()
+            )),
+        },
+    }
+}
+
 /// Serves one connection: only root is answered; anything else is closed unanswered.
 pub fn serve(mut stream: UnixStream, projects: &Projects) -> Result<(), String> {
     let uid = peer_uid(&stream);
@@ -604,16 +626,7 @@ pub fn serve(mut stream: UnixStream, projects: &Projects) -> Result<(), String> 
         Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Ok(()),
         Err(e) => return Err(format!("reading a request: {e}")),
     };
-    let reply = match serde_json::from_slice::<Request>(&line) {
-        Ok(request) => projects.answer(request),
-        Err(e) => Reply {
-            requests: 0,
-            answer: Answer::Unavailable(format!(
-                "the pam_truid agent could not read the request ({})",
-                sanitize(&e.to_string(), 120)
-            )),
-        },
-    };
+    let reply = reply_to(&line, projects);
     let mut text = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
     text.push(b'\n');
     stream
@@ -663,6 +676,33 @@ mod tests {
         let cfg = back.api.config();
         assert_eq!(cfg.timeout, Duration::from_secs(3));
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn an_unreadable_request_sends_the_module_direct_and_quotes_nothing() {
+        let mut good = serde_json::to_value(Request {
+            v: PROTOCOL,
+            api: WireApi::new(&api()),
+            spent_ms: 0,
+            call: Call::Verify {
+                factor: "f".into(),
+                challenge_id: "c".into(),
+                code: Secret::new("123456"),
+            },
+        })
+        .unwrap();
+        // A module of another version: a field this agent does not know, a code as a number.
+        good["call"]["code"] = serde_json::json!(987654);
+        let mut extra = good.clone();
+        extra["api"]["s3cr3t_field"] = serde_json::json!("s3cr3t-value");
+        for line in [good.to_string(), extra.to_string(), "not json".into()] {
+            let reply = reply_to(line.as_bytes(), &Projects::default());
+            let text = serde_json::to_string(&reply).unwrap();
+            assert!(matches!(reply.answer, Answer::GoDirect(_)), "{text}");
+            for value in ["987654", "s3cr3t"] {
+                assert!(!text.contains(value), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
 struct Daemon {
     child: Child,
     /// Its stdout after the ready line, when that is where it said it.
-    out: Option<BufReader<std::process::ChildStdout>>,
+    /// The stream it said "ready" on, read on from there.
+    out: Box<dyn BufRead>,
 }
 
 impl Daemon {
@@ -29,13 +30,12 @@ impl Daemon {
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         }
         let mut child = cmd.stdin(Stdio::null()).spawn().unwrap();
-        let (line, out) = if on_stderr {
-            let line = read_until(&mut BufReader::new(child.stderr.take().unwrap()), ready);
-            (line, None)
+        let mut out: Box<dyn BufRead> = if on_stderr {
+            Box::new(BufReader::new(child.stderr.take().unwrap()))
         } else {
-            let mut out = BufReader::new(child.stdout.take().unwrap());
-            (read_until(&mut out, ready), Some(out))
+            Box::new(BufReader::new(child.stdout.take().unwrap()))
         };
+        let line = read_until(&mut out, ready);
         let mut d = Daemon { child, out };
         if line.is_none() {
             d.stop();
@@ -44,12 +44,9 @@ impl Daemon {
         d
     }
 
-    /// Waits for a line of its stdout holding `want`.
+    /// Waits for a line holding `want` on the stream it said "ready" on.
     fn said(&mut self, want: &str) -> bool {
-        self.out
-            .as_mut()
-            .and_then(|o| read_until(o, want))
-            .is_some()
+        read_until(&mut self.out, want).is_some()
     }
 
     fn pid(&self) -> nix::unistd::Pid {
@@ -260,7 +257,7 @@ fn a_listener_that_is_not_root_is_told_nothing() {
     ])
     .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
     .arg(format!("OPEN:{},creat,append", heard.display()));
-    let _impostor = Daemon::start(cmd, "listening on", true);
+    let mut impostor = Daemon::start(cmd, "listening on", true);
     let f = w.enroll("alice");
     config_with_agent(&w, &sock, "", &[("alice", &f)]);
     debug_stack(&w);
@@ -269,7 +266,13 @@ fn a_listener_that_is_not_root_is_told_nothing() {
     let (rc, _) = w.login("alice", &[&code]);
     assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
     assert!(debug_lines(&w)[0].contains("via_agent=false"));
-    // The module connected, saw a non-root peer, and sent not one byte: no secret, no code.
+    // The module did connect (socat logged the accept; stopped, so its log ends), saw a
+    // non-root peer, and sent not one byte: no secret, no code.
+    impostor.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        impostor.said("accepting connection"),
+        "the module never connected"
+    );
     let sent = std::fs::read(&heard).unwrap_or_default();
     assert!(sent.is_empty(), "{} bytes reached the impostor", sent.len());
 }

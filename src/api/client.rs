@@ -39,8 +39,9 @@ impl Scope {
     }
 }
 
-/// A client for one login (or one CLI command). Dropping it closes its connection and ends
-/// reqwest's runtime thread, so nothing of it outlives the login.
+/// A client for one login (or one CLI command, or one call of the agent). Dropping it closes
+/// its connection (and, on the blocking transport, ends reqwest's runtime thread), so nothing
+/// of it outlives the login.
 pub struct Client {
     http: Transport,
     base: String,

@@ -7,6 +7,7 @@ mod types;
 
 pub use client::{Client, Scope};
 pub use tls::client_config;
+pub(crate) use transport::timed_out_error;
 pub use transport::Transport;
 pub use types::{Challenge, ChallengeStatus, Factor, FactorKind, FactorList, Problem};
 
