@@ -52,14 +52,16 @@ if command -v dpkg-architecture >/dev/null; then
     esac
 fi
 
-# One release build of the module and truid-pam, used by both packages.
-cargo build --release --locked -p pam_truid
+# One release build of the module, its direct client library and truid-pam, used by both
+# packages.
+cargo build --release --locked -p pam_truid -p pam_truid_direct
 
 rm -f "$target"/debian/libpam-truid_*.deb "$target"/generate-rpm/pam_truid-*.rpm
 cargo deb --no-build --locked -p pam_truid "${variant[@]}"   # strips what it packs
 # cargo generate-rpm packs the files as they are: strip them like cargo deb did (the
-# module keeps its dynamic symbols, pam_sm_*).
-strip --strip-unneeded "$target/release/libpam_truid.so" "$target/release/truid-pam"
+# module keeps its dynamic symbols, pam_sm_*, and the library its pam_truid_direct_v1_*).
+strip --strip-unneeded "$target/release/libpam_truid.so" "$target/release/libpam_truid_direct.so" \
+    "$target/release/truid-pam"
 cargo generate-rpm -p .
 
 deb=$(ls "$target"/debian/libpam-truid_*.deb)

@@ -19,6 +19,7 @@ use crate::api::{
 };
 use crate::config::{ApiConfig, FactorId, Roots};
 use crate::deadline::Deadline;
+use crate::direct::Direct;
 use crate::flow::Authenticator;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -64,7 +65,7 @@ pub struct WireApi {
 }
 
 impl WireApi {
-    fn new(api: &ApiConfig) -> Self {
+    pub(crate) fn new(api: &ApiConfig) -> Self {
         WireApi {
             base_url: api.base_url.clone(),
             client_id: api.client_id.clone(),
@@ -77,7 +78,7 @@ impl WireApi {
         }
     }
 
-    fn config(&self) -> ApiConfig {
+    pub(crate) fn config(&self) -> ApiConfig {
         ApiConfig {
             base_url: self.base_url.clone(),
             client_id: self.client_id.clone(),
@@ -127,11 +128,11 @@ pub enum Call {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    v: u32,
-    api: WireApi,
+    pub(crate) v: u32,
+    pub(crate) api: WireApi,
     /// Of the login's `[api] timeout`, what its earlier calls used.
-    spent_ms: u64,
-    call: Call,
+    pub(crate) spent_ms: u64,
+    pub(crate) call: Call,
 }
 
 /// The answer to one call: its value (an ID, a status, a kind, or none), or the error with
@@ -148,12 +149,30 @@ pub enum Answer {
     GoDirect(String),
 }
 
+impl Answer {
+    pub(crate) fn of(result: Result<Option<String>, ApiError>) -> Answer {
+        match result {
+            Ok(v) => Answer::Ok(v),
+            Err(ApiError::Refused(why)) => Answer::Refused(why),
+            Err(ApiError::Unavailable(why)) => Answer::Unavailable(why),
+        }
+    }
+
+    fn into_result(self) -> Result<Option<String>, ApiError> {
+        match self {
+            Answer::Ok(v) => Ok(v),
+            Answer::Refused(why) | Answer::GoDirect(why) => Err(ApiError::Refused(why)),
+            Answer::Unavailable(why) => Err(ApiError::Unavailable(why)),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reply {
-    /// HTTP requests the agent sent for this call (the module's debug line counts them).
-    requests: u32,
-    answer: Answer,
+    /// HTTP requests sent for this call (the module's debug line counts them).
+    pub requests: u32,
+    pub answer: Answer,
 }
 
 fn expose<S: serde::Serializer>(s: &Secret, ser: S) -> Result<S::Ok, S::Error> {
@@ -174,36 +193,37 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 // ---------------------------------------------------------------------------------------------
 // The module's side.
 
-/// The module's calls, sent to the agent while one listens, else to tru.ID directly.
+/// The module's calls, sent to the agent while one listens, else to tru.ID directly (`D`: the
+/// direct client library in the module, the client itself in `truid-pam`).
 ///
 /// Each call connects anew, so a login that waits minutes for a person holds no connection,
 /// and an agent restarted mid-login costs nothing: the next call finds the new one, or goes
 /// direct.
-pub struct AgentOrDirect<'a> {
+pub struct AgentOrDirect<'a, D: Direct> {
     api: &'a ApiConfig,
     /// `None` once a connect found no agent: the rest of the login goes direct.
     socket: Option<&'a Path>,
-    direct: Option<Client>,
+    direct: D,
     deadline: Deadline,
-    agent_requests: u32,
+    requests: u32,
     agent_answers: u32,
 }
 
-impl<'a> AgentOrDirect<'a> {
-    pub fn new(api: &'a ApiConfig) -> Self {
+impl<'a, D: Direct> AgentOrDirect<'a, D> {
+    pub fn new(api: &'a ApiConfig, direct: D) -> Self {
         AgentOrDirect {
             api,
             socket: api.agent.as_deref(),
-            direct: None,
+            direct,
             deadline: Deadline::new(api.timeout),
-            agent_requests: 0,
+            requests: 0,
             agent_answers: 0,
         }
     }
 
     /// HTTP requests this login sent to tru.ID, through the agent or not.
     pub fn requests(&self) -> u32 {
-        self.agent_requests + self.direct.as_ref().map_or(0, |c| c.requests)
+        self.requests
     }
 
     /// Whether any call went through the agent (the debug line says so).
@@ -211,26 +231,9 @@ impl<'a> AgentOrDirect<'a> {
         self.agent_answers > 0
     }
 
-    fn direct(&mut self) -> Result<&mut Client, ApiError> {
-        if self.direct.is_none() {
-            // A local setup failure (unreadable ca_file) is the administrator's to fix and
-            // denies whatever failmode says: it is not tru.ID being down.
-            let mut c = Client::new(self.api).map_err(ApiError::Refused)?;
-            // Calls the agent answered earlier in this login count against the same budget.
-            c.deadline = self.deadline.clone();
-            self.direct = Some(c);
-        }
-        self.direct
-            .as_mut()
-            .ok_or_else(|| ApiError::Refused("HTTP client missing".into()))
-    }
-
     /// Sends `call` to the agent; `None` when the call must go direct: no agent of root listens,
     /// it speaks another protocol version, or it failed to answer.
-    fn via_agent(
-        &mut self,
-        call: impl FnOnce() -> Call,
-    ) -> Option<Result<Option<String>, ApiError>> {
+    fn via_agent(&mut self, call: &impl Fn() -> Call) -> Option<Result<Option<String>, ApiError>> {
         let path = self.socket?;
         let Some(left) = self.deadline.remaining() else {
             return Some(Err(timed_out_error(self.api.timeout)));
@@ -250,7 +253,7 @@ impl<'a> AgentOrDirect<'a> {
             .charge(|| exchange(stream, &request, left + ANSWER_GRACE));
         let answer = match reply {
             Some(Reply { requests, answer }) => {
-                self.agent_requests += requests;
+                self.requests += requests;
                 answer
             }
             // The agent broke (died mid-call, hung, answered nonsense): tru.ID is asked
@@ -258,30 +261,41 @@ impl<'a> AgentOrDirect<'a> {
             // agent did get through has spent its challenge, and tru.ID refuses it again.
             None => Answer::GoDirect(String::new()),
         };
-        let result = match answer {
-            Answer::Ok(v) => Ok(v),
-            Answer::Refused(why) => Err(ApiError::Refused(why)),
-            Answer::Unavailable(why) => Err(ApiError::Unavailable(why)),
-            Answer::GoDirect(_) => {
-                self.socket = None;
-                return None;
-            }
-        };
+        if let Answer::GoDirect(_) = answer {
+            self.socket = None;
+            return None;
+        }
         self.agent_answers += 1;
-        Some(result)
+        Some(answer.into_result())
     }
 
-    /// One call: through the agent (its value read by `read`), or to tru.ID directly.
+    /// The call sent to tru.ID by this process, on the budget the login has left.
+    fn via_direct(&mut self, call: Call) -> Result<Option<String>, ApiError> {
+        if self.deadline.remaining().is_none() {
+            return Err(timed_out_error(self.api.timeout));
+        }
+        let spent = self.deadline.spent();
+        let (api, direct) = (self.api, &mut self.direct);
+        let reply = self.deadline.charge(|| direct.call(api, spent, call));
+        self.requests += reply.requests;
+        match reply.answer {
+            // Only the agent may send the module elsewhere; from here there is nowhere to go.
+            Answer::GoDirect(why) => Err(ApiError::Refused(why)),
+            answer => answer.into_result(),
+        }
+    }
+
+    /// One call: through the agent, or to tru.ID directly; its value read by `read`.
     fn ask<T>(
         &mut self,
-        call: impl FnOnce() -> Call,
+        call: impl Fn() -> Call,
         read: impl FnOnce(Option<String>) -> Result<T, ApiError>,
-        direct: impl FnOnce(&mut Client) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        match self.via_agent(call) {
-            Some(answer) => read(answer?),
-            None => direct(self.direct()?),
-        }
+        let answer = match self.via_agent(&call) {
+            Some(answer) => answer,
+            None => self.via_direct(call()),
+        };
+        read(answer?)
     }
 }
 
@@ -344,14 +358,16 @@ fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
 }
 
 fn want_value(v: Option<String>) -> Result<String, ApiError> {
-    v.ok_or_else(|| ApiError::Unavailable("the pam_truid agent answered no value".into()))
+    v.ok_or_else(|| {
+        ApiError::Unavailable("no value came back from the agent or the direct client".into())
+    })
 }
 
 fn want_status(v: Option<String>) -> Result<ChallengeStatus, ApiError> {
     Ok(ChallengeStatus::from_name(&want_value(v)?))
 }
 
-impl Authenticator for AgentOrDirect<'_> {
+impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
     fn create_challenge(
         &mut self,
         factor: &FactorId,
@@ -363,7 +379,6 @@ impl Authenticator for AgentOrDirect<'_> {
                 reference_id: reference_id.into(),
             },
             want_value,
-            |c| c.create_challenge(factor, reference_id),
         )
     }
 
@@ -380,7 +395,6 @@ impl Authenticator for AgentOrDirect<'_> {
                 code: code.clone(),
             },
             want_status,
-            |c| c.verify(factor, challenge_id, code),
         )
     }
 
@@ -391,11 +405,11 @@ impl Authenticator for AgentOrDirect<'_> {
                 None => Ok(None),
                 Some(id) => FactorId::parse(&id).map(Some).ok_or_else(|| {
                     ApiError::Unavailable(
-                        "the pam_truid agent answered a malformed factor ID".into(),
+                        "a malformed factor ID came back from the agent or the direct client"
+                            .into(),
                     )
                 }),
             },
-            |c| c.find_factor(user),
         )
     }
 
@@ -405,7 +419,6 @@ impl Authenticator for AgentOrDirect<'_> {
                 factor: factor.as_str().into(),
             },
             |v| Ok(FactorKind::from_name(&want_value(v)?)),
-            |c| c.factor_kind(factor),
         )
     }
 
@@ -424,7 +437,6 @@ impl Authenticator for AgentOrDirect<'_> {
                 message: message.map(str::to_string),
             },
             want_value,
-            |c| c.start_push(factor, reference_id, phone, message),
         )
     }
 
@@ -439,7 +451,6 @@ impl Authenticator for AgentOrDirect<'_> {
                 challenge_id: challenge_id.into(),
             },
             want_status,
-            |c| c.challenge_status(factor, challenge_id),
         )
     }
 
@@ -527,11 +538,7 @@ impl Projects {
         client.hold_token(token);
         client.deadline =
             Deadline::with_spent(api.timeout, Duration::from_millis(request.spent_ms));
-        let answer = match run(&mut client, request.call) {
-            Ok(v) => Answer::Ok(v),
-            Err(ApiError::Refused(why)) => Answer::Refused(why),
-            Err(ApiError::Unavailable(why)) => Answer::Unavailable(why),
-        };
+        let answer = Answer::of(run(&mut client, request.call));
         if let Ok(mut t) = project.token.lock() {
             *t = client.held_token();
         }
@@ -545,7 +552,8 @@ impl Projects {
     }
 }
 
-fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
+/// One call on `client`: its value as the wire carries it.
+pub(crate) fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
     let factor_id = |f: &str| {
         FactorId::parse(f)
             .ok_or_else(|| ApiError::Refused("malformed factor ID in the request".into()))
@@ -592,19 +600,26 @@ fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
     })
 }
 
+/// A request line, or why it cannot be read. serde's message is not passed on: it quotes the
+/// values it stumbles on, and a value may be the secret or the code.
+pub(crate) fn read_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice::<Request>(line).map_err(|e| {
+        format!(
+            "the request could not be read ({:?} error at column {})",
+            e.classify(),
+            e.column()
+        )
+    })
+}
+
 /// The answer to one request line. One the agent cannot read (a module of another version)
-/// was sent nowhere, so the module is told to go direct. serde's message is not passed on:
-/// it quotes the values it stumbles on, and a value may be the secret or the code.
+/// was sent nowhere, so the module is told to go direct.
 fn reply_to(line: &[u8], projects: &Projects) -> Reply {
-    match serde_json::from_slice::<Request>(line) {
+    match read_request(line) {
         Ok(request) => projects.answer(request),
-        Err(e) => Reply {
+        Err(why) => Reply {
             requests: 0,
-            answer: Answer::GoDirect(format!(
-                "the pam_truid agent could not read the request ({:?} error at column {})",
-                e.classify(),
-                e.column()
-            )),
+            answer: Answer::GoDirect(format!("the pam_truid agent: {why}")),
         },
     }
 }

@@ -17,6 +17,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod deadline;
+pub mod direct;
 pub mod flow;
 pub mod host;
 pub mod log;

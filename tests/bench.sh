@@ -31,11 +31,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "bench: building (release)" >&2
-# Two builds, the module last and alone: built with the emulator in one cargo invocation, the
-# module's tokio would get the emulator's "signal" feature (Cargo unifies features), whose
-# process-wide socket pair the shipped module does not have.
+# Two builds, the module's last and alone: built with the emulator in one cargo invocation, the
+# direct client library's tokio would get the emulator's "signal" feature (Cargo unifies
+# features), whose process-wide socket pair the shipped library does not have.
 cargo build --quiet --release -p truid-emulator
-cargo build --quiet --release -p pam_truid
+cargo build --quiet --release -p pam_truid -p pam_truid_direct
 TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 REL=$TARGET/release
 
@@ -54,6 +54,8 @@ trap cleanup EXIT
 
 # The module is loaded from a root-owned copy (what libpam would load from /lib/security).
 install -m 0644 "$REL/libpam_truid.so" "$W/pam_truid.so"
+# Its direct client library beside it, where the module looks for it (src/direct.rs).
+install -m 0644 "$REL/libpam_truid_direct.so" "$W/libpam_truid_direct.so"
 
 "$REL/truid-emulator" --listen 127.0.0.1:0 --cert-dir "$W/certs" --latency-ms 0 \
   >"$W/ready.json" 2>"$W/emulator.log" &

@@ -65,3 +65,38 @@ fn the_module_needs_no_executable_stack() {
         .unwrap_or_else(|| panic!("no GNU_STACK header:\n{headers}"));
     assert!(!stack.contains("RWE"), "executable stack: {stack}");
 }
+
+#[test]
+fn the_module_carries_its_own_unwinder_and_does_not_load_libgcc_s() {
+    // build.rs links GCC's static unwinder: one library fewer to load at every login.
+    let so = common::module_path();
+    let so = so.to_str().unwrap();
+    let dynamic = tool("readelf", &["-dW", so]);
+    let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(
+        needed.iter().all(|l| !l.contains("libgcc_s")),
+        "the module still needs libgcc_s:\n{}",
+        needed.join("\n")
+    );
+    // Panics must still unwind to pam-bindings' catch_unwind: the unwinder is inside, local.
+    let symbols = tool("nm", &[so]);
+    assert!(
+        symbols
+            .lines()
+            .any(|l| l.ends_with(" t _Unwind_RaiseException")),
+        "no local _Unwind_RaiseException in the module"
+    );
+}
+
+#[test]
+fn the_module_is_never_unloaded() {
+    // build.rs links with -z nodelete: libpam's dlclose at pam_end must not unmap code that a
+    // thread-exit destructor registered by Rust's standard library may still call.
+    let so = common::module_path();
+    let dynamic = tool("readelf", &["-dW", so.to_str().unwrap()]);
+    let flags = dynamic
+        .lines()
+        .find(|l| l.contains("(FLAGS_1)"))
+        .unwrap_or_else(|| panic!("no FLAGS_1:\n{dynamic}"));
+    assert!(flags.contains("NODELETE"), "{flags}");
+}

@@ -120,6 +120,7 @@ sed 's/^/    /' "$work/deb.list"
 # MODE PATH: each must be in the list, owned by root/root.
 deb_expect=(
     "-rw-r--r-- ./usr/lib/$multiarch/security/pam_truid.so"
+    "-rw-r--r-- ./usr/lib/$multiarch/security/libpam_truid_direct.so"
     "-rwxr-xr-x ./usr/bin/truid-pam"
     "-rw------- ./etc/security/pam_truid.toml"
     "-rw-r--r-- ./usr/share/pam-configs/truid"
@@ -156,8 +157,8 @@ note "deb Depends: $depends"
 for d in libc6 libpam0g; do
     echo ", $depends" | grep -qE "(^|, )$d( |,|$)" || fail "deb: Depends lacks $d"
 done
-# Only what the binaries link: libc6, libpam0g, libgcc-s1 (Rust's unwinder).
-extra=$(echo "$depends" | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -vxE 'libc6|libpam0g|libgcc-s1' || true)
+# Only what the binaries link: libc6 and libpam0g (the unwinder is linked in statically, build.rs).
+extra=$(echo "$depends" | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -vxE 'libc6|libpam0g' || true)
 [ -z "$extra" ] || fail "deb: unexpected dependencies: $extra"
 [ "$(dpkg-deb -f "$deb" Package)" = libpam-truid ] || fail "deb: package name"
 for s in postinst prerm postrm; do
@@ -174,6 +175,7 @@ note "$rpm:"
 sed 's/^/    /' "$work/rpm.list"
 rpm_expect=(
     "-rwxr-xr-x /usr/lib64/security/pam_truid.so"
+    "-rwxr-xr-x /usr/lib64/security/libpam_truid_direct.so"
     "-rwxr-xr-x /usr/bin/truid-pam"
     "-rw------- /etc/security/pam_truid.toml"
     "-rw-r--r-- /usr/lib/tmpfiles.d/pam_truid.conf"

@@ -5,6 +5,7 @@ mod conv;
 
 use crate::agent::AgentOrDirect;
 use crate::config::{Config, DEFAULT_PATH};
+use crate::direct::Loaded;
 use crate::flow::{self, LoginContext, Outcome};
 use crate::log::{Severity, Sink};
 use ::pam::constants::{PamFlag, PamResultCode, PAM_SILENT};
@@ -182,17 +183,27 @@ fn run(
             }
         }
     };
-    let mut api = AgentOrDirect::new(&cfg.api);
+    // Without an agent, the calls go through the direct client library (loaded only then).
+    let mut api = AgentOrDirect::new(&cfg.api, Loaded::default());
     let outcome = flow::authenticate(&cfg, login, &mut conv, &mut api);
     traffic.http_requests = api.requests();
     traffic.via_agent = api.used_agent();
     outcome
-    // `api` drops here: its connection closes and reqwest's thread ends before PAM returns.
+    // `api` drops here: the direct client's connection closes and its thread ends before PAM
+    // returns.
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_unwinds_to_the_ffi_guard_with_the_static_unwinder() {
+        // The module is linked with GCC's static unwinder (build.rs), as this test binary is;
+        // pam-bindings' catch_unwind at the FFI edge depends on it.
+        let caught = std::panic::catch_unwind(|| panic!("unwinds"));
+        assert!(caught.is_err());
+    }
 
     #[test]
     fn arguments() {

@@ -4,6 +4,7 @@ use crate::terminal::TerminalConv;
 use crate::Failure;
 use pam_truid::agent::AgentOrDirect;
 use pam_truid::config::Config;
+use pam_truid::direct::InProcess;
 use pam_truid::flow::{self, LoginContext};
 use std::path::Path;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
             .ok()
             .and_then(pam_truid::host::groups_of);
     }
-    let mut api = AgentOrDirect::new(&cfg.api);
+    let mut api = AgentOrDirect::new(&cfg.api, InProcess::default());
     let outcome = flow::authenticate(&cfg, &login, &mut TerminalConv, &mut api);
     let code = pam_truid::pam::pam_code(&outcome);
     println!(

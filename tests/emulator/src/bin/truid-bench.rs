@@ -788,6 +788,12 @@ fn all(args: &[String]) -> Res<()> {
     let dl_permit = dl(&format!("{secdir}/pam_permit.so"))?;
     let dl_ga = dl(&format!("{secdir}/pam_google_authenticator.so"))?;
     let so_size = std::fs::metadata(&module).map_err(e("module"))?.len();
+    // The direct client library beside the module, loaded only by logins that go direct.
+    let direct_lib = module.with_file_name("libpam_truid_direct.so");
+    let direct_size = std::fs::metadata(&direct_lib)
+        .map_err(e("libpam_truid_direct.so"))?
+        .len();
+    let dl_direct = dl(&direct_lib.display().to_string())?;
 
     // Threads and sockets of the module after pam_sm_authenticate returns: 20 logins in one
     // process through real libpam.
@@ -984,6 +990,11 @@ fn all(args: &[String]) -> Res<()> {
         "- module: {} bytes ({:.1} MiB); dlopen (RTLD_NOW, fresh process, median of 30): pam_truid.so {dl_truid:.0} us, pam_permit.so {dl_permit:.0} us, pam_google_authenticator.so {dl_ga:.0} us",
         so_size,
         so_size as f64 / 1048576.0
+    );
+    println!(
+        "- its direct client library (loaded only by logins without the agent): {} bytes ({:.1} MiB); dlopen {dl_direct:.0} us",
+        direct_size,
+        direct_size as f64 / 1048576.0
     );
     for (label, line) in &leak_lines {
         println!(

@@ -1,0 +1,65 @@
+//! Two link settings of the module.
+//!
+//! **The module is never unloaded** (`-z nodelete`). libpam unloads modules at `pam_end`, but
+//! Rust's standard library can leave a thread-exit destructor of the module registered with
+//! libc (`thread::current()` does); a thread that exits after the unload would jump into
+//! unmapped code. Multi-threaded applications (and the tests, whose threads log in at once)
+//! hit that. A kept module also makes the next login in the same process cheaper.
+//!
+//! **GCC's unwinder is linked in statically** (libgcc_eh.a) instead of the shared
+//! libgcc_s.so.1.
+//!
+//! Why: every login loads the module, and with it libgcc_s; on the benchmark machine that extra
+//! library (its mapping, relocations and its CPU-feature constructor, whose `cpuid` is a trap
+//! under virtualisation) cost about 0.2 ms of the 2 ms a login may add (issue 9). Panics still
+//! unwind: the module keeps `panic = "unwind"` and catches them at the FFI edge.
+//!
+//! How: rustc asks the linker for `-lgcc_s`. A folder searched before the compiler's own, holding
+//! `libgcc_s.a` as a link to GCC's `libgcc_eh.a`, makes the linker take the static unwinder for
+//! that name; the version script keeps its symbols local to the module. Where GCC's archive
+//! cannot be found (another toolchain), nothing changes and the shared library is used.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CC");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !target.contains("-linux") {
+        return;
+    }
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+    if !target.contains("-linux-gnu") {
+        return;
+    }
+    let Some(archive) = gcc_eh() else {
+        println!("cargo:warning=libgcc_eh.a not found: the module links the shared libgcc_s");
+        return;
+    };
+    let Some(out) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let dir = out.join("static-unwinder");
+    let link = dir.join("libgcc_s.a");
+    let _ = std::fs::remove_file(&link);
+    if std::fs::create_dir_all(&dir).is_err()
+        || std::os::unix::fs::symlink(&archive, &link).is_err()
+    {
+        println!("cargo:warning=could not set up the static unwinder: the module links libgcc_s");
+        return;
+    }
+    println!("cargo:rustc-link-search=native={}", dir.display());
+}
+
+/// GCC's static unwinder, as the C compiler that links the module reports it.
+fn gcc_eh() -> Option<PathBuf> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(cc)
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    // A compiler that does not know the file prints its bare name back.
+    (path.is_absolute() && Path::new(&path).is_file()).then_some(path)
+}

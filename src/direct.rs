@@ -1,0 +1,283 @@
+//! Where a login's calls go when no agent answers: to tru.ID from the login process itself.
+//!
+//! The module does not carry the HTTP client (reqwest, hyper, tokio, rustls). That client is
+//! most of its size, and every login paid for loading it (page faults, relocations, unmapping)
+//! even when the agent made the calls. It lives in `libpam_truid_direct.so` beside the module,
+//! which only a login that goes direct loads (`Loaded`). `truid-pam` links the client itself
+//! (`InProcess`). Both take the agent's wire types, a `Call` in and a `Reply` out, so a call
+//! means the same whichever way it goes.
+
+use crate::agent::{read_request, run, Answer, Call, Reply, Request, WireApi, PROTOCOL};
+use crate::api::Client;
+use crate::config::ApiConfig;
+use crate::deadline::Deadline;
+use once_cell::sync::OnceCell;
+use std::ffi::{c_void, CStr, CString};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The library's file name, in the folder the module was loaded from.
+pub const LIBRARY_NAME: &str = "libpam_truid_direct.so";
+/// A request or a reply is far smaller (a few IDs, a code, an error text).
+const MAX_MESSAGE: usize = 64 * 1024;
+/// Room a request is written into from the start, so the buffer never grows and never leaves
+/// an unzeroised copy of the secret behind.
+const MESSAGE_ROOM: usize = 8 * 1024;
+
+/// Runs the calls that go to tru.ID without the agent.
+pub trait Direct {
+    /// One call of a login whose calls so far took `spent` of the `[api] timeout`.
+    fn call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Reply;
+}
+
+fn refused(why: String) -> Reply {
+    Reply {
+        requests: 0,
+        answer: Answer::Refused(why),
+    }
+}
+
+/// The HTTP client in this process. One per login, so the login's calls share a connection.
+#[derive(Default)]
+pub struct InProcess {
+    client: Option<Client>,
+}
+
+impl Direct for InProcess {
+    fn call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Reply {
+        if self.client.is_none() {
+            match Client::new(api) {
+                Ok(c) => self.client = Some(c),
+                // A local setup failure (unreadable ca_file) is the administrator's to fix and
+                // denies whatever failmode says: it is not tru.ID being down.
+                Err(why) => return refused(why),
+            }
+        }
+        let Some(client) = self.client.as_mut() else {
+            return refused("HTTP client missing".into());
+        };
+        client.deadline = Deadline::with_spent(api.timeout, spent);
+        let before = client.requests;
+        let answer = Answer::of(run(client, call));
+        Reply {
+            requests: client.requests.saturating_sub(before),
+            answer,
+        }
+    }
+}
+
+/// The library's side of one call: a request line in, a reply line out.
+pub fn answer_line(session: &mut InProcess, line: &[u8]) -> Vec<u8> {
+    let reply = match read_request(line) {
+        Ok(r) if r.v != PROTOCOL => refused(format!(
+            "the direct client library speaks protocol {PROTOCOL}, the module {}: install one \
+             version of both (reinstall the package)",
+            r.v
+        )),
+        Ok(r) => session.call(&r.api.config(), Duration::from_millis(r.spent_ms), r.call),
+        Err(why) => refused(why),
+    };
+    let mut text = serde_json::to_vec(&reply).unwrap_or_default();
+    text.push(b'\n');
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// The module's side: the library, loaded on the first login of the process that goes direct.
+
+type OpenFn = unsafe extern "C" fn() -> *mut c_void;
+type CallFn = unsafe extern "C" fn(*mut c_void, *const u8, usize, *mut u8, usize) -> isize;
+type CloseFn = unsafe extern "C" fn(*mut c_void);
+
+struct Library {
+    open: OpenFn,
+    call: CallFn,
+    close: CloseFn,
+}
+
+/// Kept for the life of the process (the library is loaded with RTLD_NODELETE: a Rust library
+/// with thread-local state cannot be unloaded safely). A failed load is not kept: the next
+/// login tries again, after the administrator's fix.
+static LIBRARY: OnceCell<Library> = OnceCell::new();
+
+/// The direct client library, called through its C interface.
+#[derive(Default)]
+pub struct Loaded {
+    session: Option<(&'static Library, Session)>,
+}
+
+/// A session of the library: its HTTP client for one login.
+struct Session(*mut c_void);
+
+impl Direct for Loaded {
+    fn call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Reply {
+        self.try_call(api, spent, call).unwrap_or_else(refused)
+    }
+}
+
+impl Loaded {
+    fn try_call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Result<Reply, String> {
+        let (lib, session) = match &self.session {
+            Some((lib, s)) => (*lib, s.0),
+            None => {
+                let lib = LIBRARY.get_or_try_init(Library::load)?;
+                // SAFETY: a function of the library loaded above, with the signature of its
+                // v1 interface; it takes no argument.
+                let s = unsafe { (lib.open)() };
+                if s.is_null() {
+                    return Err("the direct client library could not start".into());
+                }
+                self.session = Some((lib, Session(s)));
+                (lib, s)
+            }
+        };
+        let request = Request {
+            v: PROTOCOL,
+            api: WireApi::new(api),
+            spent_ms: u64::try_from(spent.as_millis()).unwrap_or(u64::MAX),
+            call,
+        };
+        let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
+        serde_json::to_writer(&mut *text, &request)
+            .map_err(|_| "the request could not be written".to_string())?;
+        let mut out = vec![0u8; MAX_MESSAGE];
+        // SAFETY: `session` came from this library's open and is not closed yet; both buffers
+        // are valid for the lengths given, and the library writes at most `out.len()` bytes.
+        let n = unsafe {
+            (lib.call)(
+                session,
+                text.as_ptr(),
+                text.len(),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        let line = usize::try_from(n)
+            .ok()
+            .and_then(|n| out.get(..n))
+            .ok_or("the direct client library failed on a call")?;
+        serde_json::from_slice(line)
+            .map_err(|_| "the direct client library gave an unreadable answer".into())
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        if let Some((lib, session)) = self.session.take() {
+            // SAFETY: the session came from this library's open and is closed once, here. Its
+            // HTTP client's thread ends before this returns, so none outlives the login.
+            unsafe { (lib.close)(session.0) }
+        }
+    }
+}
+
+impl Library {
+    fn load() -> Result<Library, String> {
+        let path = beside_module()?;
+        let shown = path.display();
+        let why_needed = "no pam_truid agent answered, and without one the module reaches \
+                          tru.ID through this library";
+        // Opened once and checked on the open file, then loaded from that same file (through
+        // /proc/self/fd), so what is checked is what is loaded.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| {
+                format!(
+                    "the direct client library {shown} cannot be opened ({e}); {why_needed}: \
+                     reinstall the package, or start pam_truid-agent"
+                )
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("the direct client library {shown}: {e}"))?;
+        if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "the direct client library {shown} is not a regular file of root that only root \
+                 may write (owner uid {}, mode {:o}): it is not loaded; reinstall the package",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+        let fd_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|_| "the direct client library: bad descriptor path".to_string())?;
+        // SAFETY: a NUL-terminated path; the flags are dlopen's.
+        let handle = unsafe {
+            libc::dlopen(
+                fd_path.as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_NODELETE,
+            )
+        };
+        if handle.is_null() {
+            return Err(format!(
+                "the direct client library {shown} could not be loaded ({}); {why_needed}: \
+                 reinstall the package",
+                dl_error()
+            ));
+        }
+        let symbol = |name: &CStr| {
+            // SAFETY: a handle dlopen returned, and a NUL-terminated name.
+            let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+            if p.is_null() {
+                Err(format!(
+                    "the direct client library {shown} lacks {} (another version than the \
+                     module's): reinstall the package",
+                    name.to_string_lossy()
+                ))
+            } else {
+                Ok(p)
+            }
+        };
+        let (open, call, close) = (
+            symbol(c"pam_truid_direct_v1_open")?,
+            symbol(c"pam_truid_direct_v1_call")?,
+            symbol(c"pam_truid_direct_v1_close")?,
+        );
+        // SAFETY: the library exports these names with exactly these signatures (the `v1` in
+        // the names is the interface version; a change of signature takes a new name).
+        unsafe {
+            Ok(Library {
+                open: std::mem::transmute::<*mut c_void, OpenFn>(open),
+                call: std::mem::transmute::<*mut c_void, CallFn>(call),
+                close: std::mem::transmute::<*mut c_void, CloseFn>(close),
+            })
+        }
+    }
+}
+
+/// The library's path: beside the file this module was loaded from.
+fn beside_module() -> Result<PathBuf, String> {
+    // SAFETY: dladdr only reads the loader's tables; `info` is written on success.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let here = beside_module as *const c_void;
+    // SAFETY: `here` is an address in this module; `info` is a valid out-parameter.
+    let found = unsafe { libc::dladdr(here, &mut info) } != 0 && !info.dli_fname.is_null();
+    if !found {
+        return Err("the module cannot tell which file it was loaded from".into());
+    }
+    // SAFETY: dladdr gave a NUL-terminated path owned by the loader, valid while we are loaded.
+    let module = unsafe { CStr::from_ptr(info.dli_fname) };
+    let module = PathBuf::from(std::ffi::OsStr::from_bytes(module.to_bytes()));
+    let dir = module
+        .parent()
+        .filter(|d| d.is_absolute())
+        .ok_or_else(|| format!("the module's path {} is not absolute", module.display()))?;
+    Ok(dir.join(LIBRARY_NAME))
+}
+
+/// dlerror's text, if any.
+fn dl_error() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next dl call.
+    let e = unsafe { libc::dlerror() };
+    if e.is_null() {
+        "no reason given".into()
+    } else {
+        // SAFETY: checked non-null above.
+        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+    }
+}

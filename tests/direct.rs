@@ -1,0 +1,163 @@
+//! The module without an agent: it carries no HTTP client of its own and reaches tru.ID through
+//! `libpam_truid_direct.so` beside it, loaded only then. A library that is missing, that others
+//! may write, or that is a symlink is never loaded, and the login is denied under either failmode
+//! (an installation fault, not tru.ID being down).
+
+#[allow(unused_imports)]
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const LIBRARY: &str = "libpam_truid_direct.so";
+
+fn debug_lines(w: &World) -> Vec<String> {
+    w.log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("outcome="))
+        .collect()
+}
+
+/// A copy of the module in `dir` (root-owned, 0644, as an installed one); with a copy of the
+/// library beside it when `library_mode` is given.
+fn installed_copy(dir: &Path, library_mode: Option<u32>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let module = dir.join("pam_truid.so");
+    std::fs::copy(module_path(), &module).unwrap();
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o644)).unwrap();
+    if let Some(mode) = library_mode {
+        let lib = dir.join(LIBRARY);
+        std::fs::copy(module_path().with_file_name(LIBRARY), &lib).unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    module
+}
+
+/// The stack with `module` in place of the built one, and `debug`.
+fn stack_with(w: &World, module: &Path) {
+    w.stack(&format!(
+        "auth required {} {{args}} debug\n",
+        module.display()
+    ));
+}
+
+fn nm(so: &Path) -> String {
+    let out = Command::new("nm")
+        .arg(so)
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(out.status.success(), "nm {}", so.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_module_carries_no_http_client_and_goes_direct_through_its_library() {
+    let w = World::new();
+    // The HTTP stack is in the library, not in what every login loads.
+    let module_symbols = nm(&module_path());
+    for crate_name in ["rustls", "reqwest", "hyper", "tokio"] {
+        assert!(
+            !module_symbols.contains(crate_name),
+            "the module links {crate_name}"
+        );
+    }
+    let library_symbols = nm(&module_path().with_file_name(LIBRARY));
+    assert!(library_symbols.contains("rustls") && library_symbols.contains("reqwest"));
+
+    let f = w.enroll("alice");
+    w.config("", &[("alice", &f)]);
+    w.stack("auth required {module} {args} debug\n");
+    // The first login also fetches the token (then cached); the second is a plain one.
+    assert_eq!(w.login("alice", &[&w.code(&f)]).0, PAM_SUCCESS);
+    let before = w.emu.stats().tls_handshakes;
+    let g = w.enroll("bob");
+    w.config("", &[("alice", &f), ("bob", &g)]);
+    let (rc, _) = w.login("bob", &[&w.code(&g)]);
+    assert_eq!(rc, PAM_SUCCESS);
+    let lines = debug_lines(&w);
+    let debug = lines
+        .iter()
+        .rfind(|l| l.contains("debug:"))
+        .unwrap_or_else(|| panic!("no debug line: {lines:?}"));
+    // One connection of the library's client carried both calls.
+    assert!(debug.contains("http_requests=2 via_agent=false"), "{debug}");
+    assert_eq!(w.emu.stats().tls_handshakes - before, 1);
+}
+
+#[test]
+fn without_its_library_a_login_is_denied_under_either_failmode() {
+    for failmode in ["secure", "safe"] {
+        let w = World::new();
+        let module = installed_copy(&w.path("lib"), None);
+        let f = w.enroll("alice");
+        w.config(&format!("failmode = \"{failmode}\""), &[("alice", &f)]);
+        stack_with(&w, &module);
+        let (rc, s) = w.login("alice", &[&w.code(&f)]);
+        assert_eq!(rc, PAM_AUTH_ERR, "failmode {failmode}");
+        assert!(
+            s.seen.is_empty(),
+            "prompted without a way to check: {:?}",
+            s.seen
+        );
+        assert!(w.emu.last_challenges().is_empty(), "tru.ID was asked");
+        let lines = w.outcomes();
+        let line = lines.iter().find(|l| !l.contains("debug:")).unwrap();
+        assert!(line.contains("outcome=refused"), "{line}");
+        // What went wrong and what to do.
+        assert!(
+            line.contains(&format!("{LIBRARY} cannot be opened"))
+                && line.contains("reinstall the package, or start pam_truid-agent"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_library_others_may_write_or_a_symlink_is_never_loaded() {
+    // Group-writable: anyone in the group could put code into every login.
+    let w = World::new();
+    let module = installed_copy(&w.path("lib"), Some(0o664));
+    let f = w.enroll("alice");
+    w.config("failmode = \"safe\"", &[("alice", &f)]);
+    stack_with(&w, &module);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    let lines = w.outcomes();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("that only root may write") && l.contains("mode 664")),
+        "{lines:?}"
+    );
+    // Not loaded: its code never ran, so tru.ID saw nothing.
+    assert!(w.emu.last_challenges().is_empty());
+
+    // A symlink to a good library: refused too (the file is opened without following links).
+    let w = World::new();
+    let module = installed_copy(&w.path("lib"), None);
+    let real = w.path("elsewhere").join(LIBRARY);
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::copy(module_path().with_file_name(LIBRARY), &real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&real, module.with_file_name(LIBRARY)).unwrap();
+    let f = w.enroll("alice");
+    w.config("failmode = \"safe\"", &[("alice", &f)]);
+    stack_with(&w, &module);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    let lines = w.outcomes();
+    assert!(
+        lines.iter().any(|l| l.contains("cannot be opened")),
+        "{lines:?}"
+    );
+    assert!(w.emu.last_challenges().is_empty());
+
+    // The same copy with a proper library beside it logs in: the refusals above were the
+    // library's, not the copy's.
+    std::fs::remove_file(module.with_file_name(LIBRARY)).unwrap();
+    std::fs::copy(&real, module.with_file_name(LIBRARY)).unwrap();
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS);
+}
