@@ -24,7 +24,9 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=CC");
+    for var in ["CC", "TARGET_CC"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     let target = std::env::var("TARGET").unwrap_or_default();
     if !target.contains("-linux") {
         return;
@@ -33,7 +35,7 @@ fn main() {
     if !target.contains("-linux-gnu") {
         return;
     }
-    let Some(archive) = gcc_eh() else {
+    let Some((cc, archive)) = gcc_eh() else {
         println!("cargo:warning=libgcc_eh.a not found: the module links the shared libgcc_s");
         return;
     };
@@ -49,17 +51,65 @@ fn main() {
         println!("cargo:warning=could not set up the static unwinder: the module links libgcc_s");
         return;
     }
+    // A GCC whose libgcc_eh.a is not position-independent cannot put it in a shared object:
+    // link a small one with it first, and keep the shared unwinder if that fails.
+    if !links_a_shared_object(&cc, &dir, &out) {
+        println!("cargo:warning=libgcc_eh.a does not link into a shared object here: the module links libgcc_s");
+        return;
+    }
     println!("cargo:rustc-link-search=native={}", dir.display());
 }
 
-/// GCC's static unwinder, as the C compiler that links the module reports it.
-fn gcc_eh() -> Option<PathBuf> {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let out = Command::new(cc)
+/// Whether `cc` links a shared object that unwinds with the archive in `dir`.
+fn links_a_shared_object(cc: &[String], dir: &Path, out: &Path) -> bool {
+    let source = out.join("unwinder-probe.c");
+    let code = "extern void _Unwind_Resume(void *);\nvoid *probe(void) { return (void *)_Unwind_Resume; }\n";
+    if std::fs::write(&source, code).is_err() {
+        return false;
+    }
+    let Some((program, args)) = cc.split_first() else {
+        return false;
+    };
+    Command::new(program)
+        .args(args)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(out.join("unwinder-probe.so"))
+        .arg(&source)
+        .arg("-L")
+        .arg(dir)
+        .arg("-lgcc_s")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The C compiler for the target (program and arguments), and GCC's static unwinder as it
+/// reports it.
+fn gcc_eh() -> Option<(Vec<String>, PathBuf)> {
+    let target = std::env::var("TARGET").ok()?;
+    let host = std::env::var("HOST").ok()?;
+    // The compiler for the target, as the cc crate looks for it; a cross build without one named
+    // keeps the shared unwinder rather than take the host's archive.
+    let named = [
+        format!("CC_{target}"),
+        format!("CC_{}", target.replace('-', "_")),
+        "TARGET_CC".to_string(),
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok());
+    let cc = match named {
+        Some(cc) => cc,
+        None if target == host => std::env::var("CC").unwrap_or_else(|_| "cc".into()),
+        None => return None,
+    };
+    // "ccache gcc", "gcc -m64": the program, then its own arguments.
+    let cc: Vec<String> = cc.split_whitespace().map(str::to_string).collect();
+    let (program, args) = cc.split_first()?;
+    let out = Command::new(program)
+        .args(args)
         .arg("-print-file-name=libgcc_eh.a")
         .output()
         .ok()?;
     let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
     // A compiler that does not know the file prints its bare name back.
-    (path.is_absolute() && Path::new(&path).is_file()).then_some(path)
+    (path.is_absolute() && Path::new(&path).is_file()).then_some((cc, path))
 }

@@ -357,9 +357,11 @@ fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
     Ok(line)
 }
 
+/// A value the call must have. An answer without one is malformed, and malformed input denies
+/// (Refused): it must never become "tru.ID unavailable", which `failmode = "safe"` lets in.
 fn want_value(v: Option<String>) -> Result<String, ApiError> {
     v.ok_or_else(|| {
-        ApiError::Unavailable("no value came back from the agent or the direct client".into())
+        ApiError::Refused("no value came back from the agent or the direct client".into())
     })
 }
 
@@ -404,7 +406,7 @@ impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
             |v| match v {
                 None => Ok(None),
                 Some(id) => FactorId::parse(&id).map(Some).ok_or_else(|| {
-                    ApiError::Unavailable(
+                    ApiError::Refused(
                         "a malformed factor ID came back from the agent or the direct client"
                             .into(),
                     )

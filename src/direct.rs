@@ -13,10 +13,9 @@ use crate::config::ApiConfig;
 use crate::deadline::Deadline;
 use once_cell::sync::OnceCell;
 use std::ffi::{c_void, CStr, CString};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -175,41 +174,49 @@ impl Drop for Loaded {
     }
 }
 
+/// Checks the library file at `path` as the module does before loading it: a regular file,
+/// not a symlink, owned by root, writable by no one else. The error says what is wrong.
+pub fn check_library(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    // Opened without following a symlink, and checked on the open file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("the direct client library {shown} cannot be opened ({e})"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("the direct client library {shown}: {e}"))?;
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the direct client library {shown} is not a regular file of root that only root \
+             may write (owner uid {}, mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 impl Library {
     fn load() -> Result<Library, String> {
         let path = beside_module()?;
         let shown = path.display();
         let why_needed = "no pam_truid agent answered, and without one the module reaches \
                           tru.ID through this library";
-        // Opened once and checked on the open file, then loaded from that same file (through
-        // /proc/self/fd), so what is checked is what is loaded.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| {
-                format!(
-                    "the direct client library {shown} cannot be opened ({e}); {why_needed}: \
-                     reinstall the package, or start pam_truid-agent"
-                )
-            })?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("the direct client library {shown}: {e}"))?;
-        if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "the direct client library {shown} is not a regular file of root that only root \
-                 may write (owner uid {}, mode {:o}): it is not loaded; reinstall the package",
-                meta.uid(),
-                meta.mode() & 0o7777
-            ));
-        }
-        let fd_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(|_| "the direct client library: bad descriptor path".to_string())?;
+        check_library(&path).map_err(|e| {
+            format!("{e}; {why_needed}: it is not loaded; reinstall the package, or start pam_truid-agent")
+        })?;
+        // Loaded by its path. Between the check and the load only someone who may write the
+        // module's own folder (root) could swap the file, and they could swap the module.
+        // A library loaded earlier in this process under the same path is given back by
+        // dlopen as it is: that is the version the module (never unloaded either) came with.
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| format!("the direct client library path {shown} holds a NUL byte"))?;
         // SAFETY: a NUL-terminated path; the flags are dlopen's.
         let handle = unsafe {
             libc::dlopen(
-                fd_path.as_ptr(),
+                c_path.as_ptr(),
                 libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_NODELETE,
             )
         };
@@ -226,7 +233,7 @@ impl Library {
             if p.is_null() {
                 Err(format!(
                     "the direct client library {shown} lacks {} (another version than the \
-                     module's): reinstall the package",
+                     module's): reinstall the package, then restart this program",
                     name.to_string_lossy()
                 ))
             } else {

@@ -161,3 +161,85 @@ fn a_library_others_may_write_or_a_symlink_is_never_loaded() {
     let (rc, _) = w.login("alice", &[&w.code(&f)]);
     assert_eq!(rc, PAM_SUCCESS);
 }
+
+/// A stand-in for the library, in C, that answers every call with `reply` (or fails with -1
+/// when `reply` is None): what a broken or mismatched library could do.
+fn fake_library(dir: &Path, reply: Option<&str>) {
+    let source = dir.join("fake.c");
+    let body = match reply {
+        Some(r) => format!(
+            "static const char r[] = \"{}\\n\"; if (cap < sizeof r - 1) return -1; memcpy(out, r, sizeof r - 1); return sizeof r - 1;",
+            r.replace('"', "\\\"")
+        ),
+        None => "return -1;".into(),
+    };
+    std::fs::write(
+        &source,
+        format!(
+            "#include <string.h>\n#include <sys/types.h>\n\
+             void *pam_truid_direct_v1_open(void) {{ static int s; return &s; }}\n\
+             ssize_t pam_truid_direct_v1_call(void *s, const char *req, size_t len, char *out, size_t cap) {{ (void)s; (void)req; (void)len; {body} }}\n\
+             void pam_truid_direct_v1_close(void *s) {{ (void)s; }}\n"
+        ),
+    )
+    .unwrap();
+    let lib = dir.join(LIBRARY);
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn a_library_that_answers_nonsense_or_fails_denies_even_under_failmode_safe() {
+    // A reply without a value, one that is not a reply, and a failed call: none may become
+    // "tru.ID unavailable", which failmode = "safe" would let in.
+    for reply in [
+        Some(r#"{"requests":0,"answer":{"ok":null}}"#),
+        Some("not a reply"),
+        None,
+    ] {
+        let w = World::new();
+        let module = installed_copy(&w.path("lib"), None);
+        fake_library(&w.path("lib"), reply);
+        let f = w.enroll("alice");
+        w.config("failmode = \"safe\"", &[("alice", &f)]);
+        stack_with(&w, &module);
+        let (rc, _) = w.login("alice", &[&w.code(&f)]);
+        assert_eq!(rc, PAM_AUTH_ERR, "reply {reply:?}");
+        let lines = w.outcomes();
+        assert!(
+            lines.iter().any(|l| l.contains("outcome=refused")),
+            "reply {reply:?}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_library_not_owned_by_root_is_never_loaded() {
+    let w = World::new();
+    let module = installed_copy(&w.path("lib"), Some(0o644));
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&module.with_file_name(LIBRARY), Some(nobody.uid), None).unwrap();
+    let f = w.enroll("alice");
+    w.config("failmode = \"safe\"", &[("alice", &f)]);
+    stack_with(&w, &module);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    let lines = w.outcomes();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("owner uid {}", nobody.uid))),
+        "{lines:?}"
+    );
+    assert!(w.emu.last_challenges().is_empty());
+}

@@ -307,8 +307,11 @@ root = "$factor"
 EOF
 chown root:root /etc/security/pam_truid.toml
 chmod 600 /etc/security/pam_truid.toml
-/usr/bin/truid-pam check || fail "truid-pam check against the emulator"
-note "ok: installed truid-pam check against the emulator"
+/usr/bin/truid-pam check > "$work/check.out" 2>&1 || { cat "$work/check.out"; fail "truid-pam check against the emulator"; }
+sed 's/^/    /' "$work/check.out"
+grep -qx "ok   direct client: /usr/lib/$multiarch/security/libpam_truid_direct.so: root's, writable by root alone; logins that find no agent load it" "$work/check.out" ||
+    fail "truid-pam check does not report the installed direct client library"
+note "ok: installed truid-pam check against the emulator (the direct client library beside the module)"
 
 # --------------------------------------------------------------------------------------
 # The installed agent, started by hand, on the socket the config's default [api] agent names

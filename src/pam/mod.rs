@@ -198,14 +198,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_panic_unwinds_to_the_ffi_guard_with_the_static_unwinder() {
-        // The module is linked with GCC's static unwinder (build.rs), as this test binary is;
-        // pam-bindings' catch_unwind at the FFI edge depends on it.
-        let caught = std::panic::catch_unwind(|| panic!("unwinds"));
-        assert!(caught.is_err());
-    }
-
-    #[test]
     fn arguments() {
         let a = parse_args([b"config=/x/y.toml".as_slice(), b"debug"]).unwrap();
         assert_eq!(a.config, PathBuf::from("/x/y.toml"));

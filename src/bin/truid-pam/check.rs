@@ -4,7 +4,7 @@ use crate::Failure;
 use pam_truid::api::{client_config, Client};
 use pam_truid::config::Config;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Serialize)]
@@ -40,6 +40,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             );
             check_api(&cfg, &mut add);
             add("agent", Ok(agent_state(&cfg)));
+            add("direct client", direct_library_state());
         }
     }
     let all_ok = items.iter().all(|i| i.ok);
@@ -118,6 +119,56 @@ fn check_api(cfg: &Config, add: &mut impl FnMut(&str, Result<String, String>)) {
         };
         add(&format!("user {user}"), result);
     }
+}
+
+/// The direct client library beside each module installed in the usual PAM folders: logins
+/// that find no agent need it, and the module loads it only under the checks it passes here.
+fn direct_library_state() -> Result<String, String> {
+    let mut folders = vec![
+        PathBuf::from("/usr/lib64/security"),
+        PathBuf::from("/lib64/security"),
+        PathBuf::from("/usr/lib/security"),
+        PathBuf::from("/lib/security"),
+    ];
+    for root in ["/usr/lib", "/lib"] {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            folders.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with("-linux-gnu"))
+                    .map(|e| e.path().join("security")),
+            );
+        }
+    }
+    let mut seen = Vec::new();
+    let mut checked = Vec::new();
+    for folder in folders {
+        if !folder.join("pam_truid.so").is_file() {
+            continue;
+        }
+        // /lib may be a link to /usr/lib: one folder, seen twice.
+        let real = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
+        if seen.contains(&real) {
+            continue;
+        }
+        let library = folder.join(pam_truid::direct::LIBRARY_NAME);
+        pam_truid::direct::check_library(&library).map_err(|e| {
+            format!("{e}: logins that find no agent are denied; reinstall the package")
+        })?;
+        seen.push(real);
+        checked.push(library);
+    }
+    Ok(if checked.is_empty() {
+        "no pam_truid.so in the usual PAM folders (a build not installed from the packages): \
+         not checked"
+            .into()
+    } else {
+        let shown: Vec<String> = checked.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "{}: root's, writable by root alone; logins that find no agent load it",
+            shown.join(", ")
+        )
+    })
 }
 
 /// Whether logins will go through a local agent. Informational: without one they go direct.
