@@ -33,10 +33,10 @@ use zeroize::Zeroizing;
 /// The version both sides must speak; a mismatch is answered, not guessed at.
 pub const PROTOCOL: u32 = 1;
 /// A request carries a few IDs and at most a code: far below this.
-const MAX_MESSAGE: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Room a message is written into from the start: a request is about 600 bytes, so the buffer
 /// never grows, and so never leaves an unzeroised copy of a secret behind in freed memory.
-const MESSAGE_ROOM: usize = 8 * 1024;
+pub(crate) const MESSAGE_ROOM: usize = 8 * 1024;
 /// Time the agent gives a root client to send its request once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Projects (API settings) the agent keeps connections for; the oldest goes first.
@@ -135,6 +135,17 @@ pub struct Request {
     pub(crate) call: Call,
 }
 
+impl Request {
+    /// The request as one line, in a buffer that is zeroised when dropped (it holds the client
+    /// secret and maybe the code) and that never grows (`MESSAGE_ROOM`).
+    pub(crate) fn to_line(&self) -> Option<Zeroizing<Vec<u8>>> {
+        let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
+        serde_json::to_writer(&mut *text, self).ok()?;
+        text.push(b'\n');
+        Some(text)
+    }
+}
+
 /// The answer to one call: its value (an ID, a status, a kind, or none), or the error with
 /// the same split the module's own client makes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -150,7 +161,7 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub(crate) fn of(result: Result<Option<String>, ApiError>) -> Answer {
+    fn of(result: Result<Option<String>, ApiError>) -> Answer {
         match result {
             Ok(v) => Answer::Ok(v),
             Err(ApiError::Refused(why)) => Answer::Refused(why),
@@ -158,6 +169,8 @@ impl Answer {
         }
     }
 
+    /// The answer as the client's result. `GoDirect` reaches here only from the direct path,
+    /// which has nowhere else to go: it denies.
     fn into_result(self) -> Result<Option<String>, ApiError> {
         match self {
             Answer::Ok(v) => Ok(v),
@@ -278,11 +291,7 @@ impl<'a, D: Direct> AgentOrDirect<'a, D> {
         let (api, direct) = (self.api, &mut self.direct);
         let reply = self.deadline.charge(|| direct.call(api, spent, call));
         self.requests += reply.requests;
-        match reply.answer {
-            // Only the agent may send the module elsewhere; from here there is nowhere to go.
-            Answer::GoDirect(why) => Err(ApiError::Refused(why)),
-            answer => answer.into_result(),
-        }
+        reply.answer.into_result()
     }
 
     /// One call: through the agent, or to tru.ID directly; its value read by `read`.
@@ -326,10 +335,7 @@ pub fn connect(path: &Path) -> Option<UnixStream> {
 fn exchange(mut stream: UnixStream, request: &Request, wait: Duration) -> Option<Reply> {
     stream.set_write_timeout(Some(wait)).ok()?;
     stream.set_read_timeout(Some(wait)).ok()?;
-    let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
-    serde_json::to_writer(&mut *text, request).ok()?;
-    text.push(b'\n');
-    stream.write_all(&text).ok()?;
+    stream.write_all(&request.to_line()?).ok()?;
     let line = read_line(&mut stream).ok()?;
     serde_json::from_slice(&line).ok()
 }
@@ -510,12 +516,6 @@ impl Projects {
             requests: 0,
             answer,
         };
-        if request.v != PROTOCOL {
-            return fail(Answer::GoDirect(format!(
-                "the pam_truid agent speaks protocol {PROTOCOL}, the module {}: install the same version of both",
-                request.v
-            )));
-        }
         let api = request.api.config();
         let project = match self.get(request.api, &api) {
             Ok(p) => p,
@@ -538,24 +538,37 @@ impl Projects {
             transport,
         );
         client.hold_token(token);
-        client.deadline =
-            Deadline::with_spent(api.timeout, Duration::from_millis(request.spent_ms));
-        let answer = Answer::of(run(&mut client, request.call));
+        let reply = reply_on(
+            &mut client,
+            Duration::from_millis(request.spent_ms),
+            request.call,
+        );
         if let Ok(mut t) = project.token.lock() {
             *t = client.held_token();
         }
-        let requests = client.requests;
         if let Ok(mut idle) = project.idle.lock() {
             if idle.len() < IDLE_PER_PROJECT {
                 idle.push(client.into_transport());
             }
         }
-        Reply { requests, answer }
+        reply
+    }
+}
+
+/// One call on `client`, for a login whose calls so far took `spent` of its `[api] timeout`:
+/// the reply, with the HTTP requests this call sent.
+pub(crate) fn reply_on(client: &mut Client, spent: Duration, call: Call) -> Reply {
+    client.deadline = Deadline::with_spent(client.deadline.budget(), spent);
+    let before = client.requests;
+    let answer = Answer::of(run(client, call));
+    Reply {
+        requests: client.requests.saturating_sub(before),
+        answer,
     }
 }
 
 /// One call on `client`: its value as the wire carries it.
-pub(crate) fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
+fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
     let factor_id = |f: &str| {
         FactorId::parse(f)
             .ok_or_else(|| ApiError::Refused("malformed factor ID in the request".into()))
@@ -604,14 +617,24 @@ pub(crate) fn run(client: &mut Client, call: Call) -> Result<Option<String>, Api
 
 /// A request line, or why it cannot be read. serde's message is not passed on: it quotes the
 /// values it stumbles on, and a value may be the secret or the code.
+/// A request of another protocol version (a package upgrade before a restart) is refused here,
+/// for the agent and the direct client library alike.
 pub(crate) fn read_request(line: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice::<Request>(line).map_err(|e| {
+    let request = serde_json::from_slice::<Request>(line).map_err(|e| {
         format!(
             "the request could not be read ({:?} error at column {})",
             e.classify(),
             e.column()
         )
-    })
+    })?;
+    if request.v != PROTOCOL {
+        return Err(format!(
+            "speaks protocol {PROTOCOL}, the module {}: install the same version of both \
+             (reinstall the package, then restart the agent)",
+            request.v
+        ));
+    }
+    Ok(request)
 }
 
 /// The answer to one request line. One the agent cannot read (a module of another version)
@@ -653,10 +676,11 @@ pub fn serve(mut stream: UnixStream, projects: &Projects) -> Result<(), String> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn api() -> ApiConfig {
+    /// `[api]` settings for unit tests (src/direct.rs uses them too).
+    pub(crate) fn api() -> ApiConfig {
         ApiConfig {
             base_url: "https://127.0.0.1:1".into(),
             client_id: "id".into(),
@@ -729,18 +753,18 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<Reply>(r#"{"requests":1,"answer":{"maybe":"x"}}"#).is_err());
-        let mut r = Request {
+        let other_version = Request {
             v: PROTOCOL + 1,
             api: WireApi::new(&api()),
             spent_ms: 0,
             call: Call::FindFactor { user: "a".into() },
         };
-        let reply = Projects::default().answer(r);
+        let reply = reply_to(&other_version.to_line().unwrap(), &Projects::default());
         assert!(
             matches!(reply.answer, Answer::GoDirect(ref w) if w.contains("protocol")),
             "{reply:?}"
         );
-        r = Request {
+        let r = Request {
             v: PROTOCOL,
             api: WireApi::new(&api()),
             spent_ms: 0,

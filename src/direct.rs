@@ -7,25 +7,20 @@
 //! (`InProcess`). Both take the agent's wire types, a `Call` in and a `Reply` out, so a call
 //! means the same whichever way it goes.
 
-use crate::agent::{read_request, run, Answer, Call, Reply, Request, WireApi, PROTOCOL};
+use crate::agent::{
+    read_request, reply_on, Answer, Call, Reply, Request, WireApi, MAX_MESSAGE, PROTOCOL,
+};
 use crate::api::Client;
 use crate::config::ApiConfig;
-use crate::deadline::Deadline;
 use once_cell::sync::OnceCell;
 use std::ffi::{c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use zeroize::Zeroizing;
 
 /// The library's file name, in the folder the module was loaded from.
 pub const LIBRARY_NAME: &str = "libpam_truid_direct.so";
-/// A request or a reply is far smaller (a few IDs, a code, an error text).
-const MAX_MESSAGE: usize = 64 * 1024;
-/// Room a request is written into from the start, so the buffer never grows and never leaves
-/// an unzeroised copy of the secret behind.
-const MESSAGE_ROOM: usize = 8 * 1024;
 
 /// Runs the calls that go to tru.ID without the agent.
 pub trait Direct {
@@ -48,37 +43,24 @@ pub struct InProcess {
 
 impl Direct for InProcess {
     fn call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Reply {
-        if self.client.is_none() {
-            match Client::new(api) {
-                Ok(c) => self.client = Some(c),
+        let client = match &mut self.client {
+            Some(c) => c,
+            None => match Client::new(api) {
+                Ok(c) => self.client.insert(c),
                 // A local setup failure (unreadable ca_file) is the administrator's to fix and
                 // denies whatever failmode says: it is not tru.ID being down.
                 Err(why) => return refused(why),
-            }
-        }
-        let Some(client) = self.client.as_mut() else {
-            return refused("HTTP client missing".into());
+            },
         };
-        client.deadline = Deadline::with_spent(api.timeout, spent);
-        let before = client.requests;
-        let answer = Answer::of(run(client, call));
-        Reply {
-            requests: client.requests.saturating_sub(before),
-            answer,
-        }
+        reply_on(client, spent, call)
     }
 }
 
 /// The library's side of one call: a request line in, a reply line out.
 pub fn answer_line(session: &mut InProcess, line: &[u8]) -> Vec<u8> {
     let reply = match read_request(line) {
-        Ok(r) if r.v != PROTOCOL => refused(format!(
-            "the direct client library speaks protocol {PROTOCOL}, the module {}: install one \
-             version of both (reinstall the package)",
-            r.v
-        )),
         Ok(r) => session.call(&r.api.config(), Duration::from_millis(r.spent_ms), r.call),
-        Err(why) => refused(why),
+        Err(why) => refused(format!("the direct client library: {why}")),
     };
     let mut text = serde_json::to_vec(&reply).unwrap_or_default();
     text.push(b'\n');
@@ -140,9 +122,9 @@ impl Loaded {
             spent_ms: u64::try_from(spent.as_millis()).unwrap_or(u64::MAX),
             call,
         };
-        let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
-        serde_json::to_writer(&mut *text, &request)
-            .map_err(|_| "the request could not be written".to_string())?;
+        let text = request
+            .to_line()
+            .ok_or("the request could not be written")?;
         let mut out = vec![0u8; MAX_MESSAGE];
         // SAFETY: `session` came from this library's open and is not closed yet; both buffers
         // are valid for the lengths given, and the library writes at most `out.len()` bytes.
@@ -286,5 +268,32 @@ fn dl_error() -> String {
     } else {
         // SAFETY: checked non-null above.
         unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::tests::api;
+
+    #[test]
+    fn the_library_refuses_a_request_of_another_version_and_sends_nothing() {
+        let line = Request {
+            v: PROTOCOL + 1,
+            api: WireApi::new(&api()),
+            spent_ms: 0,
+            call: Call::FindFactor { user: "a".into() },
+        }
+        .to_line()
+        .unwrap();
+        let mut session = InProcess::default();
+        let reply: Reply = serde_json::from_slice(&answer_line(&mut session, &line)).unwrap();
+        assert_eq!(reply.requests, 0);
+        assert!(
+            matches!(reply.answer, Answer::Refused(ref w) if w.contains("protocol")),
+            "{reply:?}"
+        );
+        // Refused before any client was made.
+        assert!(session.client.is_none());
     }
 }

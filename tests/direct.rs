@@ -12,14 +12,6 @@ use std::process::Command;
 
 const LIBRARY: &str = "libpam_truid_direct.so";
 
-fn debug_lines(w: &World) -> Vec<String> {
-    w.log
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("outcome="))
-        .collect()
-}
-
 /// A copy of the module in `dir` (root-owned, 0644, as an installed one); with a copy of the
 /// library beside it when `library_mode` is given.
 fn installed_copy(dir: &Path, library_mode: Option<u32>) -> PathBuf {
@@ -41,6 +33,16 @@ fn stack_with(w: &World, module: &Path) {
         "auth required {} {{args}} debug\n",
         module.display()
     ));
+}
+
+/// alice, enrolled, logs in with her right code through `module` under `failmode = "safe"`:
+/// the PAM result and the outcome lines.
+fn safe_login_through(w: &World, module: &Path) -> (i32, Vec<String>) {
+    let f = w.enroll("alice");
+    w.config("failmode = \"safe\"", &[("alice", &f)]);
+    stack_with(w, module);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    (rc, w.outcomes())
 }
 
 fn nm(so: &Path) -> String {
@@ -76,7 +78,7 @@ fn the_module_carries_no_http_client_and_goes_direct_through_its_library() {
     w.config("", &[("alice", &f), ("bob", &g)]);
     let (rc, _) = w.login("bob", &[&w.code(&g)]);
     assert_eq!(rc, PAM_SUCCESS);
-    let lines = debug_lines(&w);
+    let lines = w.outcomes();
     let debug = lines
         .iter()
         .rfind(|l| l.contains("debug:"))
@@ -119,12 +121,8 @@ fn a_library_others_may_write_or_a_symlink_is_never_loaded() {
     // Group-writable: anyone in the group could put code into every login.
     let w = World::new();
     let module = installed_copy(&w.path("lib"), Some(0o664));
-    let f = w.enroll("alice");
-    w.config("failmode = \"safe\"", &[("alice", &f)]);
-    stack_with(&w, &module);
-    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    let (rc, lines) = safe_login_through(&w, &module);
     assert_eq!(rc, PAM_AUTH_ERR);
-    let lines = w.outcomes();
     assert!(
         lines
             .iter()
@@ -142,12 +140,8 @@ fn a_library_others_may_write_or_a_symlink_is_never_loaded() {
     std::fs::copy(module_path().with_file_name(LIBRARY), &real).unwrap();
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::os::unix::fs::symlink(&real, module.with_file_name(LIBRARY)).unwrap();
-    let f = w.enroll("alice");
-    w.config("failmode = \"safe\"", &[("alice", &f)]);
-    stack_with(&w, &module);
-    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    let (rc, lines) = safe_login_through(&w, &module);
     assert_eq!(rc, PAM_AUTH_ERR);
-    let lines = w.outcomes();
     assert!(
         lines.iter().any(|l| l.contains("cannot be opened")),
         "{lines:?}"
@@ -158,8 +152,7 @@ fn a_library_others_may_write_or_a_symlink_is_never_loaded() {
     // library's, not the copy's.
     std::fs::remove_file(module.with_file_name(LIBRARY)).unwrap();
     std::fs::copy(&real, module.with_file_name(LIBRARY)).unwrap();
-    let (rc, _) = w.login("alice", &[&w.code(&f)]);
-    assert_eq!(rc, PAM_SUCCESS);
+    assert_eq!(safe_login_through(&w, &module).0, PAM_SUCCESS);
 }
 
 /// A stand-in for the library, in C, that answers every call with `reply` (or fails with -1
@@ -210,12 +203,8 @@ fn a_library_that_answers_nonsense_or_fails_denies_even_under_failmode_safe() {
         let w = World::new();
         let module = installed_copy(&w.path("lib"), None);
         fake_library(&w.path("lib"), reply);
-        let f = w.enroll("alice");
-        w.config("failmode = \"safe\"", &[("alice", &f)]);
-        stack_with(&w, &module);
-        let (rc, _) = w.login("alice", &[&w.code(&f)]);
+        let (rc, lines) = safe_login_through(&w, &module);
         assert_eq!(rc, PAM_AUTH_ERR, "reply {reply:?}");
-        let lines = w.outcomes();
         assert!(
             lines.iter().any(|l| l.contains("outcome=refused")),
             "reply {reply:?}: {lines:?}"
@@ -229,12 +218,8 @@ fn a_library_not_owned_by_root_is_never_loaded() {
     let module = installed_copy(&w.path("lib"), Some(0o644));
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     nix::unistd::chown(&module.with_file_name(LIBRARY), Some(nobody.uid), None).unwrap();
-    let f = w.enroll("alice");
-    w.config("failmode = \"safe\"", &[("alice", &f)]);
-    stack_with(&w, &module);
-    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    let (rc, lines) = safe_login_through(&w, &module);
     assert_eq!(rc, PAM_AUTH_ERR);
-    let lines = w.outcomes();
     assert!(
         lines
             .iter()
