@@ -24,6 +24,13 @@
 //! - Rate limit: one fixed one-minute window for the whole server; `X-RateLimit-Reset` is the
 //!   number of seconds until the window resets. Control endpoints are not limited.
 //! - Collections link `prev`/`next` only when such a page exists.
+//! - A challenge collection lists its items under `_embedded.challenges` (the spec's
+//!   ChallengeCollection model names the array `factors`, which reads as a slip of its author);
+//!   it searches on `status`, `reference_id`, `challenge_id` and `type`, sorts on `created_at`
+//!   or `updated_at` (`sort=created_at,desc`; default oldest first).
+//! - `Access-Control-Allow-Origin: *` is sent on every 2xx answer of the Authenticator and
+//!   console operations (the spec marks it required there), not on the token endpoint,
+//!   PhoneCheck or the control endpoints, where the spec does not.
 //! - Token endpoint errors are `application/problem+json` (401 for bad credentials or a bad
 //!   Basic header, 400 for a missing/unknown grant type or a scope the client may not have).
 
@@ -141,6 +148,8 @@ pub enum Route {
     ChallengeVerify,
     /// `GET .../factors/{id}/challenges/{cid}`
     ChallengeGet,
+    /// `GET .../factors/{id}/challenges`
+    ChallengeList,
     /// `GET .../factors`
     FactorList,
     /// `GET .../factors/{id}`
@@ -165,6 +174,7 @@ impl Route {
             Route::ChallengeCreate => "challenge_create",
             Route::ChallengeVerify => "challenge_verify",
             Route::ChallengeGet => "challenge_get",
+            Route::ChallengeList => "challenge_list",
             Route::FactorList => "factor_list",
             Route::FactorGet => "factor_get",
             Route::FactorCreate => "factor_create",
@@ -212,8 +222,8 @@ pub enum FaultKind {
 /// {"kind": "drop"}   {"kind": "drop_mid_body"}   {"kind": "hang"}   {"kind": "unauthorized"}
 /// ```
 /// `route` is one of `token`, `challenge_create`, `challenge_verify`, `challenge_get`,
-/// `factor_list`, `factor_get`, `factor_create`, `factor_patch`, `console`, `phone_check`,
-/// `any` (default `any`); `times` is how many matching requests it hits (absent or `null`:
+/// `challenge_list`, `factor_list`, `factor_get`, `factor_create`, `factor_patch`, `console`,
+/// `phone_check`, `any` (default `any`); `times` is how many matching requests it hits (absent or `null`:
 /// until cleared).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "FaultWire", into = "FaultWire")]

@@ -913,6 +913,7 @@ enum Ep {
     FactorGet(String),
     FactorPatch(String),
     ChallengeCreate(String),
+    ChallengeList(String),
     ChallengeGet(String, String),
     ChallengeVerify(String, String),
     ConsoleGet(String, String),
@@ -945,7 +946,8 @@ fn resolve(m: &Method, segs: &[&str]) -> Result<(Route, Ep), Resp> {
         },
         ["authenticator", "v0.1", "factors", _, c] if is_ch(c) => match *m {
             Method::POST => Ok((Route::ChallengeCreate, Ep::ChallengeCreate(s(3)))),
-            _ => Err(method_not_allowed("POST")),
+            Method::GET => Ok((Route::ChallengeList, Ep::ChallengeList(s(3)))),
+            _ => Err(method_not_allowed("GET, POST")),
         },
         ["authenticator", "v0.1", "factors", _, c, _] if is_ch(c) => match *m {
             Method::GET => Ok((Route::ChallengeGet, Ep::ChallengeGet(s(3), s(5)))),
@@ -966,6 +968,18 @@ fn resolve(m: &Method, segs: &[&str]) -> Result<(Route, Ep), Resp> {
             _ => Err(method_not_allowed("GET")),
         },
         _ => Err(problem(404, "No such resource")),
+    }
+}
+
+/// The spec (`Headers.v1`) marks `Access-Control-Allow-Origin: *` required on every 2xx
+/// answer of the Authenticator and console operations; the token endpoint and PhoneCheck
+/// answers are not marked so.
+fn with_cors(route: Route, r: Resp) -> Resp {
+    let api = !matches!(route, Route::Token | Route::PhoneCheck);
+    if api && (200..300).contains(&r.status) {
+        r.header("access-control-allow-origin", "*")
+    } else {
+        r
     }
 }
 
@@ -1065,6 +1079,9 @@ impl Shared {
             Ok(x) => x,
             Err(r) => return into_response(r, &rate),
         };
+        // From here every answer is the route's own (faults included), so the route decides
+        // whether the spec's CORS header goes on a success.
+        let answer = |r: Resp| into_response(with_cors(route, r), &rate);
 
         let (delay, fault) = self.take_faults(route);
         if !delay.is_zero() {
@@ -1109,17 +1126,16 @@ impl Shared {
                 }
             };
             if let Some(r) = r {
-                return into_response(r, &rate);
+                return answer(r);
             }
         }
 
         let (parts, body) = req.into_parts();
         let ctx = match read_ctx(&parts, body).await {
             Ok(c) => c,
-            Err(r) => return into_response(r, &rate),
+            Err(r) => return answer(r),
         };
-        let r = self.dispatch(ep, &ctx).unwrap_or_else(|e| e);
-        into_response(r, &rate)
+        answer(self.dispatch(ep, &ctx).unwrap_or_else(|e| e))
     }
 
     fn dispatch(self: &Arc<Self>, ep: Ep, ctx: &Ctx) -> R {
@@ -1130,6 +1146,7 @@ impl Shared {
             Ep::FactorGet(id) => self.factor_get(ctx, &id),
             Ep::FactorPatch(id) => self.factor_patch(ctx, &id),
             Ep::ChallengeCreate(id) => self.challenge_create(ctx, &id),
+            Ep::ChallengeList(id) => self.challenge_list(ctx, &id),
             Ep::ChallengeGet(f, c) => self.challenge_get(ctx, &f, &c),
             Ep::ChallengeVerify(f, c) => self.challenge_verify(ctx, &f, &c),
             Ep::ConsoleGet(w, p) => self.console(ctx, &w, &p, false),
@@ -1440,27 +1457,13 @@ impl Shared {
 
     fn factor_list(&self, ctx: &Ctx) -> R {
         self.auth(ctx, "authenticator")?;
-        let num = |name: &str, default: u64, max: u64| -> Result<u64, Resp> {
-            match ctx.query(name) {
-                None | Some("") => Ok(default),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n >= 1 && n <= max => Ok(n),
-                    _ => Err(problem(
-                        400,
-                        format!("{name} must be an integer between 1 and {max}"),
-                    )),
-                },
-            }
-        };
-        let page = num("page", 1, u32::MAX as u64)?;
-        let size = num("size", 10, 100)?;
-        let search = ctx.query("search").unwrap_or("").to_string();
-        let filters = parse_rsql(&search)?;
+        let paging = Paging::of(ctx)?;
+        let filters = parse_rsql(ctx.query("search").unwrap_or(""), FACTOR_FIELDS)?;
         let mut all: Vec<Factor> = {
             let st = lock(&self.state);
             st.factors
                 .values()
-                .filter(|f| filters.iter().all(|(k, v)| field_matches(f, k, v)))
+                .filter(|f| matches_all(&filters, |k| factor_field(f, k)))
                 .cloned()
                 .collect()
         };
@@ -1469,21 +1472,87 @@ impl Shared {
                 .cmp(&b.created_ms)
                 .then(a.factor_id.cmp(&b.factor_id))
         });
-        let total = all.len() as u64;
-        let total_pages = total.div_ceil(size);
-        let items: Vec<Value> = all
-            .iter()
-            .skip(((page - 1) * size) as usize)
-            .take(size as usize)
-            .map(|f| self.factor_json(f))
-            .collect();
-        let link = |p: u64| {
-            let mut q = format!("page={p}&size={size}");
-            if !search.is_empty() {
-                q = format!("search={}&{q}", enc(&search));
+        let items = paging.slice(&all).map(|f| self.factor_json(f)).collect();
+        Ok(Resp::hal(
+            200,
+            &self.collection(ctx, "/factors", "factors", &paging, all.len(), items),
+        ))
+    }
+
+    /// `GET /factors/{id}/challenges`: the factor's challenges, a HAL ChallengeCollection.
+    /// (One project per emulator: a factor that exists is the project's.)
+    fn challenge_list(self: &Arc<Self>, ctx: &Ctx, fid: &str) -> R {
+        self.auth(ctx, "authenticator")?;
+        let paging = Paging::of(ctx)?;
+        let filters = parse_rsql(ctx.query("search").unwrap_or(""), CHALLENGE_FIELDS)?;
+        let sort = parse_sort(ctx, &["created_at", "updated_at"])?;
+        let now = now_ms();
+        let (mut all, events) = {
+            let mut st = lock(&self.state);
+            if !st.factors.contains_key(fid) {
+                return Err(problem(404, "Factor not found"));
             }
-            json!({"href": format!("{}{AUTHN}/factors?{q}", self.base_url)})
+            let mut events = Vec::new();
+            let mut all = Vec::new();
+            for ch in st.challenges.values_mut().filter(|c| c.factor_id == fid) {
+                // The status searched on must be the one a GET would show.
+                if ch.expire_if_due(now) {
+                    events.push(ch.clone());
+                }
+                if matches_all(&filters, |k| challenge_field(ch, k)) {
+                    all.push(ch.clone());
+                }
+            }
+            if !events.is_empty() {
+                st.generation += 1;
+            }
+            (all, events)
         };
+        self.after(events);
+        let (field, desc) = sort.unwrap_or(("created_at", false));
+        all.sort_by(|a, b| {
+            let key = |c: &Challenge| match field {
+                "updated_at" => c.updated_ms,
+                _ => c.created_ms,
+            };
+            let o = key(a)
+                .cmp(&key(b))
+                .then(a.challenge_id.cmp(&b.challenge_id));
+            if desc {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        let items = paging.slice(&all).map(|c| self.challenge_json(c)).collect();
+        let path = format!("/factors/{fid}/challenges");
+        Ok(Resp::hal(
+            200,
+            &self.collection(ctx, &path, "challenges", &paging, all.len(), items),
+        ))
+    }
+
+    /// One page of a collection under `{AUTHN}{path}`, as HAL: `page`, `_embedded.{key}` and
+    /// `_links` (self, first, last; prev and next only when such a page exists), the links
+    /// keeping the request's `search` and `sort`.
+    fn collection(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+        key: &str,
+        paging: &Paging,
+        total: usize,
+        items: Vec<Value>,
+    ) -> Value {
+        let (page, size) = (paging.page, paging.size);
+        let total = total as u64;
+        let total_pages = total.div_ceil(size);
+        let kept: String = ["search", "sort"]
+            .iter()
+            .filter_map(|k| ctx.query(k).filter(|v| !v.is_empty()).map(|v| (k, v)))
+            .map(|(k, v)| format!("{k}={}&", enc(v)))
+            .collect();
+        let link = |p: u64| json!({"href": format!("{}{AUTHN}{path}?{kept}page={p}&size={size}", self.base_url)});
         let last = total_pages.max(1);
         let mut links = Map::new();
         links.insert("self".into(), link(page));
@@ -1495,14 +1564,11 @@ impl Shared {
         if page < total_pages {
             links.insert("next".into(), link(page + 1));
         }
-        Ok(Resp::hal(
-            200,
-            &json!({
-                "_links": links,
-                "_embedded": {"factors": items},
-                "page": {"size": size, "total_elements": total, "total_pages": total_pages, "number": page},
-            }),
-        ))
+        json!({
+            "_links": links,
+            "_embedded": {key: items},
+            "page": {"size": size, "total_elements": total, "total_pages": total_pages, "number": page},
+        })
     }
 
     fn factor_get(&self, ctx: &Ctx, id: &str) -> R {
@@ -1913,8 +1979,69 @@ fn validate_project(p: &Value) -> Result<(), Resp> {
     Ok(())
 }
 
-/// A tiny RSQL subset: `field==value` terms joined by `;` or ` and ` (AND); `*` wildcards.
-fn parse_rsql(s: &str) -> Result<Vec<(String, String)>, Resp> {
+/// `page` and `size` of a collection request: pages count from 1, size 1..=100 (default 10).
+struct Paging {
+    page: u64,
+    size: u64,
+}
+
+impl Paging {
+    fn of(ctx: &Ctx) -> Result<Paging, Resp> {
+        let num = |name: &str, default: u64, max: u64| -> Result<u64, Resp> {
+            match ctx.query(name) {
+                None | Some("") => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n >= 1 && n <= max => Ok(n),
+                    _ => Err(problem(
+                        400,
+                        format!("{name} must be an integer between 1 and {max}"),
+                    )),
+                },
+            }
+        };
+        Ok(Paging {
+            page: num("page", 1, u32::MAX as u64)?,
+            size: num("size", 10, 100)?,
+        })
+    }
+
+    /// This page's items of `all` (sorted already).
+    fn slice<'a, T>(&self, all: &'a [T]) -> impl Iterator<Item = &'a T> {
+        let skip = (self.page - 1).saturating_mul(self.size);
+        all.iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .take(self.size as usize)
+    }
+}
+
+/// `sort=field[,asc|desc]`, the field one of `fields`; `Some((field, descending))`.
+fn parse_sort(ctx: &Ctx, fields: &[&'static str]) -> Result<Option<(&'static str, bool)>, Resp> {
+    let Some(v) = ctx.query("sort").filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let (field, dir) = v.split_once(',').unwrap_or((v, "asc"));
+    let Some(field) = fields.iter().find(|f| **f == field.trim()) else {
+        return Err(problem(
+            400,
+            format!("Cannot sort on {field:?} (one of: {})", fields.join(", ")),
+        ));
+    };
+    match dir.trim().to_ascii_lowercase().as_str() {
+        "asc" => Ok(Some((field, false))),
+        "desc" => Ok(Some((field, true))),
+        other => Err(problem(
+            400,
+            format!("Sort direction must be asc or desc, not {other:?}"),
+        )),
+    }
+}
+
+const FACTOR_FIELDS: &[&str] = &["external_user_id", "status", "type", "factor_id"];
+const CHALLENGE_FIELDS: &[&str] = &["status", "reference_id", "challenge_id", "type"];
+
+/// A tiny RSQL subset: `field==value` terms joined by `;` or ` and ` (AND); `*` wildcards;
+/// `fields` are the names one may search on.
+fn parse_rsql(s: &str, fields: &[&str]) -> Result<Vec<(String, String)>, Resp> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(Vec::new());
@@ -1926,7 +2053,7 @@ fn parse_rsql(s: &str) -> Result<Vec<(String, String)>, Resp> {
                 .split_once("==")
                 .ok_or_else(|| problem(400, format!("Unsupported search term {term:?}")))?;
             let k = k.trim();
-            if !matches!(k, "external_user_id" | "status" | "type" | "factor_id") {
+            if !fields.contains(&k) {
                 return Err(problem(400, format!("Cannot search on {k:?}")));
             }
             let v = v.trim();
@@ -1940,15 +2067,32 @@ fn parse_rsql(s: &str) -> Result<Vec<(String, String)>, Resp> {
         .collect()
 }
 
-fn field_matches(f: &Factor, k: &str, pattern: &str) -> bool {
-    let v = match k {
-        "external_user_id" => f.external_user_id.as_str(),
-        "status" => f.status.as_str(),
-        "type" => type_str(f.kind),
-        "factor_id" => f.factor_id.as_str(),
-        _ => return false,
-    };
-    glob(pattern, v)
+/// Every `(field, pattern)` matches the value `get` gives (a field without a value matches
+/// nothing).
+fn matches_all<'a>(filters: &[(String, String)], get: impl Fn(&str) -> Option<&'a str>) -> bool {
+    filters
+        .iter()
+        .all(|(k, p)| get(k).is_some_and(|v| glob(p, v)))
+}
+
+fn factor_field<'a>(f: &'a Factor, k: &str) -> Option<&'a str> {
+    match k {
+        "external_user_id" => Some(&f.external_user_id),
+        "status" => Some(f.status.as_str()),
+        "type" => Some(type_str(f.kind)),
+        "factor_id" => Some(&f.factor_id),
+        _ => None,
+    }
+}
+
+fn challenge_field<'a>(c: &'a Challenge, k: &str) -> Option<&'a str> {
+    match k {
+        "status" => Some(c.status.as_str()),
+        "reference_id" => c.reference_id.as_deref(),
+        "challenge_id" => Some(&c.challenge_id),
+        "type" => Some(type_str(c.kind)),
+        _ => None,
+    }
 }
 
 fn glob(p: &str, v: &str) -> bool {

@@ -826,3 +826,337 @@ fn state_file_survives_restart() {
         .collect();
     assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
 }
+
+/// The spec's `Headers.v1` marks `Access-Control-Allow-Origin: *` required on every 2xx of the
+/// Authenticator and console operations, beside the rate-limit headers; the token endpoint,
+/// PhoneCheck and the control endpoints are not so marked.
+#[test]
+fn cors_header_on_every_authenticator_and_console_success() {
+    let (emu, c) = start_default();
+    let i = emu.info().clone();
+    let tok = token(&c, &emu);
+    let ctok = console_token(&c, &emu);
+    let cors = |r: &reqwest::blocking::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let api = |what: &str, r: reqwest::blocking::Response, status: u16| -> Value {
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        assert_eq!(cors(&r).as_deref(), Some("*"), "{what}");
+        for h in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(r.headers().contains_key(h), "{what}: {h}");
+        }
+        r.json().unwrap()
+    };
+
+    let f = api(
+        "factor create",
+        c.post(authn(&emu, "/factors"))
+            .bearer_auth(&tok)
+            .json(&json!({"phone_number": "447700900000", "external_user_id": "cors"}))
+            .send()
+            .unwrap(),
+        201,
+    );
+    let fid = f["factor_id"].as_str().unwrap().to_string();
+    let secret = secret_of(f["url"].as_str().unwrap());
+    let furl = authn(&emu, &format!("/factors/{fid}"));
+    api(
+        "factor list",
+        c.get(authn(&emu, "/factors"))
+            .bearer_auth(&tok)
+            .send()
+            .unwrap(),
+        200,
+    );
+    api(
+        "factor get",
+        c.get(&furl).bearer_auth(&tok).send().unwrap(),
+        200,
+    );
+    api(
+        "factor patch",
+        patch(
+            &c,
+            &furl,
+            &tok,
+            json!([{"op": "add", "path": "/code", "value": code_for(&secret, 0)}]),
+        ),
+        200,
+    );
+    let ch = api(
+        "challenge create",
+        new_challenge(&c, &emu, &tok, &fid, json!({})),
+        201,
+    );
+    let curl = format!("{furl}/challenges/{}", ch["challenge_id"].as_str().unwrap());
+    api(
+        "challenge list",
+        c.get(format!("{furl}/challenges"))
+            .bearer_auth(&tok)
+            .send()
+            .unwrap(),
+        200,
+    );
+    api(
+        "challenge get",
+        c.get(&curl).bearer_auth(&tok).send().unwrap(),
+        200,
+    );
+    api(
+        "challenge verify",
+        patch(
+            &c,
+            &curl,
+            &tok,
+            json!([{"op": "add", "path": "/code", "value": code_for(&secret, 1)}]),
+        ),
+        200,
+    );
+    let purl = url(
+        &emu,
+        &format!(
+            "/console/v0.2/workspaces/{}/projects/{}",
+            i.workspace_id, i.project_id
+        ),
+    );
+    api(
+        "console get",
+        c.get(&purl).bearer_auth(&ctok).send().unwrap(),
+        200,
+    );
+    api(
+        "console patch",
+        patch(
+            &c,
+            &purl,
+            &ctok,
+            json!([{"op": "replace", "path": "/name", "value": "CORS"}]),
+        ),
+        200,
+    );
+
+    // Not on the token endpoint, PhoneCheck, or the control endpoints.
+    let r = token_resp(&c, &emu, &i.client_id, &i.client_secret, "authenticator");
+    assert_eq!(r.status(), 200);
+    assert_eq!(cors(&r), None, "token");
+    let r = c
+        .post(url(&emu, "/phone_check/v0.2/checks"))
+        .bearer_auth(&tok)
+        .json(&json!({"phone_number": "447700900000"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(cors(&r), None, "phone check");
+    let r = c.get(url(&emu, "/_emulator/stats")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(cors(&r), None, "control");
+}
+
+/// Waits for the wall clock's millisecond to move on, so that the next timestamp the emulator
+/// takes differs from the last one (a spin of at most a millisecond, not a synchronisation).
+fn next_ms() {
+    let ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let t = ms();
+    while ms() == t {
+        std::hint::spin_loop();
+    }
+}
+
+/// `GET /factors/{id}/challenges`: the spec's ChallengeCollection (PageBasedPaginationBody,
+/// PaginationLinks, Challenge items), paging, RSQL search, sort, and the factor's existence.
+#[test]
+fn challenge_list_paging_search_sort_hal_shape() {
+    let (emu, c) = start_default();
+    let tok = token(&c, &emu);
+    let seeded = emu.seed_factor("lister", FactorType::Totp);
+    let other = emu.seed_factor("other", FactorType::Totp);
+    let fid = seeded.factor_id.clone();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        next_ms();
+        let r = new_challenge(
+            &c,
+            &emu,
+            &tok,
+            &fid,
+            json!({"reference_id": format!("r{n}")}),
+        );
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().unwrap();
+        ids.push(v["challenge_id"].as_str().unwrap().to_string());
+    }
+    // Another factor's challenge is not listed.
+    assert_eq!(
+        new_challenge(
+            &c,
+            &emu,
+            &tok,
+            &other.factor_id,
+            json!({"reference_id": "r0"})
+        )
+        .status(),
+        201
+    );
+    // r0 verified, then r1 failed: they changed last, r1 after r0.
+    next_ms();
+    let base = authn(&emu, &format!("/factors/{fid}/challenges"));
+    let code = emu.code(&fid, 0).unwrap();
+    let v: Value = patch(
+        &c,
+        &format!("{base}/{}", ids[0]),
+        &tok,
+        json!([{"op": "add", "path": "/code", "value": code}]),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(v["status"], "VERIFIED");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    next_ms();
+    let v: Value = patch(
+        &c,
+        &format!("{base}/{}", ids[1]),
+        &tok,
+        json!([{"op": "add", "path": "/code", "value": wrong}]),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(v["status"], "FAILED");
+
+    let get = |q: &[(&str, &str)]| -> Value {
+        let r = c.get(&base).bearer_auth(&tok).query(q).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/hal+json");
+        r.json().unwrap()
+    };
+    let listed = |v: &Value| -> Vec<String> {
+        v["_embedded"]["challenges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["challenge_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Shape: every required field of the spec's models.
+    let v = get(&[("page", "1"), ("size", "2")]);
+    assert_eq!(
+        v["page"],
+        json!({"size": 2, "number": 1, "total_pages": 3, "total_elements": 5})
+    );
+    for item in v["_embedded"]["challenges"].as_array().unwrap() {
+        for k in ["challenge_id", "status", "created_at", "updated_at"] {
+            assert!(item[k].is_string(), "{k} in {item}");
+        }
+        let id = item["challenge_id"].as_str().unwrap();
+        assert!(item["_links"]["self"]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/factors/{fid}/challenges/{id}")));
+    }
+    assert_eq!(listed(&v), ids[..2]);
+    for l in ["self", "first", "last", "next"] {
+        assert!(
+            v["_links"][l]["href"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("/authenticator/v0.1/factors/{fid}/challenges?")),
+            "{l}"
+        );
+    }
+    assert!(
+        v["_links"].get("prev").is_none(),
+        "no page before the first"
+    );
+    assert!(v["_links"]["next"]["href"]
+        .as_str()
+        .unwrap()
+        .ends_with("page=2&size=2"));
+    assert!(v["_links"]["last"]["href"]
+        .as_str()
+        .unwrap()
+        .ends_with("page=3&size=2"));
+    let v = get(&[("page", "3"), ("size", "2")]);
+    assert_eq!(listed(&v), ids[4..]);
+    assert!(v["_links"].get("next").is_none(), "no page after the last");
+    assert!(v["_links"]["prev"]["href"]
+        .as_str()
+        .unwrap()
+        .ends_with("page=2&size=2"));
+    // Defaults: page 1, size 10, oldest first.
+    let v = get(&[]);
+    assert_eq!(v["page"]["size"], 10);
+    assert_eq!(v["page"]["number"], 1);
+    assert_eq!(listed(&v), ids);
+    assert!(v["_links"].get("prev").is_none() && v["_links"].get("next").is_none());
+
+    // Search.
+    let v = get(&[("search", "status==PENDING")]);
+    assert_eq!(listed(&v), ids[2..]);
+    assert_eq!(v["page"]["total_elements"], 3);
+    let v = get(&[("search", "reference_id==r3")]);
+    assert_eq!(listed(&v), ids[3..4]);
+    assert_eq!(v["_embedded"]["challenges"][0]["reference_id"], "r3");
+    let v = get(&[("search", "status==FAILED;reference_id==r1")]);
+    assert_eq!(listed(&v), ids[1..2]);
+    let v = get(&[("search", "status==VERIFIED;reference_id==r1")]);
+    assert!(listed(&v).is_empty());
+    assert_eq!(v["page"]["total_pages"], 0);
+    // Links keep the search and the sort.
+    let v = get(&[
+        ("search", "status==PENDING"),
+        ("sort", "created_at,desc"),
+        ("size", "1"),
+    ]);
+    let next = v["_links"]["next"]["href"].as_str().unwrap();
+    assert!(
+        next.contains("search=status%3D%3DPENDING&sort=created_at%2Cdesc&page=2&size=1"),
+        "{next}"
+    );
+
+    // Sort.
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(listed(&get(&[("sort", "created_at,desc")])), newest_first);
+    assert_eq!(listed(&get(&[("sort", "created_at,asc")])), ids);
+    assert_eq!(listed(&get(&[("sort", "created_at")])), ids);
+    let by_update = listed(&get(&[("sort", "updated_at,desc")]));
+    let changed = [&ids[1], &ids[0], &ids[4], &ids[3], &ids[2]];
+    assert_eq!(by_update.iter().collect::<Vec<_>>(), changed);
+    let v = get(&[("sort", "created_at,desc"), ("page", "2"), ("size", "2")]);
+    assert_eq!(listed(&v), newest_first[2..4]);
+
+    // Errors: unknown factor, bad paging, search or sort; a token is needed.
+    let r = c
+        .get(authn(
+            &emu,
+            "/factors/6f0c1c9e-8d55-4d43-9a37-2a3f1e0c0b11/challenges",
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .unwrap();
+    assert_problem(r, 404);
+    for bad in [
+        &[("page", "0")][..],
+        &[("size", "101")][..],
+        &[("search", "external_user_id==lister")][..],
+        &[("search", "bogus")][..],
+        &[("sort", "secret,asc")][..],
+        &[("sort", "created_at,sideways")][..],
+    ] {
+        let r = c.get(&base).bearer_auth(&tok).query(bad).send().unwrap();
+        assert_problem(r, 400);
+    }
+    assert_problem(c.get(&base).send().unwrap(), 401);
+    assert_eq!(emu.stats().requests["challenge_list"], 21);
+}
