@@ -3,7 +3,8 @@
 //! and offline development.
 //!
 //! Start it in-process with [`Emulator::start`], or run the `truid-emulator` binary, which
-//! prints one JSON line ([`ReadyInfo`]) on stdout when it is ready.
+//! prints one JSON line ([`ReadyInfo`]) on stdout when it is ready. [`Netem`] (the
+//! `truid-netem` binary) is a delaying TCP proxy to put a WAN between a client and it.
 //!
 //! # Choices where tru.ID documents nothing
 //! - A wrong code on a challenge answers **200** with status `FAILED` (the challenge is spent);
@@ -34,6 +35,7 @@
 //! - Token endpoint errors are `application/problem+json` (401 for bad credentials or a bad
 //!   Basic header, 400 for a missing/unknown grant type or a scope the client may not have).
 
+pub mod netem;
 pub mod totp;
 
 mod server;
@@ -49,6 +51,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use netem::{Netem, NetemOptions, NetemStats};
 pub use state::ChallengeView;
 
 /// How to start an [`Emulator`].
