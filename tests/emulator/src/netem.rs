@@ -18,7 +18,9 @@
 //!   costs 2 RTT on a fresh connection and 1 RTT on a kept one; TLS 1.3 adds 1 RTT, TLS 1.2
 //!   2 RTT, as on a real link. A refused upstream resets the client 1 RTT after its accept.
 //! - **End of stream and resets** travel like bytes: a FIN (or a reset) from one side reaches
-//!   the other `d` later, after the bytes sent before it.
+//!   the other `d` later, after the bytes sent before it. A side that closed fully (a server
+//!   closing a kept-alive connection) resets what it is sent next: that reset reaches the other
+//!   side `d` after the upstream's kernel sent it, so 1 RTT after the client's bytes.
 //! - **`idle_fin`** (a front end's keep-alive timeout: Apache 5 s, AWS ALB 60 s, nginx 75 s):
 //!   after that long without a byte either way, the server side closes: FIN to the upstream at
 //!   once, FIN to the client `d` later. Bytes the client sends after that reach a closed socket
@@ -39,8 +41,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 /// How to start a [`Netem`].
@@ -214,11 +218,12 @@ impl Drop for OpenGuard {
     }
 }
 
-/// The idle clock of one connection.
+/// The idle clock of one connection, and how many directions have delivered their FIN.
 struct Link {
     born: Instant,
     /// Nanoseconds after `born` of the last byte read or written, either way.
     last: AtomicU64,
+    ended: watch::Sender<u8>,
 }
 
 impl Link {
@@ -280,6 +285,7 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, id: u64, accepted: In
     let link = Link {
         born: accepted,
         last: AtomicU64::new(0),
+        ended: watch::Sender::new(0),
     };
     let outcome = {
         let (mut cr, mut cw) = client.split();
@@ -394,6 +400,28 @@ async fn watchdog(link: &Link, fin: Option<Duration>, dead: Option<Duration>) ->
     }
 }
 
+/// After the source's FIN was delivered: the source may still reset (a side that closed fully
+/// resets what it is sent next); pass that on `delay` later. Returns `Eof` once the other
+/// direction has delivered its FIN too.
+async fn after_fin(src: &ReadHalf<'_>, delay: Duration, link: &Link) -> End {
+    link.ended.send_modify(|n| *n += 1);
+    let mut ended = link.ended.subscribe();
+    let reset = async {
+        loop {
+            match src.as_ref().ready(Interest::ERROR).await {
+                Ok(r) if !r.is_error() => continue,
+                _ => break,
+            }
+        }
+        let at = Instant::now() + delay;
+        sleep_until(at).await;
+    };
+    tokio::select! {
+        _ = reset => End::Reset,
+        _ = ended.wait_for(|n| *n >= 2) => End::Eof,
+    }
+}
+
 /// Stop reading a side while this much is queued towards the other (a slow reader there).
 const MAX_QUEUED: usize = 4 << 20;
 
@@ -405,7 +433,7 @@ enum Item {
 
 /// How one direction ended.
 enum End {
-    /// The source's end of stream was delivered (FIN).
+    /// Both directions delivered their end of stream (FIN).
     Eof,
     /// The source reset; the reset is due on the destination now.
     Reset,
@@ -415,17 +443,13 @@ enum End {
 
 /// One direction: each chunk read from `src` is written to `dst` at `max(arrival, floor) +
 /// delay`, in order.
-async fn forward<R, W>(
-    src: &mut R,
-    dst: &mut W,
+async fn forward(
+    src: &mut ReadHalf<'_>,
+    dst: &mut WriteHalf<'_>,
     floor: Instant,
     delay: Duration,
     link: &Link,
-) -> End
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+) -> End {
     let mut queue: VecDeque<(Instant, Item)> = VecDeque::new();
     let mut queued = 0usize;
     let mut reading = true;
@@ -461,7 +485,7 @@ where
                         }
                         Item::Eof => {
                             let _ = dst.shutdown().await;
-                            return End::Eof;
+                            return after_fin(src, delay, link).await;
                         }
                         Item::Reset => return End::Reset,
                     }

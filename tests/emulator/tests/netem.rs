@@ -33,6 +33,12 @@ struct Echo {
 
 impl Echo {
     fn start() -> Echo {
+        Echo::closing_after(None)
+    }
+
+    /// An echo server that closes each connection after echoing `chunks` reads (as a server
+    /// closes a kept-alive connection).
+    fn closing_after(chunks: Option<usize>) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, seen) = mpsc::channel();
@@ -47,7 +53,7 @@ impl Echo {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 65536];
-                    loop {
+                    for _ in 0..chunks.unwrap_or(usize::MAX) {
                         match conn.read(&mut buf) {
                             Ok(0) => {
                                 let _ = tx.send(Seen::Eof);
@@ -66,6 +72,7 @@ impl Echo {
                             }
                         }
                     }
+                    // Dropping `conn` closes it fully: what comes next draws a reset.
                 });
             }
         });
@@ -304,6 +311,38 @@ fn idle_drop_goes_silent_until_the_client_closes() {
     // The client gives up: only now is the upstream closed.
     drop(s);
     assert!(echo.until(&Seen::Eof, Duration::from_secs(5)));
+    assert!(poll(Duration::from_secs(5), || (netem.stats().open == 0)
+        .then_some(()))
+    .is_some());
+}
+
+#[test]
+fn a_request_to_a_server_that_closed_draws_a_reset_one_round_trip_later() {
+    let echo = Echo::closing_after(Some(1));
+    let netem = proxy(echo.addr, |o| o.rtt = Duration::from_millis(100));
+    let mut s = TcpStream::connect(netem.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    exchange(&mut s, b"x");
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "the server's FIN");
+    // The client sends its next request on the connection it thinks kept: the server's
+    // kernel resets it, and the client learns it a round trip after sending.
+    let t = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let kind = loop {
+        // After a FIN, reads give end of stream even once reset: the socket error tells.
+        if let Some(e) = s.take_error().unwrap() {
+            break e.kind();
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "no reset");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let took = t.elapsed();
+    assert!(
+        matches!(kind, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "{kind:?}"
+    );
+    assert!((100..150).contains(&ms(took)), "reset after {took:?}");
     assert!(poll(Duration::from_secs(5), || (netem.stats().open == 0)
         .then_some(()))
     .is_some());
