@@ -125,37 +125,66 @@ static USERADD: Mutex<()> = Mutex::new(());
 /// is bound over /etc in this mount namespace. Panics anywhere else, so that a plain
 /// `cargo test` never adds an account to (or changes a password of) the real host.
 fn private_host() -> PathBuf {
-    let refuse = |why: String| -> ! {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    private_host_in(std::env::var_os("TRUID_PRIVATE_HOST"), &mountinfo).unwrap_or_else(|why| {
         panic!(
             "these tests add Unix users, and do so only in a private copy of /etc: run them \
              through tests/private-host.sh (sudo tests/private-host.sh cargo test --test \
              real_logins) or run sudo .ci/run, which does. Not in one here: {why}"
         )
-    };
-    let Some(root) = std::env::var_os("TRUID_PRIVATE_HOST").map(PathBuf::from) else {
-        refuse("TRUID_PRIVATE_HOST is not set".into())
-    };
-    // /etc must be a mount point in this namespace (field 5 of mountinfo)...
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    })
+}
+
+/// `private_host`'s checks: the script's variable names a folder, /etc is a mount point in
+/// this namespace (field 5 of `mountinfo`), and /etc is that folder's `etc` (same device and
+/// inode), not some other mount.
+fn private_host_in(var: Option<std::ffi::OsString>, mountinfo: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = PathBuf::from(var.ok_or("TRUID_PRIVATE_HOST is not set")?);
+    if root.canonicalize().ok().as_deref() == Some(Path::new("/")) {
+        return Err("TRUID_PRIVATE_HOST names / itself".into());
+    }
     if !mountinfo
         .lines()
         .any(|l| l.split(' ').nth(4) == Some("/etc"))
     {
-        refuse("/etc is not a mount point in this mount namespace".into());
+        return Err("/etc is not a mount point in this mount namespace".into());
     }
-    // ...and be that copy, not another mount that happens to be there.
-    use std::os::unix::fs::MetadataExt;
-    let same = match (
+    match (
         std::fs::metadata("/etc"),
         std::fs::metadata(root.join("etc")),
     ) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    };
-    if !same {
-        refuse(format!("/etc is not {}/etc", root.display()));
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(root),
+        _ => Err(format!("/etc is not {}/etc", root.display())),
     }
-    root
+}
+
+/// The checks refuse each way of not being in the private host: no variable, /etc not a
+/// mount point, the variable naming another folder (here, one with an `etc` of its own).
+#[test]
+fn users_are_added_only_in_the_private_host() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = private_host();
+    assert_eq!(
+        private_host_in(Some(here.clone().into()), &mountinfo),
+        Ok(here.clone())
+    );
+    assert!(private_host_in(None, &mountinfo)
+        .unwrap_err()
+        .contains("not set"));
+    let host_like: String = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) != Some("/etc"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(private_host_in(Some(here.clone().into()), &host_like)
+        .unwrap_err()
+        .contains("not a mount point"));
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("etc")).unwrap();
+    assert!(private_host_in(Some(other.path().into()), &mountinfo)
+        .unwrap_err()
+        .contains("is not"));
 }
 
 /// Creates the user when missing, in the private host only (useradd takes a lock on
