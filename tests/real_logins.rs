@@ -9,7 +9,12 @@
 //! host's own files, as they would on a real machine. sshd's config is
 //! `conf/sshd_config.d/pam_truid.conf` followed by the test's own lines (port, host key...).
 //! The display-manager stacks cannot meet their display manager here: they run through real
-//! libpam in-process (`pam_start_confdir`) with a conversation shaped like a greeter's.
+//! libpam in-process (`pam_start_confdir`) with a conversation shaped like a greeter's. The
+//! pam-auth-update profile is applied by the real `pam-auth-update` to private copies of the
+//! folders it writes, and logged in through with pamtester on those copies.
+//!
+//! Every stack is also run for a user the module stands aside for (STAND_ASIDE): the first
+//! factor the distribution asks (the Unix password) must still decide.
 //!
 //! How prompts are answered: every interactive program (ssh, su) runs on a pseudo-terminal this
 //! file opens itself (`posix_openpt`), as its controlling terminal. A prompt is the last line
@@ -19,8 +24,13 @@
 //! stdin (`sudo -S`). No sshpass, no paramiko: each prompt is seen and recorded.
 //!
 //! Every daemon and client is killed by its process group id in a `Drop` guard, also when a
-//! test fails; every wait has a deadline. Users are created with `useradd -m` when missing
-//! (names `truid*`, unique per test) and kept.
+//! test fails; every wait has a deadline.
+//!
+//! How the host's accounts stay untouched: users (names `truid*`, unique per test) are created
+//! with `useradd -m` only inside tests/private-host.sh, which gives the whole test binary a
+//! private copy of /etc (and of the mail and login-record files) in its own mount namespace,
+//! removed when it ends; `ensure_user` refuses to run anywhere else. So `sudo .ci/run` and
+//! `sudo tests/private-host.sh cargo test --test real_logins` add no account to the host.
 
 // common re-exports what other test files use.
 #[allow(unused_imports)]
@@ -53,11 +63,11 @@ fn conf(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// The snippet `conf/pam.d/<name>` as the test runs it: on every (non-comment) line naming
-/// `pam_truid.so`, that word becomes the built module's path followed by `config=` and
-/// `syslog_socket=` for this test. Nothing else changes. Written into the test's folder.
-fn snippet_stack(w: &World, name: &str) -> PathBuf {
-    let text = conf(&format!("pam.d/{name}"));
+/// `text` (a PAM stack or a pam-auth-update profile) as the test runs it: on every
+/// (non-comment) line naming `pam_truid.so`, that word becomes the built module's path followed
+/// by `config=` and `syslog_socket=` for this test. Nothing else changes (a line's leading
+/// whitespace, which continues a profile's field, is kept). There must be one such line.
+fn pointed_at_test_module(w: &World, text: &str, what: &str) -> String {
     let module = format!(
         "{} config={} syslog_socket={}",
         module_path().display(),
@@ -81,13 +91,25 @@ fn snippet_stack(w: &World, name: &str) -> PathBuf {
                     }
                 })
                 .collect();
+            out.push_str(&line[..line.len() - line.trim_start().len()]);
             out.push_str(&words.join(" "));
         } else {
             out.push_str(line);
         }
         out.push('\n');
     }
-    assert_eq!(replaced, 1, "conf/pam.d/{name}: one pam_truid.so line");
+    assert_eq!(replaced, 1, "{what}: one pam_truid.so line");
+    out
+}
+
+/// The snippet `conf/pam.d/<name>` as the test runs it (`pointed_at_test_module`), written
+/// into the test's folder.
+fn snippet_stack(w: &World, name: &str) -> PathBuf {
+    let out = pointed_at_test_module(
+        w,
+        &conf(&format!("pam.d/{name}")),
+        &format!("conf/pam.d/{name}"),
+    );
     let p = w.path(&format!("pam-{name}"));
     std::fs::write(&p, out).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -99,8 +121,76 @@ fn snippet_stack(w: &World, name: &str) -> PathBuf {
 
 static USERADD: Mutex<()> = Mutex::new(());
 
-/// Creates the user when missing (useradd takes a lock on /etc/passwd: one at a time).
+/// The private host this test binary runs in (tests/private-host.sh): the folder whose `etc`
+/// is bound over /etc in this mount namespace. Panics anywhere else, so that a plain
+/// `cargo test` never adds an account to (or changes a password of) the real host.
+fn private_host() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    private_host_in(std::env::var_os("TRUID_PRIVATE_HOST"), &mountinfo).unwrap_or_else(|why| {
+        panic!(
+            "these tests add Unix users, and do so only in a private copy of /etc: run them \
+             through tests/private-host.sh (sudo tests/private-host.sh cargo test --test \
+             real_logins) or run sudo .ci/run, which does. Not in one here: {why}"
+        )
+    })
+}
+
+/// `private_host`'s checks: the script's variable names a folder, /etc is a mount point in
+/// this namespace (field 5 of `mountinfo`), and /etc is that folder's `etc` (same device and
+/// inode), not some other mount.
+fn private_host_in(var: Option<std::ffi::OsString>, mountinfo: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = PathBuf::from(var.ok_or("TRUID_PRIVATE_HOST is not set")?);
+    if root.canonicalize().ok().as_deref() == Some(Path::new("/")) {
+        return Err("TRUID_PRIVATE_HOST names / itself".into());
+    }
+    if !mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/etc"))
+    {
+        return Err("/etc is not a mount point in this mount namespace".into());
+    }
+    match (
+        std::fs::metadata("/etc"),
+        std::fs::metadata(root.join("etc")),
+    ) {
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(root),
+        _ => Err(format!("/etc is not {}/etc", root.display())),
+    }
+}
+
+/// The checks refuse each way of not being in the private host: no variable, /etc not a
+/// mount point, the variable naming another folder (here, one with an `etc` of its own).
+#[test]
+fn users_are_added_only_in_the_private_host() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = private_host();
+    assert_eq!(
+        private_host_in(Some(here.clone().into()), &mountinfo),
+        Ok(here.clone())
+    );
+    assert!(private_host_in(None, &mountinfo)
+        .unwrap_err()
+        .contains("not set"));
+    let host_like: String = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) != Some("/etc"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(private_host_in(Some(here.clone().into()), &host_like)
+        .unwrap_err()
+        .contains("not a mount point"));
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("etc")).unwrap();
+    assert!(private_host_in(Some(other.path().into()), &mountinfo)
+        .unwrap_err()
+        .contains("is not"));
+}
+
+/// Creates the user when missing, in the private host only (useradd takes a lock on
+/// /etc/passwd: one at a time). The home folder goes into the private host as well.
 fn ensure_user(name: &str) {
+    let root = private_host();
     let _one_at_a_time = USERADD.lock().unwrap_or_else(|e| e.into_inner());
     let exists = Command::new("id")
         .args(["-u", name])
@@ -111,7 +201,9 @@ fn ensure_user(name: &str) {
         .success();
     if !exists {
         let out = Command::new("useradd")
-            .args(["-m", "-s", "/bin/sh", name])
+            .args(["-m", "-s", "/bin/sh", "-b"])
+            .arg(root.join("home"))
+            .arg(name)
             .output()
             .unwrap();
         // 9: the name exists (created meanwhile by another run).
@@ -123,7 +215,9 @@ fn ensure_user(name: &str) {
     }
 }
 
+/// Gives the user the Unix password PASSWORD (in the private host only).
 fn set_password(name: &str) {
+    private_host();
     let _one_at_a_time = USERADD.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Command::new("chpasswd")
         .stdin(Stdio::piped())
@@ -135,6 +229,38 @@ fn set_password(name: &str) {
         .write_all(format!("{name}:{PASSWORD}\n").as_bytes())
         .unwrap();
     assert!(c.wait().unwrap().success(), "chpasswd {name}");
+}
+
+/// The two ways the module stands aside (answers PAM_IGNORE) for a user: without a factor
+/// under `unenrolled = "ignore"`, and with one but outside `[login] groups`. Each: the
+/// `[login]` lines, whether the user is in `[users]`, the outcome word the module logs.
+const STAND_ASIDE: [(&str, bool, &str); 2] = [
+    (
+        "unenrolled = \"ignore\"",
+        false,
+        "outcome=not_enrolled_ignored",
+    ),
+    ("groups = [\"truidnogroup\"]", true, "outcome=not_required"),
+];
+
+/// Writes the config of one STAND_ASIDE way for `user` (whose factor is `factor`).
+fn stand_aside_config(w: &World, way: (&str, bool, &str), user: &str, factor: &str) {
+    let (login, enrolled, _) = way;
+    if enrolled {
+        w.config(login, &[(user, factor)]);
+    } else {
+        w.config(login, &[]);
+    }
+}
+
+/// The module ran once since the last look and stood aside, as `way` says it does.
+fn assert_stood_aside(w: &World, way: (&str, bool, &str)) {
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1 && lines[0].contains(way.2),
+        "{}: {lines:?}",
+        way.0
+    );
 }
 
 fn outcome_lines_with(w: &World, word: &str) -> Vec<String> {
@@ -787,16 +913,60 @@ fn ssh_unenrolled_user_deny_then_ignore() {
         outcome_lines_with(&w, "outcome=not_enrolled_denied").len(),
         1
     );
-    // ignore (the config is read at each login): the key alone lets the user in, no prompt.
+    // ignore (the config is read at each login): no code; the key and the Unix password
+    // (common-auth after the module) let the user in.
+    set_password(u);
     w.config("unenrolled = \"ignore\"", &[]);
-    let s = sshd.login(SshVariant::Publickey, u, &[]);
+    let s = sshd.login(SshVariant::Publickey, u, &[PASSWORD]);
     assert_logged_in(&s, u, Some(&sshd));
-    assert!(s.prompts.is_empty(), "{s:#?}");
+    assert_eq!(pam_prompts(&s), ["Password: "]);
     assert_eq!(
         outcome_lines_with(&w, "outcome=not_enrolled_ignored").len(),
         1
     );
     assert_eq!(w.emu.stats().challenges_created, 0);
+}
+
+/// Both sshd stacks, for a user the module stands aside for (each STAND_ASIDE way): the Unix
+/// password is still asked (after the key with sshd-publickey), the right one lets in, a wrong
+/// one or none is refused. With a stack that ended in pam_permit, the key alone let them in.
+#[test]
+fn ssh_asks_the_password_of_a_user_the_module_stands_aside_for() {
+    for (variant, u) in [
+        (SshVariant::Publickey, "truidsa1"),
+        (SshVariant::Password, "truidsa2"),
+    ] {
+        let w = World::new();
+        ensure_user(u);
+        set_password(u);
+        let f = w.enroll(u);
+        stand_aside_config(&w, STAND_ASIDE[0], u, &f);
+        let sshd = Sshd::start(&w, variant);
+        for way in STAND_ASIDE {
+            stand_aside_config(&w, way, u, &f);
+            let what = format!("{variant:?}, {}", way.0);
+            // Nothing typed: asked the password, and not let in.
+            let s = sshd.login(variant, u, &[]);
+            assert!(!s.ok(), "{what}: in on nothing: {s:#?}");
+            assert_eq!(pam_prompts(&s), ["Password: "], "{what}");
+            w.outcomes();
+            // A wrong password: refused.
+            let s = sshd.login(variant, u, &["not-the-password"]);
+            assert_refused(&s);
+            assert_eq!(pam_prompts(&s), ["Password: "], "{what}");
+            w.outcomes();
+            // The right one: in, asked nothing else.
+            let s = sshd.login(variant, u, &[PASSWORD]);
+            assert_logged_in(&s, u, Some(&sshd));
+            assert_eq!(pam_prompts(&s), ["Password: "], "{what}");
+            assert_stood_aside(&w, way);
+        }
+        assert_eq!(w.emu.stats().challenges_created, 0, "{variant:?}");
+        if variant == SshVariant::Publickey {
+            let log = sshd.log_text();
+            assert!(log.contains(&format!("Partial publickey for {u}")), "{log}");
+        }
+    }
 }
 
 #[test]
@@ -903,13 +1073,21 @@ fn ssh_32_concurrent_logins_then_keeps_serving() {
 /// private mount namespace. Returns (success, stdout, stderr).
 fn sudo_as(w: &World, user: &str, stdin: &str) -> (bool, String, String) {
     let stack = snippet_stack(w, "sudo");
-    let mut cmd = in_namespace(
-        &[
-            (&stack, "/etc/pam.d/sudo"),
-            (&w.path("sudoers.d"), "/etc/sudoers.d"),
-        ],
-        &["runuser", "-u", user, "--", "sudo", "-S", "-k", "id", "-un"],
-    );
+    run_piped(
+        in_namespace(
+            &[
+                (&stack, "/etc/pam.d/sudo"),
+                (&w.path("sudoers.d"), "/etc/sudoers.d"),
+            ],
+            &["runuser", "-u", user, "--", "sudo", "-S", "-k", "id", "-un"],
+        ),
+        stdin,
+    )
+}
+
+/// Runs `cmd` in its own process group with `stdin` as its input (then end of input).
+/// Returns (success, stdout, stderr).
+fn run_piped(mut cmd: Command, stdin: &str) -> (bool, String, String) {
     cmd.process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -935,6 +1113,26 @@ fn sudo_as(w: &World, user: &str, stdin: &str) -> (bool, String, String) {
     (status.is_some_and(|s| s.success()), stdout, stderr)
 }
 
+/// A sudoers.d folder for sudo_as: `users` may run anything, asked every time; one PAM round
+/// per sudo run so a refusal is the stack's refusal (sudo's own passwd_tries would call it
+/// again).
+fn sudoers(w: &World, users: &[&str]) {
+    let d = w.path("sudoers.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list = users.join(",");
+    let rule = d.join("pam_truid_test");
+    std::fs::write(
+        &rule,
+        format!(
+            "Defaults:{list} timestamp_timeout=0, passwd_tries=1, lecture=never\n\
+             {list} ALL=(ALL:ALL) ALL\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+}
+
 #[test]
 fn sudo_right_code_wrong_code_and_wrong_then_right() {
     let users = ["truidsd1", "truidsd2", "truidsd3"];
@@ -952,32 +1150,23 @@ fn sudo_right_code_wrong_code_and_wrong_then_right() {
         .map(|(u, f)| (*u, f.as_str()))
         .collect();
     w.config("", &pairs);
-    // sudoers: the users may run anything, asked every time; one PAM round per sudo run so a
-    // refusal is the module's refusal (sudo's own passwd_tries would call it again).
-    let d = w.path("sudoers.d");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let list = users.join(",");
-    let rule = d.join("pam_truid_test");
-    std::fs::write(
-        &rule,
-        format!(
-            "Defaults:{list} timestamp_timeout=0, passwd_tries=1, lecture=never\n\
-             {list} ALL=(ALL:ALL) ALL\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+    sudoers(&w, &users);
 
     // Right code: the command runs as root.
     let (ok, out, err) = sudo_as(&w, users[0], &format!("{}\n", w.code(&f[0])));
     assert!(ok && out.trim() == "root", "{out}\n{err}");
-    assert!(err.contains(PROMPT), "{err}");
+    // The code instead of the password: no password asked.
+    assert!(
+        err.contains(PROMPT) && !err.contains("password for"),
+        "{err}"
+    );
     // Wrong codes: refused, nothing runs.
     let bad = w.wrong_code(&f[1]);
     let (ok, out, err) = sudo_as(&w, users[1], &format!("{bad}\n{bad}\n{bad}\n"));
     assert!(!ok && out.trim().is_empty(), "{out}\n{err}");
     assert_eq!(err.matches(PROMPT).count(), 3, "{err}");
+    // default=die: a wrong code ends the stack, no password is asked after it.
+    assert!(!err.contains("password for"), "{err}");
     // No "Wrong code, try again." here: sudo calls PAM with PAM_SILENT (its pam_silent
     // default), and the module honours it for messages.
     assert!(!err.contains("Wrong code, try again."), "{err}");
@@ -996,6 +1185,50 @@ fn sudo_right_code_wrong_code_and_wrong_then_right() {
     assert!(lines[2].contains("outcome=verified") && lines[2].contains("tries=2"));
     // The host's sudoers.d is untouched: our rule only ever existed in the namespace.
     assert!(!Path::new("/etc/sudoers.d/pam_truid_test").exists());
+}
+
+/// sudo for a user the module stands aside for (each STAND_ASIDE way): sudo asks the Unix
+/// password (common-auth after the module), the right one runs the command as root, a wrong
+/// one or none runs nothing. With the stack that ended in pam_permit, `sudo -k` ran the
+/// command as root with nothing typed.
+#[test]
+fn sudo_asks_the_password_of_a_user_the_module_stands_aside_for() {
+    let u = "truidsa3";
+    let w = World::new();
+    ensure_user(u);
+    set_password(u);
+    let f = w.enroll(u);
+    sudoers(&w, &[u]);
+    let asked = format!("[sudo] password for {u}: ");
+    for way in STAND_ASIDE {
+        stand_aside_config(&w, way, u, &f);
+        let what = way.0;
+        // Nothing typed (end of input at once).
+        let (ok, out, err) = sudo_as(&w, u, "");
+        assert!(
+            !ok && out.trim().is_empty(),
+            "{what}: root on nothing: {out}\n{err}"
+        );
+        assert!(
+            err.contains(&asked) && !err.contains(PROMPT),
+            "{what}: {err}"
+        );
+        assert_stood_aside(&w, way);
+        // A wrong password.
+        let (ok, out, err) = sudo_as(&w, u, "not-the-password\n");
+        assert!(!ok && out.trim().is_empty(), "{what}: {out}\n{err}");
+        assert_eq!(err.matches(&asked).count(), 1, "{what}: {err}");
+        assert_stood_aside(&w, way);
+        // The right one.
+        let (ok, out, err) = sudo_as(&w, u, &format!("{PASSWORD}\n"));
+        assert!(ok && out.trim() == "root", "{what}: {out}\n{err}");
+        assert!(
+            err.contains(&asked) && !err.contains(PROMPT),
+            "{what}: {err}"
+        );
+        assert_stood_aside(&w, way);
+    }
+    assert_eq!(w.emu.stats().challenges_created, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1078,13 +1311,66 @@ fn su_caller_asks_the_callers_code() {
     assert_eq!(w.emu.stats().challenges_created, before);
 }
 
+/// su to a target the module stands aside for (each STAND_ASIDE way): the target's Unix
+/// password is asked, the right one lets in, a wrong one or none is refused; no code asked.
+#[test]
+fn su_asks_the_password_of_a_target_the_module_stands_aside_for() {
+    let (caller, target) = ("truidsa4", "truidsa5");
+    let w = World::new();
+    ensure_user(caller);
+    ensure_user(target);
+    set_password(target);
+    let f = w.enroll(target);
+    for way in STAND_ASIDE {
+        stand_aside_config(&w, way, target, &f);
+        let what = way.0;
+        let s = su_as(&w, caller, false, target, &[]);
+        assert!(!s.ok(), "{what}: in on nothing: {s:#?}");
+        assert_eq!(s.prompts, ["Password: "], "{what}");
+        let s = su_as(&w, caller, false, target, &["not-the-password"]);
+        assert_refused(&s);
+        assert_eq!(s.prompts, ["Password: "], "{what}");
+        // common-auth first: a wrong password never reaches the module.
+        assert!(w.outcomes().is_empty(), "{what}");
+        let s = su_as(&w, caller, true, target, &[PASSWORD]);
+        assert_logged_in(&s, target, None);
+        assert_eq!(s.prompts, ["Password: "], "{what}");
+        assert_stood_aside(&w, way);
+    }
+    assert_eq!(w.emu.stats().challenges_created, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Desktop login
 
-/// The display-manager snippets through real libpam with a conversation shaped like a
-/// greeter's: echo-off prompts and messages only (echo-on refused), no terminal involved.
-/// Their `@include common-*` lines resolve inside the test's stack folder
-/// (`pam_start_confdir` looks nowhere else), so the host's common-* files are copied there.
+const DESKTOP: [&str; 2] = ["gdm-password", "lightdm"];
+
+/// A stack folder with the display-manager snippets. Their `@include common-*` lines are the
+/// host's own files, as on a real machine: Linux-PAM 1.5 resolves `@include` from /etc/pam.d
+/// even under `pam_start_confdir`.
+fn desktop_confdir(w: &World) -> PathBuf {
+    let dir = w.path("dm.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    for service in DESKTOP {
+        std::fs::copy(snippet_stack(w, service), dir.join(service)).unwrap();
+    }
+    dir
+}
+
+/// One login through real libpam with a conversation shaped like a greeter's: echo-off
+/// prompts and messages only (echo-on refused), no terminal involved.
+fn greeter_login(dir: &Path, service: &str, user: &str, answers: &[&str]) -> (i32, Script) {
+    let items = Items {
+        tty: Some(":0".into()),
+        ..Default::default()
+    };
+    let mut s = Script::answering(answers);
+    s.echo_off_only = true;
+    let rc = pam_login(dir, service, user, &items, &mut s);
+    (rc, s)
+}
+
+/// The display-manager snippets through real libpam with a greeter-shaped conversation.
 #[test]
 fn desktop_stacks_work_with_an_echo_off_only_conversation() {
     let u = "truiddm1";
@@ -1093,29 +1379,9 @@ fn desktop_stacks_work_with_an_echo_off_only_conversation() {
     set_password(u);
     let f = w.enroll(u);
     w.config("", &[(u, &f)]);
-    let dir = w.path("dm.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    for common in [
-        "common-auth",
-        "common-account",
-        "common-session",
-        "common-password",
-    ] {
-        std::fs::copy(Path::new("/etc/pam.d").join(common), dir.join(common)).unwrap();
-    }
-    for (i, service) in ["gdm-password", "lightdm"].into_iter().enumerate() {
-        let stack = snippet_stack(&w, service);
-        std::fs::copy(&stack, dir.join(service)).unwrap();
-        let items = Items {
-            tty: Some(":0".into()),
-            ..Default::default()
-        };
-        let run = |answers: &[&str]| {
-            let mut s = Script::answering(answers);
-            s.echo_off_only = true;
-            let rc = pam_login(&dir, service, u, &items, &mut s);
-            (rc, s)
-        };
+    let dir = desktop_confdir(&w);
+    for (i, service) in DESKTOP.into_iter().enumerate() {
+        let run = |answers: &[&str]| greeter_login(&dir, service, u, answers);
         let (rc, s) = run(&[PASSWORD, &w.emu.code(&f, i as i64).unwrap()]);
         assert_eq!(rc, PAM_SUCCESS, "{service}: {:?}", s.seen);
         assert_eq!(s.prompts(), ["Password: ", PROMPT], "{service}");
@@ -1141,6 +1407,165 @@ fn desktop_stacks_work_with_an_echo_off_only_conversation() {
             .any(|l| l.contains("service=\"gdm-password\" rhost=\"\" tty=\":0\"")),
         "{lines:?}"
     );
+}
+
+/// The display-manager stacks for a user the module stands aside for (each STAND_ASIDE way):
+/// the password alone decides; the right one lets in, a wrong one or none is refused.
+#[test]
+fn desktop_stacks_ask_the_password_of_a_user_the_module_stands_aside_for() {
+    let u = "truidsa6";
+    let w = World::new();
+    ensure_user(u);
+    set_password(u);
+    let f = w.enroll(u);
+    let dir = desktop_confdir(&w);
+    for service in DESKTOP {
+        for way in STAND_ASIDE {
+            stand_aside_config(&w, way, u, &f);
+            let what = format!("{service}, {}", way.0);
+            let (rc, s) = greeter_login(&dir, service, u, &[]);
+            assert_ne!(rc, PAM_SUCCESS, "{what}: in on nothing: {:?}", s.seen);
+            assert_eq!(s.prompts(), ["Password: "], "{what}");
+            let (rc, s) = greeter_login(&dir, service, u, &["not-the-password"]);
+            assert_eq!(rc, PAM_AUTH_ERR, "{what}: {:?}", s.seen);
+            assert_eq!(s.prompts(), ["Password: "], "{what}");
+            assert!(w.outcomes().is_empty(), "{what}");
+            let (rc, s) = greeter_login(&dir, service, u, &[PASSWORD]);
+            assert_eq!(rc, PAM_SUCCESS, "{what}: {:?}", s.seen);
+            assert_eq!(s.prompts(), ["Password: "], "{what}");
+            assert_stood_aside(&w, way);
+        }
+    }
+    assert_eq!(w.emu.stats().challenges_created, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pam-auth-update profile
+
+/// The folders `pam-auth-update` reads and writes, each bound over by a private copy: the PAM
+/// stacks, the profiles, its own record of what it wrote and debconf's answers.
+const PAM_AUTH_UPDATE_STATE: [(&str, &str); 4] = [
+    ("pam.d", "/etc/pam.d"),
+    ("pam-configs", "/usr/share/pam-configs"),
+    ("var-lib-pam", "/var/lib/pam"),
+    ("debconf", "/var/cache/debconf"),
+];
+
+/// Runs the real `pam-auth-update --enable truid --package` in a private mount namespace in
+/// which /usr/share/pam-configs/truid is the shipped profile (its module line pointed at the
+/// built module and this test's config) and every folder it writes is a copy. Returns the
+/// copy of /etc/pam.d it left: the host's PAM stacks as the profile makes them.
+fn pam_auth_update_enabled(w: &World) -> PathBuf {
+    for (copy, of) in PAM_AUTH_UPDATE_STATE {
+        run_ok(Command::new("cp").arg("-a").arg(of).arg(w.path(copy)));
+    }
+    let profile = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/pam-configs/truid"),
+    )
+    .unwrap();
+    std::fs::write(
+        w.path("pam-configs").join("truid"),
+        pointed_at_test_module(w, &profile, "packaging/pam-configs/truid"),
+    )
+    .unwrap();
+    let copies: Vec<PathBuf> = PAM_AUTH_UPDATE_STATE
+        .iter()
+        .map(|(copy, _)| w.path(copy))
+        .collect();
+    let binds: Vec<(&Path, &str)> = copies
+        .iter()
+        .zip(PAM_AUTH_UPDATE_STATE)
+        .map(|(c, (_, of))| (c.as_path(), of))
+        .collect();
+    let mut cmd = in_namespace(
+        &binds,
+        &["pam-auth-update", "--enable", "truid", "--package"],
+    );
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    run_ok(&mut cmd);
+    w.path("pam.d")
+}
+
+/// The pam-auth-update profile, enabled by the real pam-auth-update, then logins through the
+/// common-auth it wrote (a service without its own file, so /etc/pam.d/other): an enrolled
+/// user gives the password, then the code; a user the module stands aside for (each
+/// STAND_ASIDE way) gives the password alone, and a wrong one or none is refused.
+#[test]
+fn pam_auth_update_profile_keeps_the_password_first() {
+    let (enrolled, aside) = ("truidsa7", "truidsa8");
+    let w = World::new();
+    for u in [enrolled, aside] {
+        ensure_user(u);
+        set_password(u);
+    }
+    let (fe, fa) = (w.enroll(enrolled), w.enroll(aside));
+    let host_common_auth = std::fs::read_to_string("/etc/pam.d/common-auth").unwrap();
+    let dir = pam_auth_update_enabled(&w);
+    // The module went into the Additional block, after the password's Primary block.
+    let common_auth = std::fs::read_to_string(dir.join("common-auth")).unwrap();
+    let lines: Vec<&str> = common_auth
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let at = |word: &str| lines.iter().position(|l| l.contains(word));
+    let module = at("pam_truid.so").unwrap_or_else(|| panic!("{common_auth}"));
+    assert!(
+        lines[module]
+            .split_whitespace()
+            .take(2)
+            .eq(["auth", "requisite"]),
+        "{common_auth}"
+    );
+    assert!(
+        [at("pam_unix.so"), at("pam_permit.so")]
+            .iter()
+            .all(|i| i.is_some_and(|i| i < module)),
+        "{common_auth}"
+    );
+    // The host's own file is as it was.
+    assert_eq!(
+        std::fs::read_to_string("/etc/pam.d/common-auth").unwrap(),
+        host_common_auth
+    );
+    // Linux-PAM 1.5 resolves `@include` from /etc/pam.d even under pam_start_confdir: log in
+    // with pamtester, on a terminal (it reads each answer when asked), in a namespace where
+    // the copy is /etc/pam.d, as the host would.
+    // A service without a file of its own runs /etc/pam.d/other, which is the common-* files.
+    // (Not "other" by name: libpam then loads that file twice, as the service and as the
+    // fallback, and runs its stack twice.)
+    let login = |user: &str, answers: &[&str]| -> Session {
+        let argv = ["pamtester", "truid-no-such-service", user, "authenticate"];
+        Pty::spawn(in_namespace(&[(&dir, "/etc/pam.d")], &argv)).converse(answers)
+    };
+
+    // Enrolled: the password, then the code.
+    w.config("", &[(enrolled, &fe)]);
+    let s = login(enrolled, &[PASSWORD, &w.code(&fe)]);
+    assert!(s.ok(), "{s:#?}");
+    assert_eq!(s.prompts, ["Password: ", PROMPT]);
+    assert!(w.outcomes()[0].contains("outcome=verified"));
+    let s = login(enrolled, &["not-the-password"]);
+    assert_refused(&s);
+    assert_eq!(s.prompts, ["Password: "]);
+    assert_eq!(w.emu.stats().challenges_created, 1);
+
+    // Stood aside for: the password alone decides.
+    for way in STAND_ASIDE {
+        stand_aside_config(&w, way, aside, &fa);
+        let what = way.0;
+        let s = login(aside, &[]);
+        assert!(!s.ok(), "{what}: in on nothing: {s:#?}");
+        assert_eq!(s.prompts, ["Password: "], "{what}");
+        let s = login(aside, &["not-the-password"]);
+        assert_refused(&s);
+        assert_eq!(s.prompts, ["Password: "], "{what}");
+        assert!(w.outcomes().is_empty(), "{what}");
+        let s = login(aside, &[PASSWORD]);
+        assert!(s.ok(), "{what}: {s:#?}");
+        assert_eq!(s.prompts, ["Password: "], "{what}");
+        assert_stood_aside(&w, way);
+    }
+    assert_eq!(w.emu.stats().challenges_created, 1);
 }
 
 #[test]

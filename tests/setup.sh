@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   libpam0g-dev        # links the module and the test driver
-  pamtester           # the demo's login
+  pamtester           # the demo's login; logins through the pam-auth-update profile (tests/real_logins.rs)
   libpam-wrapper      # PAM stacks from a folder, without touching /etc/pam.d
   openssh-server openssh-client sshpass   # real SSH logins
   sudo util-linux     # real sudo and su; unshare for private PAM stacks

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# tests/private-host.sh CMD [ARG...]: runs CMD (as root) on a private copy of the host's
+# accounts, so that the users the tests create (useradd, chpasswd) never reach the host.
+#
+# CMD runs in its own mount namespace (unshare --mount --propagation private) in which:
+# - /etc is a copy of the host's /etc, bound over it whole: a directory bind, so useradd's
+#   rename of passwd+ / shadow+ onto passwd / shadow stays inside the copy;
+# - the copy's /etc/default/useradd puts new home folders in a private folder (HOME=), and
+#   TRUID_PRIVATE_HOST names that folder's parent, for ensure_user (tests/real_logins.rs),
+#   which refuses to add a user anywhere else;
+# - /var/mail is an empty private folder, the login records (lastlog, faillog, wtmp, btmp)
+#   private copies: useradd resets a new uid's lastlog and faillog entries, sshd and su
+#   write wtmp and btmp.
+# - nscd's socket folder, when there is one, is an empty folder: a running nscd answers from
+#   the host's files, so the copy's users would not be found (glibc then reads the files).
+# /home is left as it is (the checkout or cargo may live there): no home folder goes there.
+# Everything is removed when CMD ends, whatever its result; CMD's exit status is the script's.
+# Nested `unshare --mount` (the tests' own private PAM stacks) works inside.
+set -euo pipefail
+
+if [ $# -eq 0 ]; then
+  echo "usage: $0 CMD [ARG...]   (e.g. sudo $0 cargo test --test real_logins)" >&2
+  exit 2
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "private-host: run as root (sudo $0 ...): it mounts a private copy of /etc." >&2
+  exit 1
+fi
+if [ -n "${TRUID_PRIVATE_HOST:-}" ]; then
+  # Already inside one: a second copy would hide the first one's users.
+  exec "$@"
+fi
+
+root=$(mktemp -d /tmp/truid-private-host.XXXXXX)
+trap 'rm -rf --one-file-system "$root"' EXIT
+# Other users must reach their home folders in there (sshd and su run as them).
+chmod 0755 "$root"
+cp -a /etc "$root/etc"
+mkdir -m 0755 "$root/home" "$root/nscd"
+mkdir -p "$root/mail" && chmod --reference=/var/mail "$root/mail" 2>/dev/null || true
+chown --reference=/var/mail "$root/mail" 2>/dev/null || true
+# useradd -m reads HOME= here; the last line wins.
+echo "HOME=$root/home" >>"$root/etc/default/useradd"
+records=()
+for f in /var/log/lastlog /var/log/faillog /var/log/wtmp /var/log/btmp; do
+  if [ -f "$f" ]; then
+    cp -a "$f" "$root/$(basename "$f")"
+    records+=("$root/$(basename "$f")" "$f")
+  fi
+done
+
+# CMD leads its own process group (setsid), so that a signal to this script (Ctrl-C, a CI
+# timeout) ends all of CMD before the copy is removed, not only its first process.
+TRUID_PRIVATE_HOST="$root" setsid unshare --mount --propagation private -- sh -c '
+  set -e
+  mount --bind "$TRUID_PRIVATE_HOST/etc" /etc
+  if [ -d /var/mail ]; then mount --bind "$TRUID_PRIVATE_HOST/mail" /var/mail; fi
+  if [ -d /run/nscd ]; then mount --bind "$TRUID_PRIVATE_HOST/nscd" /run/nscd; fi
+  shift_records=$1; shift
+  while [ "$shift_records" -gt 0 ]; do
+    mount --bind "$1" "$2"; shift 2; shift_records=$((shift_records - 1))
+  done
+  export TRUID_PRIVATE_HOST
+  exec "$@"
+' sh "$(( ${#records[@]} / 2 ))" "${records[@]}" "$@" &
+child=$!
+trap 'kill -TERM -- "-$child" 2>/dev/null || true' INT TERM HUP
+status=0
+# A trapped signal ends `wait` early: wait again until CMD is gone.
+while :; do
+  wait "$child" && status=0 || status=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+exit "$status"
