@@ -289,6 +289,7 @@ impl World {
 
     pub fn with_options(opts: Options) -> World {
         require_root();
+        test_users_known();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let emu = Emulator::start(opts).unwrap();
@@ -400,6 +401,96 @@ impl World {
             .filter(|l| l.contains("outcome="))
             .collect()
     }
+}
+
+/// The names the tests log in as. The module asks NSS about every user (`getpwnam`) and
+/// denies a name it does not know, so they must exist: `test_users_known` adds them to a
+/// private `/etc` of the test's thread, never to the host's.
+pub fn test_user_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana", "ivan", "judy", "kim",
+        "lee", "mallory", "max", "ned", "oli",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.extend((0..256).map(|i| format!("u{i}")));
+    names.extend((0..100).map(|i| format!("user{i}")));
+    names
+}
+
+/// The GID of the tests' users' group (`truid-tests`), far from any distribution's range.
+pub const TEST_GID: u32 = 64000;
+
+thread_local! {
+    /// The overlay's folders, kept while the thread (and so its mount namespace) lives.
+    static PRIVATE_ETC: std::cell::RefCell<Option<tempfile::TempDir>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Gives the calling thread (and every thread and process it starts) its own mount namespace
+/// with an overlay on `/etc` whose passwd and group also hold `test_user_names()`. Anything
+/// the test writes to `/etc` (useradd, sudoers drop-ins) stays in the overlay; the host's
+/// files are never touched. Once per thread.
+pub fn test_users_known() {
+    if PRIVATE_ETC.with(|p| p.borrow().is_some()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let c = |s: &str| CString::new(s).unwrap();
+    // SAFETY: plain syscalls on valid C strings. CLONE_NEWNS is per thread (it unshares the
+    // thread's fs too), and the private propagation keeps the overlay from the host.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
+        assert_eq!(
+            libc::mount(
+                c("none").as_ptr(),
+                c("/").as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "mount --make-rprivate /"
+        );
+        let opts = c(&format!(
+            "lowerdir=/etc,upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+        assert_eq!(
+            libc::mount(
+                c("overlay").as_ptr(),
+                c("/etc").as_ptr(),
+                c("overlay").as_ptr(),
+                0,
+                opts.as_ptr() as *const c_void
+            ),
+            0,
+            "overlay on /etc: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let append = |file: &str, text: String| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut lines = String::new();
+    for (i, name) in test_user_names().iter().enumerate() {
+        if !passwd.lines().any(|l| l.split(':').next() == Some(name.as_str())) {
+            lines.push_str(&format!(
+                "{name}:x:{}:{TEST_GID}:pam_truid test:/nonexistent:/usr/sbin/nologin\n",
+                TEST_GID + 1 + i as u32
+            ));
+        }
+    }
+    append("/etc/passwd", lines);
+    append("/etc/group", format!("truid-tests:x:{TEST_GID}:\n"));
+    PRIVATE_ETC.with(|p| *p.borrow_mut() = Some(dir));
 }
 
 /// Runs `f` and returns how long it took.

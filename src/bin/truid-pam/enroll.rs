@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     if !is_valid_name(&args.user) {
         return Err(Failure(format!(
-            "\"{}\" is not a user name (1 to 256 bytes, no control characters)",
+            "\"{}\" is not a Unix user name (1 to 256 bytes, no control characters)",
             sanitize(&args.user, 64)
         )));
     }
