@@ -871,19 +871,25 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
         ))
         .unwrap();
         assert_eq!(g.login.groups, ["domain admins@ad.example.com", "AD\\ops"]);
-        let e = parse(&format!("{GOOD}\"bob\\u0007\" = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n"))
-            .unwrap_err();
+        let e = parse(&format!(
+            "{GOOD}\"bob\\u0007\" = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n"
+        ))
+        .unwrap_err();
         assert!(e.problem.contains("bob\\x07"), "{e}");
     }
 
     #[test]
     fn lookup_prefix() {
         assert_eq!(parse(GOOD).unwrap().login.lookup_prefix, "");
-        let c = parse(&GOOD.replace("[users]", "[login]\nlookup_prefix = \"unix:\"\n[users]")).unwrap();
+        let c =
+            parse(&GOOD.replace("[users]", "[login]\nlookup_prefix = \"unix:\"\n[users]")).unwrap();
         assert_eq!(c.login.lookup_prefix, "unix:");
         for bad in ["\"a\\nb\"", "5", &format!("\"{}\"", "p".repeat(65))] {
-            let e = parse(&GOOD.replace("[users]", &format!("[login]\nlookup_prefix = {bad}\n[users]")))
-                .unwrap_err();
+            let e = parse(&GOOD.replace(
+                "[users]",
+                &format!("[login]\nlookup_prefix = {bad}\n[users]"),
+            ))
+            .unwrap_err();
             assert!(e.problem.contains("lookup_prefix"), "{bad}: {e}");
         }
     }

@@ -285,7 +285,13 @@ pub fn authenticate(
         }
         // Never PAM_IGNORE: with a lagging or case-insensitive NSS the name may be an enrolled
         // user's, and standing aside would wave them through.
-        Account::Unknown => return unknown_user(cfg, conv, "no such user (NSS does not know the name)".into()),
+        Account::Unknown => {
+            return unknown_user(
+                cfg,
+                conv,
+                "no such user (NSS does not know the name)".into(),
+            )
+        }
         Account::Failed(reason) => return unknown_user(cfg, conv, reason.clone()),
     };
     if !cfg.login.groups.is_empty() {
@@ -300,13 +306,12 @@ pub fn authenticate(
     }
     let factor = match cfg.users.get(user) {
         Some(f) => Some(f.clone()),
-        None if cfg.login.lookup => match api.find_factor(&format!(
-            "{}{user}",
-            cfg.login.lookup_prefix
-        )) {
-            Ok(f) => f,
-            Err(e) => return api_failure(cfg, conv, 0, e),
-        },
+        None if cfg.login.lookup => {
+            match api.find_factor(&format!("{}{user}", cfg.login.lookup_prefix)) {
+                Ok(f) => f,
+                Err(e) => return api_failure(cfg, conv, 0, e),
+            }
+        }
         None => None,
     };
     let Some(factor) = factor else {
@@ -985,7 +990,9 @@ mod tests {
         let cfg = config("unenrolled = \"ignore\"\ntries = 1");
         let out = authenticate(&cfg, &l, &mut conv, &mut api);
         assert_eq!(out, Outcome::WrongCode { tries: 1 });
-        assert!(api.calls[0].starts_with(&format!("create {FACTOR} pam_truid/sshd/192.0.2.7/alice/")));
+        assert!(
+            api.calls[0].starts_with(&format!("create {FACTOR} pam_truid/sshd/192.0.2.7/alice/"))
+        );
         // Never resolved: denied before anything.
         l.account = Account::Unresolved;
         let mut conv = Script::answering(&[]);

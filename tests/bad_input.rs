@@ -328,7 +328,10 @@ fn push_keys_with_wrong_types_deny_naming_them() {
     for (phones, name) in [
         ("[phones]\nalice = 447700900000\n", "alice"),
         ("[phones]\nalice = \"07700 900000\"\n", "alice"),
-        ("[phones]\n\"bad\\tuser\" = \"+447700900000\"\n", "bad\\\\x09user"),
+        (
+            "[phones]\n\"bad\\tuser\" = \"+447700900000\"\n",
+            "bad\\\\x09user",
+        ),
         ("phones = \"+447700900000\"\n", "phones"),
     ] {
         let mut c = Conf::base(&w, &f);
@@ -748,7 +751,11 @@ fn bad_user_names_are_refused_before_anything() {
         assert_eq!(rc, PAM_AUTH_ERR, "{user:?}: {lines:?}");
         assert!(s.is_empty(), "{user:?}: {s:?}");
         assert_eq!(lines.len(), 1, "{user:?}");
-        assert!(lines[0].contains("outcome=unknown_user"), "{user:?}: {}", lines[0]);
+        assert!(
+            lines[0].contains("outcome=unknown_user"),
+            "{user:?}: {}",
+            lines[0]
+        );
         assert!(!lines[0].contains('\u{202e}'), "{:?}", lines[0]);
     }
     assert_eq!(w.emu.stats().tokens_issued, 0);

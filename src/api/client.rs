@@ -414,8 +414,10 @@ impl Authenticator for Client {
     }
 }
 
-/// Factors asked for per search: tru.ID's largest page.
-const SEARCH_PAGE: usize = 100;
+/// Factors asked for per search. An external user ID is unique at tru.ID, so an exact search
+/// finds at most one; a page this small also stays far below the answer size limit when a
+/// wildcard matches many.
+const SEARCH_PAGE: usize = 10;
 
 /// `field=="value"`, with `"` and `\` escaped by a backslash as RSQL's quoted arguments want.
 fn rsql_equals(field: &str, value: &str) -> String {
@@ -539,6 +541,8 @@ mod tests {
             q,
             "external_user_id%3D%3D%22a%2Cb%3Bc%26size%3D1%20d%2B%C3%A9%22"
         );
-        assert!(q.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+        assert!(q
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
     }
 }

@@ -440,6 +440,26 @@ pub fn test_users_known() {
     std::fs::create_dir(&upper).unwrap();
     std::fs::create_dir(&work).unwrap();
     let c = |s: &str| CString::new(s).unwrap();
+    // Whiteouts (0:0 character devices) for the shadow tools' lock and backup files: a useradd
+    // on the host at the same moment must not be seen as holding this overlay's lock.
+    for name in ["passwd", "group", "shadow", "gshadow", "subuid", "subgid"] {
+        for suffix in [".lock", "+", "-"] {
+            let p = c(&upper.join(format!("{name}{suffix}")).to_string_lossy());
+            // SAFETY: mknod on a valid path.
+            assert_eq!(
+                unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) },
+                0,
+                "mknod"
+            );
+        }
+    }
+    let p = c(&upper.join(".pwd.lock").to_string_lossy());
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) },
+        0,
+        "mknod"
+    );
     // SAFETY: plain syscalls on valid C strings. CLONE_NEWNS is per thread (it unshares the
     // thread's fs too), and the private propagation keeps the overlay from the host.
     unsafe {
@@ -481,7 +501,10 @@ pub fn test_users_known() {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let mut lines = String::new();
     for (i, name) in test_user_names().iter().enumerate() {
-        if !passwd.lines().any(|l| l.split(':').next() == Some(name.as_str())) {
+        if !passwd
+            .lines()
+            .any(|l| l.split(':').next() == Some(name.as_str()))
+        {
             lines.push_str(&format!(
                 "{name}:x:{}:{TEST_GID}:pam_truid test:/nonexistent:/usr/sbin/nologin\n",
                 TEST_GID + 1 + i as u32

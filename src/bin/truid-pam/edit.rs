@@ -158,7 +158,10 @@ mod tests {
         let users = back["users"].as_table().unwrap();
         assert_eq!(users["AD\\bob"].as_str(), Some("y"));
         assert_eq!(users["a\"b"].as_str(), Some("z"));
-        assert_eq!(back["phones"]["bob@ad.example.com"].as_str(), Some("+447700900000"));
+        assert_eq!(
+            back["phones"]["bob@ad.example.com"].as_str(),
+            Some("+447700900000")
+        );
         assert!(remove_user(&mut doc, "AD\\bob"));
         assert!(!doc.to_string().contains("AD"));
     }

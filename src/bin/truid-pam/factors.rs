@@ -95,7 +95,10 @@ pub fn deactivate(path: &Path, typed: &str) -> Result<ExitCode, Failure> {
     let cfg = load(path)?;
     // The key as given, or the name NSS gives for it (`Alice` for the enrolled `alice`); a
     // deleted account keeps its exact key.
-    let canonical = pam_truid::host::passwd(typed).ok().flatten().map(|p| p.name);
+    let canonical = pam_truid::host::passwd(typed)
+        .ok()
+        .flatten()
+        .map(|p| p.name);
     let user = match canonical {
         Some(c) if !cfg.users.contains_key(typed) => c,
         _ => typed.to_string(),

@@ -1920,7 +1920,11 @@ fn validate_project(p: &Value) -> Result<(), Resp> {
 /// 400, so a query a client failed to quote shows up as an error or as a different match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rsql {
-    Cmp { field: String, equal: bool, value: String },
+    Cmp {
+        field: String,
+        equal: bool,
+        value: String,
+    },
     And(Vec<Rsql>),
     Or(Vec<Rsql>),
 }
@@ -1928,7 +1932,11 @@ enum Rsql {
 impl Rsql {
     fn matches(&self, f: &Factor) -> bool {
         match self {
-            Rsql::Cmp { field, equal, value } => field_matches(f, field, value) == *equal,
+            Rsql::Cmp {
+                field,
+                equal,
+                value,
+            } => field_matches(f, field, value) == *equal,
             Rsql::And(all) => all.iter().all(|e| e.matches(f)),
             Rsql::Or(any) => any.iter().any(|e| e.matches(f)),
         }
@@ -1958,7 +1966,10 @@ struct RsqlParser {
 
 impl RsqlParser {
     fn error(&self, what: &str) -> Resp {
-        problem(400, format!("Invalid search: {what} at character {}", self.at))
+        problem(
+            400,
+            format!("Invalid search: {what} at character {}", self.at),
+        )
     }
     fn peek(&self) -> Option<char> {
         self.chars.get(self.at).copied()
@@ -1988,14 +1999,22 @@ impl RsqlParser {
         while self.eat(",") || self.eat(" or ") {
             terms.push(self.and()?);
         }
-        Ok(if terms.len() == 1 { terms.remove(0) } else { Rsql::Or(terms) })
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Rsql::Or(terms)
+        })
     }
     fn and(&mut self) -> Result<Rsql, Resp> {
         let mut terms = vec![self.term()?];
         while self.eat(";") || self.eat(" and ") {
             terms.push(self.term()?);
         }
-        Ok(if terms.len() == 1 { terms.remove(0) } else { Rsql::And(terms) })
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Rsql::And(terms)
+        })
     }
     fn term(&mut self) -> Result<Rsql, Resp> {
         if self.eat("(") {
@@ -2017,7 +2036,10 @@ impl RsqlParser {
         if field.is_empty() {
             return Err(self.error("a field name is missing"));
         }
-        if !matches!(field.as_str(), "external_user_id" | "status" | "type" | "factor_id") {
+        if !matches!(
+            field.as_str(),
+            "external_user_id" | "status" | "type" | "factor_id"
+        ) {
             return Err(problem(400, format!("Cannot search on {field:?}")));
         }
         let equal = if self.eat("==") {
@@ -2025,10 +2047,17 @@ impl RsqlParser {
         } else if self.eat("!=") {
             false
         } else {
-            return Err(problem(400, format!("Unsupported search term on {field:?}")));
+            return Err(problem(
+                400,
+                format!("Unsupported search term on {field:?}"),
+            ));
         };
         let value = self.value()?;
-        Ok(Rsql::Cmp { field, equal, value })
+        Ok(Rsql::Cmp {
+            field,
+            equal,
+            value,
+        })
     }
     fn value(&mut self) -> Result<String, Resp> {
         let mut out = String::new();
@@ -2211,20 +2240,35 @@ mod rsql_tests {
     #[test]
     fn quoting_and_escapes() {
         let p = |s: &str| parse_rsql(s).ok().flatten();
-        assert_eq!(p("external_user_id==alice"), Some(cmp("external_user_id", "alice")));
+        assert_eq!(
+            p("external_user_id==alice"),
+            Some(cmp("external_user_id", "alice"))
+        );
         assert_eq!(
             p(r#"external_user_id=="a\"||external_user_id==\"b""#),
             Some(cmp("external_user_id", r#"a"||external_user_id=="b"#))
         );
-        assert_eq!(p(r#"external_user_id=="AD\\bob""#), Some(cmp("external_user_id", r"AD\bob")));
-        assert_eq!(p(r#"external_user_id=="a,b;c""#), Some(cmp("external_user_id", "a,b;c")));
+        assert_eq!(
+            p(r#"external_user_id=="AD\\bob""#),
+            Some(cmp("external_user_id", r"AD\bob"))
+        );
+        assert_eq!(
+            p(r#"external_user_id=="a,b;c""#),
+            Some(cmp("external_user_id", "a,b;c"))
+        );
         assert_eq!(
             p("external_user_id==a,external_user_id==b"),
-            Some(Rsql::Or(vec![cmp("external_user_id", "a"), cmp("external_user_id", "b")]))
+            Some(Rsql::Or(vec![
+                cmp("external_user_id", "a"),
+                cmp("external_user_id", "b")
+            ]))
         );
         assert_eq!(
             p("status==ACTIVE and type==TOTP"),
-            Some(Rsql::And(vec![cmp("status", "ACTIVE"), cmp("type", "TOTP")]))
+            Some(Rsql::And(vec![
+                cmp("status", "ACTIVE"),
+                cmp("type", "TOTP")
+            ]))
         );
         for bad in [
             r#"external_user_id=="open"#,
