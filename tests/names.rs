@@ -63,6 +63,17 @@ impl Nss {
         self.module = Some(so);
         self
     }
+
+    /// Makes `cmd` run with this NSS.
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("LD_PRELOAD", "libnss_wrapper.so")
+            .env("NSS_WRAPPER_PASSWD", self.dir.path().join("passwd"))
+            .env("NSS_WRAPPER_GROUP", self.dir.path().join("group"));
+        if let Some(so) = &self.module {
+            cmd.env("NSS_WRAPPER_MODULE_SO_PATH", so)
+                .env("NSS_WRAPPER_MODULE_FN_PREFIX", "ci");
+        }
+    }
 }
 
 /// An NSS module (glibc's `_nss_<name>_getpwnam_r` interface) that matches `alice` in any case
@@ -112,9 +123,6 @@ fn login(
         "--nocapture",
         "--test-threads=1",
     ])
-    .env("LD_PRELOAD", "libnss_wrapper.so")
-    .env("NSS_WRAPPER_PASSWD", nss.dir.path().join("passwd"))
-    .env("NSS_WRAPPER_GROUP", nss.dir.path().join("group"))
     .env("NAMES_DRIVER", "1")
     .env("NAMES_CONFDIR", w.path("pam.d"))
     .env("NAMES_SERVICE", service)
@@ -123,10 +131,7 @@ fn login(
     if let Some(r) = ruser {
         cmd.env("NAMES_RUSER", r);
     }
-    if let Some(so) = &nss.module {
-        cmd.env("NSS_WRAPPER_MODULE_SO_PATH", so)
-            .env("NSS_WRAPPER_MODULE_FN_PREFIX", "ci");
-    }
+    nss.apply(&mut cmd);
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut rc = None;
@@ -402,5 +407,98 @@ fn lookup_with_hostile_names_finds_only_the_factor_of_that_exact_name() {
     assert!(
         line.contains("outcome=refused") && line.contains("full page"),
         "{line}"
+    );
+}
+
+/// `truid-pam enroll USER` with this NSS: reads the secret it prints and answers with the code
+/// an app computes from it. The CLI's output and whether it succeeded.
+fn enroll(w: &World, nss: &Nss, user: &str) -> (bool, String) {
+    use std::io::{BufRead, Read, Write};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_truid-pam"));
+    cmd.arg("--config")
+        .arg(w.path("pam_truid.toml"))
+        .args(["enroll", user, "--phone", "+447700900001"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    nss.apply(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child_out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let mut child = Kill(child);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if child_out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if let Some(secret) = line.trim().strip_prefix("Or enter this key by hand: ") {
+            let key = truid_emulator::totp::decode_secret(secret).unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            writeln!(stdin, "{}", truid_emulator::totp::code(&key, now)).unwrap();
+        }
+    }
+    drop(stdin);
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.success(), seen + &err)
+}
+
+#[test]
+fn enroll_writes_the_name_nss_gives_quoted_and_with_the_lookup_prefix() {
+    let w = World::new();
+    let nss = Nss::new(&["AD\\bob"], &[]).with_case_insensitive_alice();
+    config(&w, "lookup_prefix = \"unix:\"\ntries = 1", &[]);
+    let (ok, out) = enroll(&w, &nss, "ALICE");
+    assert!(ok, "{out}");
+    let (ok, out) = enroll(&w, &nss, "AD\\bob");
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(w.path("pam_truid.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    let users = doc["users"].as_table().unwrap();
+    assert_eq!(users.len(), 2, "{text}");
+    let alice = users["alice"].as_str().unwrap().to_string();
+    let bob = users["AD\\bob"].as_str().unwrap().to_string();
+    // Written as a quoted key (toml_edit picks a literal string here).
+    assert!(text.contains("\n'AD\\bob' = "), "{text}");
+    // The factors carry the prefixed external user IDs (seeding an existing one returns it).
+    assert_eq!(
+        w.emu.seed_factor("unix:alice", FactorType::Totp).factor_id,
+        alice
+    );
+    assert_eq!(
+        w.emu
+            .seed_factor("unix:AD\\bob", FactorType::Totp)
+            .factor_id,
+        bob
+    );
+    // And the module asks for them, whatever the case typed.
+    let next = w.emu.code(&alice, 1).unwrap();
+    let (rc, _) = login(&w, &nss, "svc", "Alice", None, &[&next]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    // A name NSS does not know is not enrolled, and the file is left as it was.
+    let (ok, out) = enroll(&w, &nss, "ghost");
+    assert!(!ok && out.contains("no user \"ghost\""), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(w.path("pam_truid.toml")).unwrap(),
+        text
     );
 }
