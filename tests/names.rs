@@ -7,6 +7,7 @@
 //! for the case-insensitive directory, a real NSS module compiled here from C that answers
 //! `getpwnam("Alice")` with `pw_name = "alice"`, as SSSD and winbind do.
 
+#[allow(unused_imports)] // common re-exports what other test files use
 mod common;
 
 use common::*;
@@ -394,7 +395,7 @@ fn lookup_with_hostile_names_finds_only_the_factor_of_that_exact_name() {
         .into_iter()
         .map(|c| c.factor_id)
         .collect();
-    assert_eq!(challenged, [ab.clone()]);
+    assert_eq!(challenged, std::slice::from_ref(&ab));
     assert!(![victim, b].iter().any(|f| challenged.contains(f)));
     // A wildcard that fills a page with other factors proves nothing: denied, not ignored.
     for i in 0..20 {
