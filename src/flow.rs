@@ -315,6 +315,20 @@ pub fn authenticate(
         None => None,
     };
     let Some(factor) = factor else {
+        // `[users]` holds the name as typed but NSS names the account otherwise (`Alice` for
+        // `alice`): a config written with the wrong name must not stand an enrolled person
+        // aside under `ignore`.
+        let typed = factor_user(cfg, login).unwrap_or(user);
+        if typed != user && cfg.users.contains_key(typed) {
+            return Outcome::Refused {
+                tries: 0,
+                reason: format!(
+                    "[users] has \"{}\" but NSS names the account \"{}\"; write the name NSS gives (getent passwd)",
+                    sanitize(typed, 64),
+                    sanitize(user, 64)
+                ),
+            };
+        }
         return not_enrolled(cfg, conv);
     };
 
@@ -998,6 +1012,21 @@ mod tests {
         let mut conv = Script::answering(&[]);
         let out = authenticate(&cfg, &l, &mut conv, &mut api);
         assert_eq!(out.name(), "bad_input");
+    }
+
+    #[test]
+    fn a_users_key_nss_names_otherwise_denies_rather_than_stands_aside() {
+        // [users] says `Alice`, NSS says the account is `alice`.
+        let text = "[api]\nbase_url = \"https://127.0.0.1:1\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [login]\nunenrolled = \"ignore\"\n[users]\nAlice = \"5995afaf-f5d1-47ab-b586-50ad46904eec\"\n";
+        let cfg = Config::parse(Path::new("/nonexistent.toml"), text).unwrap();
+        let mut l = login("Alice");
+        l.account = Account::Known("alice".into());
+        let mut conv = Script::answering(&[]);
+        let mut api = fake("123456");
+        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        assert_eq!(out.name(), "refused", "{out:?}");
+        assert!(out.reason().contains("getent passwd"), "{}", out.reason());
     }
 
     #[test]

@@ -314,6 +314,14 @@ fn a_case_insensitive_directory_cannot_wave_alice_through_as_alice_typed_otherwi
         .unwrap()
         .contains("/alice/"));
 
+    // [users] written with the typed case: NSS's name is not in it, and the module refuses
+    // rather than stand the enrolled person aside.
+    config(&w, "unenrolled = \"ignore\"", &[format!("Alice = \"{f}\"")]);
+    let (rc, seen) = login(&w, &nss, "svc", "Alice", None, &[]);
+    assert_eq!(rc, PAM_AUTH_ERR, "{:?}", w.outcomes());
+    assert!(seen.is_empty());
+    assert!(w.outcomes().pop().unwrap().contains("outcome=refused"));
+
     // su = "caller": PAM_RUSER goes through NSS the same way.
     config(
         &w,
