@@ -61,6 +61,12 @@ extern "C" {
     fn pam_end(pamh: *mut c_void, status: c_int) -> c_int;
 }
 
+extern "C" {
+    /// glibc's lock on the account files, which useradd takes too.
+    fn lckpwdf() -> c_int;
+    fn ulckpwdf() -> c_int;
+}
+
 /// What the application side of the conversation saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
@@ -427,11 +433,25 @@ thread_local! {
     static PRIVATE_ETC: std::cell::RefCell<Option<tempfile::TempDir>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Gives the calling thread (and every thread and process it starts) its own mount namespace
-/// with an overlay on `/etc` whose passwd and group also hold `test_user_names()`. Anything
-/// the test writes to `/etc` (useradd, sudoers drop-ins) stays in the overlay; the host's
-/// files are never touched. Once per thread.
+/// Makes `test_user_names()` known to NSS without touching the host's accounts.
+///
+/// Inside `tests/private-host.sh` (`TRUID_PRIVATE_HOST` set: /etc is already a private copy)
+/// they are added to that copy's passwd and group, once per process. Otherwise the calling
+/// thread (and every thread and process it starts) gets its own mount namespace with an
+/// overlay on `/etc` whose passwd and group also hold them; anything the test writes to `/etc`
+/// stays in the overlay. Once per thread.
 pub fn test_users_known() {
+    if std::env::var_os("TRUID_PRIVATE_HOST").is_some() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // lckpwdf: the lock useradd takes, so a test's useradd cannot interleave.
+            // SAFETY: plain libc calls.
+            assert_eq!(unsafe { lckpwdf() }, 0, "lckpwdf");
+            add_test_users();
+            unsafe { ulckpwdf() };
+        });
+        return;
+    }
     if PRIVATE_ETC.with(|p| p.borrow().is_some()) {
         return;
     }
@@ -493,6 +513,13 @@ pub fn test_users_known() {
             std::io::Error::last_os_error()
         );
     }
+    add_test_users();
+    PRIVATE_ETC.with(|p| *p.borrow_mut() = Some(dir));
+}
+
+/// Appends the test users missing from /etc/passwd (and their group) to /etc of this mount
+/// namespace, which must be a private one.
+fn add_test_users() {
     let append = |file: &str, text: String| {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
@@ -512,8 +539,10 @@ pub fn test_users_known() {
         }
     }
     append("/etc/passwd", lines);
-    append("/etc/group", format!("truid-tests:x:{TEST_GID}:\n"));
-    PRIVATE_ETC.with(|p| *p.borrow_mut() = Some(dir));
+    let group = std::fs::read_to_string("/etc/group").unwrap();
+    if !group.lines().any(|l| l.starts_with("truid-tests:")) {
+        append("/etc/group", format!("truid-tests:x:{TEST_GID}:\n"));
+    }
 }
 
 /// Runs `f` and returns how long it took.
