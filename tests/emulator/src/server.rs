@@ -1455,12 +1455,16 @@ impl Shared {
         let page = num("page", 1, u32::MAX as u64)?;
         let size = num("size", 10, 100)?;
         let search = ctx.query("search").unwrap_or("").to_string();
-        let filter = parse_rsql(&search)?;
+        let filter = parse_rsql(&search, FACTOR_FIELDS)?;
         let mut all: Vec<Factor> = {
             let st = lock(&self.state);
             st.factors
                 .values()
-                .filter(|f| filter.as_ref().is_none_or(|e| e.matches(f)))
+                .filter(|f| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|e| e.matches(&|k| factor_field(f, k)))
+                })
                 .cloned()
                 .collect()
         };
@@ -1930,26 +1934,33 @@ enum Rsql {
 }
 
 impl Rsql {
-    fn matches(&self, f: &Factor) -> bool {
+    /// Whether the item whose field values `get` gives matches (a field without a value
+    /// matches no `==`).
+    fn matches<'a>(&self, get: &dyn Fn(&str) -> Option<&'a str>) -> bool {
         match self {
             Rsql::Cmp {
                 field,
                 equal,
                 value,
-            } => field_matches(f, field, value) == *equal,
-            Rsql::And(all) => all.iter().all(|e| e.matches(f)),
-            Rsql::Or(any) => any.iter().any(|e| e.matches(f)),
+            } => get(field).is_some_and(|v| glob(value, v)) == *equal,
+            Rsql::And(all) => all.iter().all(|e| e.matches(get)),
+            Rsql::Or(any) => any.iter().any(|e| e.matches(get)),
         }
     }
 }
 
-fn parse_rsql(s: &str) -> Result<Option<Rsql>, Resp> {
+/// The fields a factor search may name.
+const FACTOR_FIELDS: &[&str] = &["external_user_id", "status", "type", "factor_id"];
+
+/// The search `s` on the given fields; `None` when empty.
+fn parse_rsql(s: &str, fields: &[&str]) -> Result<Option<Rsql>, Resp> {
     if s.trim().is_empty() {
         return Ok(None);
     }
     let mut p = RsqlParser {
         chars: s.chars().collect(),
         at: 0,
+        fields,
     };
     let e = p.or()?;
     p.skip_spaces();
@@ -1959,12 +1970,13 @@ fn parse_rsql(s: &str) -> Result<Option<Rsql>, Resp> {
     Ok(Some(e))
 }
 
-struct RsqlParser {
+struct RsqlParser<'f> {
     chars: Vec<char>,
     at: usize,
+    fields: &'f [&'f str],
 }
 
-impl RsqlParser {
+impl RsqlParser<'_> {
     fn error(&self, what: &str) -> Resp {
         problem(
             400,
@@ -2103,15 +2115,14 @@ impl RsqlParser {
     }
 }
 
-fn field_matches(f: &Factor, k: &str, pattern: &str) -> bool {
-    let v = match k {
-        "external_user_id" => f.external_user_id.as_str(),
-        "status" => f.status.as_str(),
-        "type" => type_str(f.kind),
-        "factor_id" => f.factor_id.as_str(),
-        _ => return false,
-    };
-    glob(pattern, v)
+fn factor_field<'a>(f: &'a Factor, k: &str) -> Option<&'a str> {
+    match k {
+        "external_user_id" => Some(&f.external_user_id),
+        "status" => Some(f.status.as_str()),
+        "type" => Some(type_str(f.kind)),
+        "factor_id" => Some(&f.factor_id),
+        _ => None,
+    }
 }
 
 fn glob(p: &str, v: &str) -> bool {
@@ -2239,7 +2250,7 @@ mod rsql_tests {
 
     #[test]
     fn quoting_and_escapes() {
-        let p = |s: &str| parse_rsql(s).ok().flatten();
+        let p = |s: &str| parse_rsql(s, FACTOR_FIELDS).ok().flatten();
         assert_eq!(
             p("external_user_id==alice"),
             Some(cmp("external_user_id", "alice"))
@@ -2277,7 +2288,7 @@ mod rsql_tests {
             "external_user_id==a b",
             r#"external_user_id=="a"b"#,
         ] {
-            assert!(parse_rsql(bad).is_err(), "{bad}");
+            assert!(parse_rsql(bad, FACTOR_FIELDS).is_err(), "{bad}");
         }
     }
 }
