@@ -2048,10 +2048,7 @@ impl RsqlParser<'_> {
         if field.is_empty() {
             return Err(self.error("a field name is missing"));
         }
-        if !matches!(
-            field.as_str(),
-            "external_user_id" | "status" | "type" | "factor_id"
-        ) {
+        if !self.fields.contains(&field.as_str()) {
             return Err(problem(400, format!("Cannot search on {field:?}")));
         }
         let equal = if self.eat("==") {
