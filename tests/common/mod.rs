@@ -439,7 +439,8 @@ thread_local! {
 /// they are added to that copy's passwd and group, once per process. Otherwise the calling
 /// thread (and every thread and process it starts) gets its own mount namespace with an
 /// overlay on `/etc` whose passwd and group also hold them; anything the test writes to `/etc`
-/// stays in the overlay. Once per thread.
+/// stays in the overlay, and useradd's home folders go to a folder of the thread's own. Once
+/// per thread.
 pub fn test_users_known() {
     if std::env::var_os("TRUID_PRIVATE_HOST").is_some() {
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -514,6 +515,20 @@ pub fn test_users_known() {
         );
     }
     add_test_users();
+    // Home folders useradd -m makes go to this thread's folder too, not the host's /home.
+    let homes = dir.path().join("home");
+    std::fs::create_dir(&homes).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&homes, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if std::path::Path::new("/etc/default/useradd").exists() {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/etc/default/useradd")
+            .unwrap();
+        // The last HOME= line wins.
+        writeln!(f, "\nHOME={}", homes.display()).unwrap();
+    }
     PRIVATE_ETC.with(|p| *p.borrow_mut() = Some(dir));
 }
 
