@@ -128,6 +128,9 @@ pub struct LoginConfig {
     pub tries: u32,
     pub prompt: String,
     pub lookup: bool,
+    /// Put before the user name to make the external user ID that `lookup` searches for and
+    /// `truid-pam enroll` writes (e.g. "unix:"); "" by default.
+    pub lookup_prefix: String,
     pub groups: Vec<String>,
     pub su: SuFactor,
     pub method: Method,
@@ -209,6 +212,7 @@ struct RawLogin {
     tries: Option<u32>,
     prompt: Option<String>,
     lookup: Option<bool>,
+    lookup_prefix: Option<String>,
     groups: Option<Vec<String>>,
     su: Option<SuFactor>,
     method: Option<Method>,
@@ -401,6 +405,13 @@ impl Config {
                 ))
             }
         };
+        let lookup_prefix = login.lookup_prefix.unwrap_or_default();
+        if lookup_prefix.len() > 64 || lookup_prefix.chars().any(char::is_control) {
+            return Err(err(
+                "[login] lookup_prefix",
+                "must be at most 64 bytes without control characters, e.g. \"unix:\"".into(),
+            ));
+        }
         let groups = login.groups.unwrap_or_default();
         if let Some(bad) = groups.iter().find(|g| !is_valid_name(g)) {
             return Err(err(
@@ -422,7 +433,7 @@ impl Config {
             }
             let Some(factor) = FactorId::parse(&id) else {
                 return Err(err(
-                    &format!("[users] {user}"),
+                    &format!("[users] {}", crate::text::sanitize(&user, 64)),
                     format!(
                         "\"{}\" is not a tru.ID factor ID (a UUID such as 5995afaf-f5d1-47ab-b586-50ad46904eec)",
                         crate::text::sanitize(&id, 64)
@@ -445,7 +456,7 @@ impl Config {
             }
             let Some(number) = normalize_phone(&phone) else {
                 return Err(err(
-                    &format!("[phones] {user}"),
+                    &format!("[phones] {}", crate::text::sanitize(&user, 64)),
                     "is not an E.164 phone number such as \"+447700900000\"".into(),
                 ));
             };
@@ -492,6 +503,7 @@ impl Config {
                 tries,
                 prompt,
                 lookup: login.lookup.unwrap_or(false),
+                lookup_prefix,
                 groups,
                 su: login.su.unwrap_or(SuFactor::Target),
                 method: login.method.unwrap_or(Method::Auto),
@@ -521,16 +533,16 @@ pub fn normalize_phone(phone: &str) -> Option<String> {
     ok.then(|| digits.to_string())
 }
 
-/// A Unix user or group name as useradd accepts it (and nothing a log or RSQL query could
-/// misread): letters, digits, `.`, `_`, `-`, a trailing `$`, at most 64 bytes.
+/// Longest user or group name taken: far above what NSS modules give (sssd's
+/// `user@a.long.ad.domain`), short enough to keep a log line bounded.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A user or group name as NSS may give it: any UTF-8 text without control characters (so no
+/// NUL, newline or escape), 1 to 256 bytes. SSSD's `bob@ad.example.com`, winbind's `AD\bob` and
+/// names with spaces are names; whether the account exists is for NSS to say. Such a name is
+/// escaped wherever it is logged (`text::sanitize`) and quoted in the one query it goes into.
 pub fn is_valid_name(name: &str) -> bool {
-    let body = name.strip_suffix('$').unwrap_or(name);
-    !body.is_empty()
-        && name.len() <= 64
-        && !body.starts_with('-')
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.chars().any(char::is_control)
 }
 
 fn one_line(s: &str) -> String {
@@ -826,12 +838,59 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
 
     #[test]
     fn names() {
-        assert!(is_valid_name("alice"));
-        assert!(is_valid_name("svc-backup$"));
-        assert!(!is_valid_name(""));
-        assert!(!is_valid_name("-rf"));
-        assert!(!is_valid_name("a b"));
-        assert!(!is_valid_name("a\u{1b}"));
-        assert!(!is_valid_name(&"a".repeat(65)));
+        for good in [
+            "alice",
+            "svc-backup$",
+            "bob@ad.example.com",
+            "AD\\bob",
+            "John Smith@ad.example.com",
+            "алиса",
+        ] {
+            assert!(is_valid_name(good), "{good:?}");
+        }
+        assert!(is_valid_name(&"a".repeat(MAX_NAME_BYTES)));
+        for bad in ["", "a\u{1b}", "a\nb", "a\0b", "a\u{7f}", "a\u{9b}b"] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+        assert!(!is_valid_name(&"a".repeat(MAX_NAME_BYTES + 1)));
+    }
+
+    #[test]
+    fn directory_names_are_quoted_keys() {
+        let c = parse(&format!(
+            "{GOOD}\"bob@ad.example.com\" = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n'AD\\bob' = \"5995afaf-f5d1-47ab-b586-50ad46904eee\"\n\
+             [phones]\n\"bob@ad.example.com\" = \"+447700900000\"\n"
+        ))
+        .unwrap();
+        assert!(c.users.contains_key("bob@ad.example.com"));
+        assert!(c.users.contains_key("AD\\bob"));
+        assert_eq!(c.phones["bob@ad.example.com"], "447700900000");
+        let g = parse(&GOOD.replace(
+            "[users]",
+            "[login]\ngroups = [\"domain admins@ad.example.com\", \"AD\\\\ops\"]\n[users]",
+        ))
+        .unwrap();
+        assert_eq!(g.login.groups, ["domain admins@ad.example.com", "AD\\ops"]);
+        let e = parse(&format!(
+            "{GOOD}\"bob\\u0007\" = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.problem.contains("bob\\x07"), "{e}");
+    }
+
+    #[test]
+    fn lookup_prefix() {
+        assert_eq!(parse(GOOD).unwrap().login.lookup_prefix, "");
+        let c =
+            parse(&GOOD.replace("[users]", "[login]\nlookup_prefix = \"unix:\"\n[users]")).unwrap();
+        assert_eq!(c.login.lookup_prefix, "unix:");
+        for bad in ["\"a\\nb\"", "5", &format!("\"{}\"", "p".repeat(65))] {
+            let e = parse(&GOOD.replace(
+                "[users]",
+                &format!("[login]\nlookup_prefix = {bad}\n[users]"),
+            ))
+            .unwrap_err();
+            assert!(e.problem.contains("lookup_prefix"), "{bad}: {e}");
+        }
     }
 }

@@ -69,10 +69,29 @@ pub struct LoginContext {
     pub ruser: Option<String>,
     /// This machine's name, for the push message ("sudo on web-3").
     pub host: String,
-    /// Groups of the user whose factor is asked for, when `[login] groups` needs them.
+    /// Those of `[login] groups` the user whose factor is asked for is in (matched by NSS, see
+    /// `host::member_of`); `None`: unknown (NSS could not say), so the factor is asked.
     pub groups: Option<Vec<String>>,
+    /// That user as NSS names them (`host::resolve`): every lookup and comparison uses this
+    /// name, never the one typed.
+    pub account: Account,
     /// A random part of the challenge's reference ID, unique to this login.
     pub nonce: String,
+}
+
+/// What NSS said about the user whose factor the login needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Account {
+    /// Not looked up: denies, so a caller that forgot to ask NSS cannot skip the check.
+    #[default]
+    Unresolved,
+    /// The account's `pw_name`: `alice` for a login typed as `Alice` on a case-insensitive
+    /// directory.
+    Known(String),
+    /// NSS does not know the name.
+    Unknown,
+    /// NSS could not answer, or gave a name that cannot be used.
+    Failed(String),
 }
 
 /// What happened, and so what the module answers. Mapped to a PAM code in `pam.rs` and to a
@@ -93,6 +112,12 @@ pub enum Outcome {
     },
     /// The user is outside `[login] groups`: the module stands aside.
     NotRequired,
+    /// NSS does not know the name (or could not say): denied under `deny` and `ignore` alike,
+    /// after the prompts an unenrolled user gets under `deny`.
+    UnknownUser {
+        tries: u32,
+        reason: String,
+    },
     /// tru.ID answered and refused the request (a 4xx that is not about the code).
     Refused {
         tries: u32,
@@ -126,6 +151,7 @@ impl Outcome {
             Outcome::NotEnrolled { ignore: false, .. } => "not_enrolled_denied",
             Outcome::NotEnrolled { ignore: true, .. } => "not_enrolled_ignored",
             Outcome::NotRequired => "not_required",
+            Outcome::UnknownUser { .. } => "unknown_user",
             Outcome::Refused { .. } => "refused",
             Outcome::Unavailable { let_in: false, .. } => "unavailable_denied",
             Outcome::Unavailable { let_in: true, .. } => "unavailable_allowed",
@@ -140,6 +166,7 @@ impl Outcome {
             Outcome::Verified { tries }
             | Outcome::WrongCode { tries }
             | Outcome::NotEnrolled { tries, .. }
+            | Outcome::UnknownUser { tries, .. }
             | Outcome::Refused { tries, .. }
             | Outcome::Unavailable { tries, .. }
             | Outcome::ConvError { tries, .. } => *tries,
@@ -164,6 +191,7 @@ impl Outcome {
                 ..
             } => format!("{reason}; failmode = \"safe\": LOGIN ALLOWED WITHOUT SECOND FACTOR"),
             Outcome::Refused { reason, .. }
+            | Outcome::UnknownUser { reason, .. }
             | Outcome::Unavailable { reason, .. }
             | Outcome::ConfigError { reason }
             | Outcome::ConvError { reason, .. }
@@ -192,7 +220,8 @@ pub fn code_is_well_formed(code: &str) -> bool {
     (6..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The user whose factor this login needs.
+/// The user whose factor this login needs, as typed (PAM_USER, or PAM_RUSER for
+/// `su = "caller"`): the name `host::resolve` asks NSS about.
 pub fn factor_user<'a>(cfg: &Config, login: &'a LoginContext) -> Result<&'a str, Outcome> {
     let is_su = matches!(login.service.as_str(), "su" | "su-l");
     let name = if is_su && cfg.login.su == SuFactor::Caller {
@@ -204,7 +233,10 @@ pub fn factor_user<'a>(cfg: &Config, login: &'a LoginContext) -> Result<&'a str,
     };
     if !is_valid_name(name) {
         return Err(Outcome::BadInput {
-            reason: format!("user name \"{}\" is not valid", sanitize(name, 64)),
+            reason: format!(
+                "user name \"{}\" is not valid (empty, over 256 bytes, or with control characters)",
+                sanitize(name, 64)
+            ),
         });
     }
     Ok(name)
@@ -240,9 +272,27 @@ pub fn authenticate(
     conv: &mut impl Conversation,
     api: &mut impl Authenticator,
 ) -> Outcome {
-    let user = match factor_user(cfg, login) {
-        Ok(u) => u,
-        Err(outcome) => return outcome,
+    if let Err(outcome) = factor_user(cfg, login) {
+        return outcome;
+    }
+    // From here on only the name NSS gives counts: `Alice` is the enrolled `alice`.
+    let user = match &login.account {
+        Account::Known(name) if is_valid_name(name) => name.as_str(),
+        Account::Known(_) | Account::Unresolved => {
+            return Outcome::BadInput {
+                reason: "the account was not resolved through NSS".into(),
+            }
+        }
+        // Never PAM_IGNORE: with a lagging or case-insensitive NSS the name may be an enrolled
+        // user's, and standing aside would wave them through.
+        Account::Unknown => {
+            return unknown_user(
+                cfg,
+                conv,
+                "no such user (NSS does not know the name)".into(),
+            )
+        }
+        Account::Failed(reason) => return unknown_user(cfg, conv, reason.clone()),
     };
     if !cfg.login.groups.is_empty() {
         // Groups that could not be read (NSS down) count as membership: when unsure, ask.
@@ -256,13 +306,29 @@ pub fn authenticate(
     }
     let factor = match cfg.users.get(user) {
         Some(f) => Some(f.clone()),
-        None if cfg.login.lookup => match api.find_factor(user) {
-            Ok(f) => f,
-            Err(e) => return api_failure(cfg, conv, 0, e),
-        },
+        None if cfg.login.lookup => {
+            match api.find_factor(&format!("{}{user}", cfg.login.lookup_prefix)) {
+                Ok(f) => f,
+                Err(e) => return api_failure(cfg, conv, 0, e),
+            }
+        }
         None => None,
     };
     let Some(factor) = factor else {
+        // `[users]` holds the name as typed but NSS names the account otherwise (`Alice` for
+        // `alice`): a config written with the wrong name must not stand an enrolled person
+        // aside under `ignore`.
+        let typed = factor_user(cfg, login).unwrap_or(user);
+        if typed != user && cfg.users.contains_key(typed) {
+            return Outcome::Refused {
+                tries: 0,
+                reason: format!(
+                    "[users] has \"{}\" but NSS names the account \"{}\"; write the name NSS gives (getent passwd)",
+                    sanitize(typed, 64),
+                    sanitize(user, 64)
+                ),
+            };
+        }
         return not_enrolled(cfg, conv);
     };
 
@@ -477,14 +543,38 @@ fn not_enrolled(cfg: &Config, conv: &mut impl Conversation) -> Outcome {
             tries: 0,
         };
     }
+    match false_prompts(cfg, conv) {
+        Ok(tries) => Outcome::NotEnrolled {
+            ignore: false,
+            tries,
+        },
+        Err(outcome) => outcome,
+    }
+}
+
+/// A name NSS does not know: denied under both `unenrolled` settings. Under `deny` it gets an
+/// unenrolled user's prompts first, so an outsider cannot tell which accounts exist.
+fn unknown_user(cfg: &Config, conv: &mut impl Conversation, reason: String) -> Outcome {
+    if cfg.login.unenrolled == Unenrolled::Ignore {
+        return Outcome::UnknownUser { tries: 0, reason };
+    }
+    match false_prompts(cfg, conv) {
+        Ok(tries) => Outcome::UnknownUser { tries, reason },
+        Err(outcome) => outcome,
+    }
+}
+
+/// Every try's prompt and message as an enrolled user with wrong codes sees them; nothing is
+/// sent anywhere. The tries used, or the conversation's failure.
+fn false_prompts(cfg: &Config, conv: &mut impl Conversation) -> Result<u32, Outcome> {
     for attempt in 1..=cfg.login.tries {
         let code = match conv.prompt_secret(&cfg.login.prompt) {
             Ok(c) => c,
             Err(ConvError(reason)) => {
-                return Outcome::ConvError {
+                return Err(Outcome::ConvError {
                     tries: attempt - 1,
                     reason,
-                }
+                })
             }
         };
         // The same messages as `code_round` gives an enrolled user.
@@ -494,10 +584,7 @@ fn not_enrolled(cfg: &Config, conv: &mut impl Conversation) -> Outcome {
             conv.error(MSG_TRY_AGAIN);
         }
     }
-    Outcome::NotEnrolled {
-        ignore: false,
-        tries: cfg.login.tries,
-    }
+    Ok(cfg.login.tries)
 }
 
 #[cfg(test)]
@@ -637,12 +724,14 @@ mod tests {
         Config::parse(Path::new("/nonexistent.toml"), &text).unwrap()
     }
 
+    /// A login whose user NSS knows under the same name.
     fn login(user: &str) -> LoginContext {
         LoginContext {
             user: user.into(),
             service: "sshd".into(),
             rhost: Some("192.0.2.7".into()),
             nonce: "n0nce".into(),
+            account: Account::Known(user.into()),
             ..Default::default()
         }
     }
@@ -893,14 +982,83 @@ mod tests {
         let mut l = login("root");
         l.service = "su".into();
         l.ruser = Some("alice".into());
+        l.account = Account::Known("alice".into());
         let mut conv = Script::answering(&["123456"]);
         let mut api = fake("123456");
         let out = authenticate(&config("su = \"caller\""), &l, &mut conv, &mut api);
         assert_eq!(out, Outcome::Verified { tries: 1 });
         // Default: the target user (root), who has no factor.
+        l.account = Account::Known("root".into());
         let mut conv = Script::answering(&["123456", "123456", "123456"]);
         let out = authenticate(&config(""), &l, &mut conv, &mut api);
         assert_eq!(out.name(), "not_enrolled_denied");
+    }
+
+    #[test]
+    fn the_name_nss_gives_is_the_one_that_counts() {
+        // Typed `Alice`, NSS (case-insensitive) says `alice`: alice's factor, under ignore too.
+        let mut l = login("Alice");
+        l.account = Account::Known("alice".into());
+        let mut conv = Script::answering(&["111111"]);
+        let mut api = fake("123456");
+        let cfg = config("unenrolled = \"ignore\"\ntries = 1");
+        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        assert_eq!(out, Outcome::WrongCode { tries: 1 });
+        assert!(
+            api.calls[0].starts_with(&format!("create {FACTOR} pam_truid/sshd/192.0.2.7/alice/"))
+        );
+        // Never resolved: denied before anything.
+        l.account = Account::Unresolved;
+        let mut conv = Script::answering(&[]);
+        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        assert_eq!(out.name(), "bad_input");
+    }
+
+    #[test]
+    fn a_users_key_nss_names_otherwise_denies_rather_than_stands_aside() {
+        // [users] says `Alice`, NSS says the account is `alice`.
+        let text = "[api]\nbase_url = \"https://127.0.0.1:1\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [login]\nunenrolled = \"ignore\"\n[users]\nAlice = \"5995afaf-f5d1-47ab-b586-50ad46904eec\"\n";
+        let cfg = Config::parse(Path::new("/nonexistent.toml"), text).unwrap();
+        let mut l = login("Alice");
+        l.account = Account::Known("alice".into());
+        let mut conv = Script::answering(&[]);
+        let mut api = fake("123456");
+        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        assert_eq!(out.name(), "refused", "{out:?}");
+        assert!(out.reason().contains("getent passwd"), "{}", out.reason());
+    }
+
+    #[test]
+    fn a_name_nss_does_not_know_is_denied_under_both_modes() {
+        for account in [Account::Unknown, Account::Failed("NSS down".into())] {
+            let mut l = login("ghost");
+            l.account = account.clone();
+            let mut api = fake("123456");
+            // deny: the prompts of an unenrolled user, then denied.
+            let mut conv = Script::answering(&["111111", "222222", "333333"]);
+            let out = authenticate(&config(""), &l, &mut conv, &mut api);
+            assert_eq!(out.name(), "unknown_user", "{account:?}");
+            assert_eq!(out.tries(), 3);
+            assert_eq!(conv.seen.len(), 5, "{:?}", conv.seen);
+            // ignore: denied (not PAM_IGNORE), no prompt.
+            let mut conv = Script::answering(&[]);
+            let out = authenticate(&config("unenrolled = \"ignore\""), &l, &mut conv, &mut api);
+            assert_eq!(out.name(), "unknown_user");
+            assert!(conv.seen.is_empty());
+            assert!(api.calls.is_empty(), "{:?}", api.calls);
+        }
+    }
+
+    #[test]
+    fn lookup_searches_for_the_prefixed_name() {
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        api.lookup = Some(FACTOR);
+        let cfg = config("lookup = true\nlookup_prefix = \"unix:\"");
+        let out = authenticate(&cfg, &login("bob@ad.example.com"), &mut conv, &mut api);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(api.calls[0], "find unix:bob@ad.example.com");
     }
 
     #[test]

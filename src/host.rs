@@ -1,25 +1,87 @@
-//! Facts about the host the flow needs but must not look up itself.
+//! Facts about the host the flow needs but must not look up itself: who the user is, as NSS
+//! names them, and which of `[login] groups` they are in.
 
-use nix::unistd::{getgrouplist, Group, User};
+use crate::config::{is_valid_name, Config};
+use crate::flow::{self, Account, LoginContext};
+use nix::unistd::{getgrouplist, Gid, Group, User};
 use std::ffi::CString;
 
-/// The names of the groups `user` belongs to (primary and supplementary), or `None` when they
-/// cannot be read: the flow then asks for the factor rather than skip it.
-pub fn groups_of(user: &str) -> Option<Vec<String>> {
-    let account = User::from_name(user).ok()??;
-    let name = CString::new(user).ok()?;
-    let gids = getgrouplist(&name, account.gid).ok()?;
-    gids.into_iter()
-        .map(|gid| Group::from_gid(gid).ok().flatten().map(|g| g.name))
-        .collect()
+/// An account as NSS gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    /// `pw_name`: the canonical name (SSSD and winbind answer `Alice` with `alice`).
+    pub name: String,
+    pub gid: u32,
+}
+
+/// `getpwnam(name)`: `Ok(None)` when NSS does not know the name, `Err` when it could not say
+/// or gave a name this module cannot use.
+pub fn passwd(name: &str) -> Result<Option<Passwd>, String> {
+    match User::from_name(name) {
+        Ok(Some(u)) => {
+            // nix decodes pw_name lossily: a replacement character means it was not UTF-8.
+            if !is_valid_name(&u.name) || u.name.contains('\u{fffd}') {
+                return Err("NSS gave an account name that is not usable text".into());
+            }
+            Ok(Some(Passwd {
+                name: u.name,
+                gid: u.gid.as_raw(),
+            }))
+        }
+        Ok(None) => Ok(None),
+        // glibc documents ENOENT, ESRCH, EBADF and EPERM as "not found" from some modules.
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESRCH) => Ok(None),
+        Err(e) => Err(format!("the NSS lookup of the user failed ({e})")),
+    }
+}
+
+/// Fills in what the flow needs from NSS for this login: the account of the user whose factor
+/// is asked (PAM_USER, or PAM_RUSER for `su = "caller"`), and, when `[login] groups` is set,
+/// which of those groups it is in. A name the flow will refuse anyway is not looked up.
+pub fn resolve(cfg: &Config, login: &mut LoginContext) {
+    let Ok(typed) = flow::factor_user(cfg, login).map(str::to_string) else {
+        return;
+    };
+    login.account = match passwd(&typed) {
+        Ok(Some(pw)) => {
+            if !cfg.login.groups.is_empty() {
+                login.groups = member_of(&pw, &cfg.login.groups);
+            }
+            Account::Known(pw.name)
+        }
+        Ok(None) => Account::Unknown,
+        Err(e) => Account::Failed(e),
+    };
+}
+
+/// Those of `wanted` (group names as the config gives them) that the account is in, matched by
+/// GID so that NSS decides what a name means (a case-insensitive directory matches `Admins` to
+/// `admins`). `None` when NSS could not answer: the flow then asks for the factor.
+pub fn member_of(account: &Passwd, wanted: &[String]) -> Option<Vec<String>> {
+    let name = CString::new(account.name.as_str()).ok()?;
+    let gids = getgrouplist(&name, Gid::from_raw(account.gid)).ok()?;
+    let mut out = Vec::new();
+    for g in wanted {
+        match Group::from_name(g) {
+            Ok(Some(group)) if gids.contains(&group.gid) => out.push(g.clone()),
+            // A group NSS says does not exist has no members.
+            Ok(_) | Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESRCH) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn root_is_in_group_root() {
-        let groups = super::groups_of("root").unwrap();
-        assert!(groups.iter().any(|g| g == "root"), "{groups:?}");
-        assert!(super::groups_of("no-such-user-here").is_none());
+        let root = passwd("root").unwrap().unwrap();
+        assert_eq!(root.name, "root");
+        let groups = member_of(&root, &["root".into(), "no-such-group-here".into()]).unwrap();
+        assert_eq!(groups, ["root"]);
+        assert_eq!(passwd("no-such-user-here"), Ok(None));
     }
 }

@@ -5,7 +5,7 @@
 //! to syslog, facility authpriv. Values are escaped (see `text::sanitize`), so a user name or
 //! a remote host cannot forge a line; secrets never reach this module at all.
 
-use crate::flow::{LoginContext, Outcome};
+use crate::flow::{Account, LoginContext, Outcome};
 use crate::text::sanitize;
 use std::path::{Path, PathBuf};
 
@@ -24,11 +24,19 @@ pub enum Severity {
 }
 
 /// The one line for an outcome, without the syslog header.
+/// When NSS names the account whose factor was asked differently from `user=` (a
+/// case-insensitive directory, or `su = "caller"`), ` account="<name>"` ends the line.
 pub fn outcome_line(login: &LoginContext, outcome: &Outcome) -> String {
+    let account = match &login.account {
+        Account::Known(name) if *name != login.user => {
+            format!(" account=\"{}\"", sanitize(name, 128))
+        }
+        _ => String::new(),
+    };
     format!(
-        "outcome={} user=\"{}\" service=\"{}\" rhost=\"{}\" tty=\"{}\" tries={} reason=\"{}\"",
+        "outcome={} user=\"{}\" service=\"{}\" rhost=\"{}\" tty=\"{}\" tries={} reason=\"{}\"{account}",
         outcome.name(),
-        sanitize(&login.user, 64),
+        sanitize(&login.user, 128),
         sanitize(&login.service, 64),
         sanitize(login.rhost.as_deref().unwrap_or(""), 128),
         sanitize(login.tty.as_deref().unwrap_or(""), 64),
@@ -41,9 +49,10 @@ pub fn severity(outcome: &Outcome) -> Severity {
     match outcome {
         Outcome::Verified { .. } => Severity::Info,
         Outcome::NotEnrolled { .. } | Outcome::NotRequired => Severity::Notice,
-        Outcome::WrongCode { .. } | Outcome::Refused { .. } | Outcome::BadInput { .. } => {
-            Severity::Warning
-        }
+        Outcome::WrongCode { .. }
+        | Outcome::UnknownUser { .. }
+        | Outcome::Refused { .. }
+        | Outcome::BadInput { .. } => Severity::Warning,
         Outcome::ConvError { .. } => Severity::Err,
         Outcome::ConfigError { .. } => Severity::Err,
         // Letting a login in without the second factor must stand out in any log review.

@@ -23,6 +23,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The module asks NSS for every user and refuses a name it does not know. The demo's users
+# (alice, bob) exist only for the demo's own logins and enroll: nss_wrapper (libnss-wrapper)
+# gives those processes the host's accounts plus these two; the host is not changed.
+{ cat /etc/passwd; printf 'alice:x:64101:64100::/nonexistent:/usr/sbin/nologin\nbob:x:64102:64100::/nonexistent:/usr/sbin/nologin\n'; } >"$T/passwd"
+{ cat /etc/group; echo "truid-demo:x:64100:"; } >"$T/group"
+export NSS_WRAPPER_PASSWD="$T/passwd" NSS_WRAPPER_GROUP="$T/group"
+
 # Polls (bounded) until a file contains a pattern.
 wait_for() {
   local file=$1 pattern=$2
@@ -73,7 +80,7 @@ say "truid-pam check: is everything the module needs in place?"
 
 say "truid-pam enroll alice: create the factor, show the QR code, activate it with the first code"
 mkfifo "$T/code-in"
-"$CLI" --config "$CFG" enroll alice --phone +447700900000 <"$T/code-in" >"$T/enroll.out" 2>&1 &
+LD_PRELOAD=libnss_wrapper.so "$CLI" --config "$CFG" enroll alice --phone +447700900000 <"$T/code-in" >"$T/enroll.out" 2>&1 &
 enroll_pid=$!
 exec 3>"$T/code-in"
 wait_for "$T/enroll.out" "enter this key by hand"
@@ -98,7 +105,7 @@ socat -u UNIX-RECV:"$T/log.sock" OPEN:"$T/syslog.txt",creat,append &
 pids+=($!)
 wait_for_socket() { for _ in $(seq 100); do [ -S "$T/log.sock" ] && return 0; sleep 0.1; done; exit 1; }
 wait_for_socket
-login() { LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$T/pamd" pamtester truid-demo alice authenticate; }
+login() { LD_PRELOAD="libpam_wrapper.so libnss_wrapper.so" PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$T/pamd" pamtester truid-demo alice authenticate; }
 
 # The enrolment spent the current code; a code is good once, so the phone shows the next one.
 CODE=$(phone_code "$FACTOR")
@@ -119,7 +126,7 @@ BOB=$(curl -fsS --cacert "$CA" -X POST "$BASE/_emulator/seed" -d '{"external_use
 sed -i "/^\[users\]/a bob = \"$BOB\"" "$CFG"
 BOB_CODE=$(phone_code "$BOB")
 say "Login as bob through the agent ($BOB_CODE): no TLS handshake in the login process"
-echo "$BOB_CODE" | LD_PRELOAD=libpam_wrapper.so PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$T/pamd" pamtester truid-demo bob authenticate && echo ">>> verdict: logged in"
+echo "$BOB_CODE" | LD_PRELOAD="libpam_wrapper.so libnss_wrapper.so" PAM_WRAPPER=1 PAM_WRAPPER_SERVICE_DIR="$T/pamd" pamtester truid-demo bob authenticate && echo ">>> verdict: logged in"
 
 say "Login while tru.ID is down (emulator stopped, failmode = \"secure\")"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true

@@ -12,6 +12,7 @@ packages=(
   bubblewrap
   ca-certificates curl socat   # the demo: control endpoint, syslog listener
   binutils valgrind g++   # nm/readelf for tests/exports.rs; tests/valgrind.sh; libFuzzer for tests/fuzz.sh
+  libnss-wrapper gcc  # tests/names.rs: NSS from files and a case-insensitive NSS module built there
 )
 
 if [ "$(id -u)" -ne 0 ]; then

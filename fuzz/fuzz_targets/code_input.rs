@@ -130,6 +130,7 @@ fuzz_target!(|data: &[u8]| {
         user: "alice".into(),
         service: "sshd".into(),
         nonce: "n".into(),
+        account: flow::Account::Known("alice".into()),
         ..Default::default()
     };
     let mut person = Person { answers };

@@ -244,13 +244,23 @@ impl Client {
         decode(&body)
     }
 
-    /// Factors whose external user ID is `user` (RSQL search), first page of up to 100.
-    pub fn search_factors(&mut self, user: &str) -> Result<Vec<Factor>, ApiError> {
-        if !crate::config::is_valid_name(user) {
-            return Ok(Vec::new());
+    /// Factors whose external user ID is `external_id` (RSQL search), first page of up to
+    /// `SEARCH_PAGE`. The value is quoted as RSQL wants and the whole query percent-encoded,
+    /// so no name can change the query; tru.ID may still read `*` as a wildcard, so callers
+    /// keep only exact matches.
+    pub fn search_factors(&mut self, external_id: &str) -> Result<Vec<Factor>, ApiError> {
+        if external_id.is_empty()
+            || external_id.len() > 512
+            || external_id.chars().any(char::is_control)
+        {
+            return Err(ApiError::Refused(
+                "an external user ID to search for must be 1 to 512 bytes without control characters"
+                    .into(),
+            ));
         }
         let path = format!(
-            "/authenticator/v0.1/factors?search=external_user_id%3D%3D{user}&page=1&size=100"
+            "/authenticator/v0.1/factors?search={}&page=1&size={SEARCH_PAGE}",
+            percent_encode(&rsql_equals("external_user_id", external_id))
         );
         let body = self.call(Method::GET, &path, None)?;
         let list: FactorList = decode(&body)?;
@@ -385,13 +395,54 @@ impl Authenticator for Client {
         std::thread::sleep(wait);
     }
 
-    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
-        let factors = self.search_factors(user)?;
-        Ok(factors
+    fn find_factor(&mut self, external_id: &str) -> Result<Option<FactorId>, ApiError> {
+        let factors = self.search_factors(external_id)?;
+        let found = factors
             .iter()
-            .filter(|f| f.status == "ACTIVE" && f.external_user_id == user)
-            .find_map(|f| FactorId::parse(&f.factor_id)))
+            .filter(|f| f.status == "ACTIVE" && f.external_user_id == external_id)
+            .find_map(|f| FactorId::parse(&f.factor_id));
+        // A full page without the exact match (a name with `*` that tru.ID read as a wildcard)
+        // proves nothing: the factor may be on a later page. "Not enrolled" could stand an
+        // enrolled user aside under `ignore`, so this denies.
+        if found.is_none() && factors.len() >= SEARCH_PAGE {
+            return Err(ApiError::Refused(format!(
+                "the search for \"{}\" gave a full page of other factors; put the user in [users]",
+                crate::text::sanitize(external_id, 64)
+            )));
+        }
+        Ok(found)
     }
+}
+
+/// Factors asked for per search. An external user ID is unique at tru.ID, so an exact search
+/// finds at most one; a page this small also stays far below the answer size limit when a
+/// wildcard matches many.
+const SEARCH_PAGE: usize = 10;
+
+/// `field=="value"`, with `"` and `\` escaped by a backslash as RSQL's quoted arguments want.
+fn rsql_equals(field: &str, value: &str) -> String {
+    let mut out = format!("{field}==\"");
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Every byte but RFC 3986's unreserved ones as `%XX` (a space too: never `+`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A challenge ID goes into the next request's path: only a plain identifier will do.
@@ -469,4 +520,29 @@ fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ApiError> {
         .map_err(|_| ApiError::Unavailable(format!("{what} cannot go in an HTTP header")))?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_values_are_quoted_and_encoded() {
+        assert_eq!(
+            rsql_equals("external_user_id", r#"a"||external_user_id=="b"#),
+            r#"external_user_id=="a\"||external_user_id==\"b""#
+        );
+        assert_eq!(
+            rsql_equals("external_user_id", r"AD\bob"),
+            r#"external_user_id=="AD\\bob""#
+        );
+        let q = percent_encode(&rsql_equals("external_user_id", "a,b;c&size=1 d+é"));
+        assert_eq!(
+            q,
+            "external_user_id%3D%3D%22a%2Cb%3Bc%26size%3D1%20d%2B%C3%A9%22"
+        );
+        assert!(q
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+    }
 }

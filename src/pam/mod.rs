@@ -81,6 +81,7 @@ pub fn pam_code(outcome: &Outcome) -> PamResultCode {
         Outcome::NotEnrolled { ignore: true, .. } | Outcome::NotRequired => PAM_IGNORE,
         Outcome::WrongCode { .. }
         | Outcome::NotEnrolled { ignore: false, .. }
+        | Outcome::UnknownUser { .. }
         | Outcome::Refused { .. }
         | Outcome::BadInput { .. } => PAM_AUTH_ERR,
         Outcome::ConfigError { .. } => PAM_SERVICE_ERR,
@@ -169,11 +170,8 @@ fn run(
             }
         }
     };
-    if !cfg.login.groups.is_empty() {
-        login.groups = flow::factor_user(&cfg, login)
-            .ok()
-            .and_then(crate::host::groups_of);
-    }
+    // The user as NSS names them, and their groups from that name (flow does no I/O).
+    crate::host::resolve(&cfg, login);
     let mut conv = match PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
         Some(c) => c,
         None => {
@@ -234,6 +232,13 @@ mod tests {
                 PAM_IGNORE,
             ),
             (Outcome::NotRequired, PAM_IGNORE),
+            (
+                Outcome::UnknownUser {
+                    tries: 0,
+                    reason: String::new(),
+                },
+                PAM_AUTH_ERR,
+            ),
             (
                 Outcome::Refused {
                     tries: 0,

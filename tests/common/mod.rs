@@ -61,6 +61,12 @@ extern "C" {
     fn pam_end(pamh: *mut c_void, status: c_int) -> c_int;
 }
 
+extern "C" {
+    /// glibc's lock on the account files, which useradd takes too.
+    fn lckpwdf() -> c_int;
+    fn ulckpwdf() -> c_int;
+}
+
 /// What the application side of the conversation saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
@@ -289,6 +295,7 @@ impl World {
 
     pub fn with_options(opts: Options) -> World {
         require_root();
+        test_users_known();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let emu = Emulator::start(opts).unwrap();
@@ -399,6 +406,157 @@ impl World {
             .into_iter()
             .filter(|l| l.contains("outcome="))
             .collect()
+    }
+}
+
+/// The names the tests log in as. The module asks NSS about every user (`getpwnam`) and
+/// denies a name it does not know, so they must exist: `test_users_known` adds them to a
+/// private `/etc` of the test's thread, never to the host's.
+pub fn test_user_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana", "ivan", "judy", "kim",
+        "lee", "mallory", "max", "ned", "oli",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.extend((0..256).map(|i| format!("u{i}")));
+    names.extend((0..100).map(|i| format!("user{i}")));
+    names
+}
+
+/// The GID of the tests' users' group (`truid-tests`), far from any distribution's range.
+pub const TEST_GID: u32 = 64000;
+
+thread_local! {
+    /// The overlay's folders, kept while the thread (and so its mount namespace) lives.
+    static PRIVATE_ETC: std::cell::RefCell<Option<tempfile::TempDir>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `test_user_names()` known to NSS without touching the host's accounts.
+///
+/// Inside `tests/private-host.sh` (`TRUID_PRIVATE_HOST` set: /etc is already a private copy)
+/// they are added to that copy's passwd and group, once per process. Otherwise the calling
+/// thread (and every thread and process it starts) gets its own mount namespace with an
+/// overlay on `/etc` whose passwd and group also hold them; anything the test writes to `/etc`
+/// stays in the overlay, and useradd's home folders go to a folder of the thread's own. Once
+/// per thread.
+pub fn test_users_known() {
+    if std::env::var_os("TRUID_PRIVATE_HOST").is_some() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // lckpwdf: the lock useradd takes, so a test's useradd cannot interleave.
+            // SAFETY: plain libc calls.
+            assert_eq!(unsafe { lckpwdf() }, 0, "lckpwdf");
+            add_test_users();
+            unsafe { ulckpwdf() };
+        });
+        return;
+    }
+    if PRIVATE_ETC.with(|p| p.borrow().is_some()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (upper, work) = (dir.path().join("upper"), dir.path().join("work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    let c = |s: &str| CString::new(s).unwrap();
+    // Whiteouts (0:0 character devices) for the shadow tools' lock and backup files: a useradd
+    // on the host at the same moment must not be seen as holding this overlay's lock.
+    for name in ["passwd", "group", "shadow", "gshadow", "subuid", "subgid"] {
+        for suffix in [".lock", "+", "-"] {
+            let p = c(&upper.join(format!("{name}{suffix}")).to_string_lossy());
+            // SAFETY: mknod on a valid path.
+            assert_eq!(
+                unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) },
+                0,
+                "mknod"
+            );
+        }
+    }
+    let p = c(&upper.join(".pwd.lock").to_string_lossy());
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) },
+        0,
+        "mknod"
+    );
+    // SAFETY: plain syscalls on valid C strings. CLONE_NEWNS is per thread (it unshares the
+    // thread's fs too), and the private propagation keeps the overlay from the host.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
+        assert_eq!(
+            libc::mount(
+                c("none").as_ptr(),
+                c("/").as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "mount --make-rprivate /"
+        );
+        let opts = c(&format!(
+            "lowerdir=/etc,upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+        assert_eq!(
+            libc::mount(
+                c("overlay").as_ptr(),
+                c("/etc").as_ptr(),
+                c("overlay").as_ptr(),
+                0,
+                opts.as_ptr() as *const c_void
+            ),
+            0,
+            "overlay on /etc: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    add_test_users();
+    // Home folders useradd -m makes go to this thread's folder too, not the host's /home.
+    let homes = dir.path().join("home");
+    std::fs::create_dir(&homes).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&homes, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if std::path::Path::new("/etc/default/useradd").exists() {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/etc/default/useradd")
+            .unwrap();
+        // The last HOME= line wins.
+        writeln!(f, "\nHOME={}", homes.display()).unwrap();
+    }
+    PRIVATE_ETC.with(|p| *p.borrow_mut() = Some(dir));
+}
+
+/// Appends the test users missing from /etc/passwd (and their group) to /etc of this mount
+/// namespace, which must be a private one.
+fn add_test_users() {
+    let append = |file: &str, text: String| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut lines = String::new();
+    for (i, name) in test_user_names().iter().enumerate() {
+        if !passwd
+            .lines()
+            .any(|l| l.split(':').next() == Some(name.as_str()))
+        {
+            lines.push_str(&format!(
+                "{name}:x:{}:{TEST_GID}:pam_truid test:/nonexistent:/usr/sbin/nologin\n",
+                TEST_GID + 1 + i as u32
+            ));
+        }
+    }
+    append("/etc/passwd", lines);
+    let group = std::fs::read_to_string("/etc/group").unwrap();
+    if !group.lines().any(|l| l.starts_with("truid-tests:")) {
+        append("/etc/group", format!("truid-tests:x:{TEST_GID}:\n"));
     }
 }
 

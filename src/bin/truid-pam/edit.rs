@@ -146,6 +146,27 @@ mod tests {
     }
 
     #[test]
+    fn directory_names_are_written_as_quoted_keys() {
+        let mut doc: DocumentMut = "[api]\nclient_id = \"a\"\n".parse().unwrap();
+        set_user(&mut doc, "bob@ad.example.com", "x");
+        set_user(&mut doc, "AD\\bob", "y");
+        set_user(&mut doc, "a\"b", "z");
+        set_phone(&mut doc, "bob@ad.example.com", "447700900000");
+        let out = doc.to_string();
+        assert!(out.contains("\n\"bob@ad.example.com\" = \"x\"\n"), "{out}");
+        let back: toml::Table = toml::from_str(&out).unwrap();
+        let users = back["users"].as_table().unwrap();
+        assert_eq!(users["AD\\bob"].as_str(), Some("y"));
+        assert_eq!(users["a\"b"].as_str(), Some("z"));
+        assert_eq!(
+            back["phones"]["bob@ad.example.com"].as_str(),
+            Some("+447700900000")
+        );
+        assert!(remove_user(&mut doc, "AD\\bob"));
+        assert!(!doc.to_string().contains("AD"));
+    }
+
+    #[test]
     fn users_table_created_when_missing() {
         let mut doc: DocumentMut = "[api]\nclient_id = \"a\"\n".parse().unwrap();
         set_user(&mut doc, "bob", "x");

@@ -22,7 +22,8 @@ pub struct Args {
     /// The user's mobile number, E.164 (e.g. +447700900000).
     #[arg(long)]
     phone: String,
-    /// The external user ID at tru.ID (default: the Unix user name).
+    /// The external user ID at tru.ID (default: [login] lookup_prefix and the user's name as
+    /// NSS gives it).
     #[arg(long, value_name = "ID")]
     external_id: Option<String>,
     /// Also save the QR code as a PNG (it holds the secret: mode 0600).
@@ -36,7 +37,7 @@ pub struct Args {
 pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     if !is_valid_name(&args.user) {
         return Err(Failure(format!(
-            "\"{}\" is not a Unix user name",
+            "\"{}\" is not a Unix user name (1 to 256 bytes, no control characters)",
             sanitize(&args.user, 64)
         )));
     }
@@ -46,22 +47,25 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
             sanitize(&args.phone, 32)
         )));
     };
+    let cfg = load(path)?;
+    // The module looks users up by the name NSS gives (`Alice` is `alice` on sssd), so that
+    // is the name written.
+    let user = canonical_user(&args.user)?;
     let external = args
         .external_id
         .clone()
-        .unwrap_or_else(|| args.user.clone());
-    if !is_valid_name(&external) {
+        .unwrap_or_else(|| format!("{}{user}", cfg.login.lookup_prefix));
+    if external.is_empty() || external.len() > 512 || external.chars().any(char::is_control) {
         return Err(Failure(format!(
-            "\"{}\" cannot be an external user ID; use letters, digits, '.', '_' or '-'",
+            "\"{}\" cannot be an external user ID: use 1 to 256 bytes without control characters",
             sanitize(&external, 64)
         )));
     }
-    let cfg = load(path)?;
-    if let Some(old) = cfg.users.get(&args.user) {
+    if let Some(old) = cfg.users.get(&user) {
         if !args.force {
             return Err(Failure(format!(
-                "{} is already enrolled (factor {old}); use --force to enroll again, or `truid-pam deactivate {}` first",
-                args.user, args.user
+                "{0} is already enrolled (factor {old}); use --force to enroll again, or `truid-pam deactivate '{0}'` first",
+                sanitize(&user, 128)
             )));
         }
     }
@@ -75,7 +79,7 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
 
     println!(
         "Factor {id} created for {} (status {}).",
-        args.user,
+        sanitize(&user, 128),
         sanitize(&factor.status, 16)
     );
     println!("Scan this QR code with the tru.ID Authenticator (or any TOTP app):\n");
@@ -103,13 +107,13 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
         match api.patch_factor(&id, patch) {
             Ok(f) if f.status == "ACTIVE" => {
                 edit::update(path, |doc| {
-                    edit::set_user(doc, &args.user, &id);
-                    edit::set_phone(doc, &args.user, &phone);
+                    edit::set_user(doc, &user, &id);
+                    edit::set_phone(doc, &user, &phone);
                     Ok(())
                 })?;
                 println!(
-                    "Activated. {} = \"{id}\" added to [users] (and the phone to [phones]) of {}.",
-                    args.user,
+                    "Activated. \"{}\" = \"{id}\" added to [users] (and the phone to [phones]) of {}.",
+                    sanitize(&user, 128),
                     path.display()
                 );
                 return Ok(ExitCode::SUCCESS);
@@ -124,15 +128,37 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
             Err(e) => {
                 return Err(Failure(format!(
                     "{e}; factor {id} is left PENDING and {} is not enrolled",
-                    args.user
+                    user
                 )))
             }
         }
     }
     Err(Failure(format!(
         "no valid code after {ACTIVATION_TRIES} tries; factor {id} is left PENDING and {} is not enrolled",
-        args.user
+        user
     )))
+}
+
+/// The user's name as NSS gives it (`pw_name`); an account NSS does not know cannot log in,
+/// so it is not enrolled.
+pub fn canonical_user(typed: &str) -> Result<String, Failure> {
+    match pam_truid::host::passwd(typed) {
+        Ok(Some(pw)) => {
+            if pw.name != typed {
+                println!(
+                    "NSS names \"{}\" \"{}\": enrolling that name.",
+                    sanitize(typed, 128),
+                    sanitize(&pw.name, 128)
+                );
+            }
+            Ok(pw.name)
+        }
+        Ok(None) => Err(Failure(format!(
+            "no user \"{}\" on this host (getent passwd does not know it); create the account first, or check the name",
+            sanitize(typed, 128)
+        ))),
+        Err(e) => Err(Failure(format!("\"{}\": {e}", sanitize(typed, 128)))),
+    }
 }
 
 fn qr_text(uri: &str) -> Result<String, Failure> {

@@ -25,7 +25,7 @@ pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     let mut rows = Vec::new();
     for (user, factor) in &cfg.users {
         let mut row = Row {
-            user: user.clone(),
+            user: sanitize(user, 128),
             factor_id: factor.to_string(),
             in_config: true,
             status: String::new(),
@@ -42,11 +42,16 @@ pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             Err(e) => row.error = Some(e.to_string()),
         }
         rows.push(row);
-        // Factors tru.ID holds for this user that the config does not name.
-        if let Ok(found) = api.search_factors(user) {
-            for f in found.into_iter().filter(|f| f.factor_id != factor.as_str()) {
+        // Factors tru.ID holds for this user (under the external user ID lookup would search
+        // for) that the config does not name.
+        let external = format!("{}{user}", cfg.login.lookup_prefix);
+        if let Ok(found) = api.search_factors(&external) {
+            for f in found
+                .into_iter()
+                .filter(|f| f.factor_id != factor.as_str() && f.external_user_id == external)
+            {
                 rows.push(Row {
-                    user: user.clone(),
+                    user: sanitize(user, 128),
                     factor_id: sanitize(&f.factor_id, 64),
                     in_config: false,
                     status: sanitize(&f.status, 16),
@@ -86,8 +91,19 @@ pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     })
 }
 
-pub fn deactivate(path: &Path, user: &str) -> Result<ExitCode, Failure> {
+pub fn deactivate(path: &Path, typed: &str) -> Result<ExitCode, Failure> {
     let cfg = load(path)?;
+    // The key as given, or the name NSS gives for it (`Alice` for the enrolled `alice`); a
+    // deleted account keeps its exact key.
+    let canonical = pam_truid::host::passwd(typed)
+        .ok()
+        .flatten()
+        .map(|p| p.name);
+    let user = match canonical {
+        Some(c) if !cfg.users.contains_key(typed) => c,
+        _ => typed.to_string(),
+    };
+    let user = user.as_str();
     let factor = cfg.users.get(user).ok_or_else(|| {
         Failure(format!(
             "{} is not in [users] of {}; `truid-pam list` shows who is",
@@ -105,14 +121,18 @@ pub fn deactivate(path: &Path, user: &str) -> Result<ExitCode, Failure> {
     let f = api.patch_factor(factor.as_str(), patch)?;
     if f.status != "INACTIVE" {
         return Err(Failure(format!(
-            "tru.ID left factor {factor} {}; {user} stays in the config",
-            sanitize(&f.status, 16)
+            "tru.ID left factor {factor} {}; {} stays in the config",
+            sanitize(&f.status, 16),
+            sanitize(user, 128)
         )));
     }
     edit::update(path, |doc| {
         edit::remove_user(doc, user);
         Ok(())
     })?;
-    println!("Factor {factor} deactivated; {user} removed from [users].");
+    println!(
+        "Factor {factor} deactivated; \"{}\" removed from [users].",
+        sanitize(user, 128)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@ use crate::Failure;
 use pam_truid::agent::AgentOrDirect;
 use pam_truid::config::Config;
 use pam_truid::direct::InProcess;
-use pam_truid::flow::{self, LoginContext};
+use pam_truid::flow::{self, Account, LoginContext};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -31,12 +31,17 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
         nonce: pam_truid::text::random_hex(6),
         ..Default::default()
     };
-    if !cfg.login.groups.is_empty() {
-        login.groups = flow::factor_user(&cfg, &login)
-            .ok()
-            .and_then(pam_truid::host::groups_of);
-    }
+    // As the module does: the user as NSS names them, and their groups.
+    pam_truid::host::resolve(&cfg, &mut login);
     let mut api = AgentOrDirect::new(&cfg.api, InProcess::default());
+    if let Account::Known(name) = &login.account {
+        if *name != login.user {
+            println!(
+                "NSS names the user \"{}\": the module checks that account",
+                pam_truid::text::sanitize(name, 128)
+            );
+        }
+    }
     let outcome = flow::authenticate(&cfg, &login, &mut TerminalConv, &mut api);
     let code = pam_truid::pam::pam_code(&outcome);
     println!(

@@ -1463,7 +1463,11 @@ impl Shared {
             let st = lock(&self.state);
             st.factors
                 .values()
-                .filter(|f| matches_all(&filters, |k| factor_field(f, k)))
+                .filter(|f| {
+                    filters
+                        .as_ref()
+                        .is_none_or(|e| e.matches(&|k| factor_field(f, k)))
+                })
                 .cloned()
                 .collect()
         };
@@ -1499,7 +1503,10 @@ impl Shared {
                 if ch.expire_if_due(now) {
                     events.push(ch.clone());
                 }
-                if matches_all(&filters, |k| challenge_field(ch, k)) {
+                if filters
+                    .as_ref()
+                    .is_none_or(|e| e.matches(&|k| challenge_field(ch, k)))
+                {
                     all.push(ch.clone());
                 }
             }
@@ -2036,43 +2043,201 @@ fn parse_sort(ctx: &Ctx, fields: &[&'static str]) -> Result<Option<(&'static str
     }
 }
 
-const FACTOR_FIELDS: &[&str] = &["external_user_id", "status", "type", "factor_id"];
 const CHALLENGE_FIELDS: &[&str] = &["status", "reference_id", "challenge_id", "type"];
 
-/// A tiny RSQL subset: `field==value` terms joined by `;` or ` and ` (AND); `*` wildcards;
-/// `fields` are the names one may search on.
-fn parse_rsql(s: &str, fields: &[&str]) -> Result<Vec<(String, String)>, Resp> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(Vec::new());
-    }
-    s.replace(" and ", ";")
-        .split(';')
-        .map(|term| {
-            let (k, v) = term
-                .split_once("==")
-                .ok_or_else(|| problem(400, format!("Unsupported search term {term:?}")))?;
-            let k = k.trim();
-            if !fields.contains(&k) {
-                return Err(problem(400, format!("Cannot search on {k:?}")));
-            }
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
-                .unwrap_or(v);
-            Ok((k.to_string(), v.to_string()))
-        })
-        .collect()
+/// RSQL as tru.ID's search takes it: `field==value` and `field!=value` comparisons, joined by
+/// `;` or ` and ` (AND, binding tighter) and `,` or ` or ` (OR), with parentheses. A value is
+/// unquoted (no space, quote, `;`, `,`, `(` or `)`) or quoted with `"` or `'`, where a backslash
+/// escapes the next character. `*` in a value is a wildcard, quoted or not. Anything else is a
+/// 400, so a query a client failed to quote shows up as an error or as a different match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rsql {
+    Cmp {
+        field: String,
+        equal: bool,
+        value: String,
+    },
+    And(Vec<Rsql>),
+    Or(Vec<Rsql>),
 }
 
-/// Every `(field, pattern)` matches the value `get` gives (a field without a value matches
-/// nothing).
-fn matches_all<'a>(filters: &[(String, String)], get: impl Fn(&str) -> Option<&'a str>) -> bool {
-    filters
-        .iter()
-        .all(|(k, p)| get(k).is_some_and(|v| glob(p, v)))
+impl Rsql {
+    /// Whether the item whose field values `get` gives matches (a field without a value
+    /// matches no `==`).
+    fn matches<'a>(&self, get: &dyn Fn(&str) -> Option<&'a str>) -> bool {
+        match self {
+            Rsql::Cmp {
+                field,
+                equal,
+                value,
+            } => get(field).is_some_and(|v| glob(value, v)) == *equal,
+            Rsql::And(all) => all.iter().all(|e| e.matches(get)),
+            Rsql::Or(any) => any.iter().any(|e| e.matches(get)),
+        }
+    }
+}
+
+/// The fields a factor search may name.
+const FACTOR_FIELDS: &[&str] = &["external_user_id", "status", "type", "factor_id"];
+
+/// The search `s` on the given fields; `None` when empty.
+fn parse_rsql(s: &str, fields: &[&str]) -> Result<Option<Rsql>, Resp> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut p = RsqlParser {
+        chars: s.chars().collect(),
+        at: 0,
+        fields,
+    };
+    let e = p.or()?;
+    p.skip_spaces();
+    if p.at != p.chars.len() {
+        return Err(p.error("unexpected text"));
+    }
+    Ok(Some(e))
+}
+
+struct RsqlParser<'f> {
+    chars: Vec<char>,
+    at: usize,
+    fields: &'f [&'f str],
+}
+
+impl RsqlParser<'_> {
+    fn error(&self, what: &str) -> Resp {
+        problem(
+            400,
+            format!("Invalid search: {what} at character {}", self.at),
+        )
+    }
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.at).copied()
+    }
+    fn skip_spaces(&mut self) {
+        while self.peek() == Some(' ') {
+            self.at += 1;
+        }
+    }
+    /// Consumes `word` (after spaces) if it comes next.
+    fn eat(&mut self, word: &str) -> bool {
+        let save = self.at;
+        if !word.starts_with(' ') {
+            self.skip_spaces();
+        }
+        let w: Vec<char> = word.chars().collect();
+        if self.chars[self.at..].starts_with(&w) {
+            self.at += w.len();
+            true
+        } else {
+            self.at = save;
+            false
+        }
+    }
+    fn or(&mut self) -> Result<Rsql, Resp> {
+        let mut terms = vec![self.and()?];
+        while self.eat(",") || self.eat(" or ") {
+            terms.push(self.and()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Rsql::Or(terms)
+        })
+    }
+    fn and(&mut self) -> Result<Rsql, Resp> {
+        let mut terms = vec![self.term()?];
+        while self.eat(";") || self.eat(" and ") {
+            terms.push(self.term()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Rsql::And(terms)
+        })
+    }
+    fn term(&mut self) -> Result<Rsql, Resp> {
+        if self.eat("(") {
+            let e = self.or()?;
+            if !self.eat(")") {
+                return Err(self.error("missing )"));
+            }
+            return Ok(e);
+        }
+        self.skip_spaces();
+        let start = self.at;
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            self.at += 1;
+        }
+        let field: String = self.chars[start..self.at].iter().collect();
+        if field.is_empty() {
+            return Err(self.error("a field name is missing"));
+        }
+        if !self.fields.contains(&field.as_str()) {
+            return Err(problem(400, format!("Cannot search on {field:?}")));
+        }
+        let equal = if self.eat("==") {
+            true
+        } else if self.eat("!=") {
+            false
+        } else {
+            return Err(problem(
+                400,
+                format!("Unsupported search term on {field:?}"),
+            ));
+        };
+        let value = self.value()?;
+        Ok(Rsql::Cmp {
+            field,
+            equal,
+            value,
+        })
+    }
+    fn value(&mut self) -> Result<String, Resp> {
+        let mut out = String::new();
+        match self.peek() {
+            Some(q @ ('"' | '\'')) => {
+                self.at += 1;
+                loop {
+                    match self.peek() {
+                        None => return Err(self.error("unterminated quoted value")),
+                        Some('\\') => {
+                            self.at += 1;
+                            let Some(c) = self.peek() else {
+                                return Err(self.error("a backslash ends the value"));
+                            };
+                            out.push(c);
+                            self.at += 1;
+                        }
+                        Some(c) if c == q => {
+                            self.at += 1;
+                            return Ok(out);
+                        }
+                        Some(c) => {
+                            out.push(c);
+                            self.at += 1;
+                        }
+                    }
+                }
+            }
+            _ => {
+                while let Some(c) = self.peek() {
+                    if matches!(c, ' ' | '"' | '\'' | ';' | ',' | '(' | ')') {
+                        break;
+                    }
+                    out.push(c);
+                    self.at += 1;
+                }
+                if out.is_empty() {
+                    return Err(self.error("a value is missing"));
+                }
+                Ok(out)
+            }
+        }
+    }
 }
 
 fn factor_field<'a>(f: &'a Factor, k: &str) -> Option<&'a str> {
@@ -2202,6 +2367,63 @@ impl Shared {
             ["challenges"] => Ok(Resp::json(200, JSON, &json!(self.recent_challenges()))),
             ["info"] => Ok(Resp::json(200, JSON, &json!(self.info))),
             _ => Err(problem(404, "No such control endpoint")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod rsql_tests {
+    use super::*;
+
+    fn cmp(field: &str, value: &str) -> Rsql {
+        Rsql::Cmp {
+            field: field.into(),
+            equal: true,
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn quoting_and_escapes() {
+        let p = |s: &str| parse_rsql(s, FACTOR_FIELDS).ok().flatten();
+        assert_eq!(
+            p("external_user_id==alice"),
+            Some(cmp("external_user_id", "alice"))
+        );
+        assert_eq!(
+            p(r#"external_user_id=="a\"||external_user_id==\"b""#),
+            Some(cmp("external_user_id", r#"a"||external_user_id=="b"#))
+        );
+        assert_eq!(
+            p(r#"external_user_id=="AD\\bob""#),
+            Some(cmp("external_user_id", r"AD\bob"))
+        );
+        assert_eq!(
+            p(r#"external_user_id=="a,b;c""#),
+            Some(cmp("external_user_id", "a,b;c"))
+        );
+        assert_eq!(
+            p("external_user_id==a,external_user_id==b"),
+            Some(Rsql::Or(vec![
+                cmp("external_user_id", "a"),
+                cmp("external_user_id", "b")
+            ]))
+        );
+        assert_eq!(
+            p("status==ACTIVE and type==TOTP"),
+            Some(Rsql::And(vec![
+                cmp("status", "ACTIVE"),
+                cmp("type", "TOTP")
+            ]))
+        );
+        for bad in [
+            r#"external_user_id=="open"#,
+            "external_user_id==",
+            "name==x",
+            "external_user_id==a b",
+            r#"external_user_id=="a"b"#,
+        ] {
+            assert!(parse_rsql(bad, FACTOR_FIELDS).is_err(), "{bad}");
         }
     }
 }

@@ -267,7 +267,7 @@ fn pamtester(pamd: &Path, service: &str, user: &str, input: &str) -> Res<Run> {
     let start = Instant::now();
     let mut child = Command::new("pamtester")
         .args([service, user, "authenticate"])
-        .env("LD_PRELOAD", "libpam_wrapper.so")
+        .env("LD_PRELOAD", "libpam_wrapper.so libnss_wrapper.so")
         .env("PAM_WRAPPER", "1")
         .env("PAM_WRAPPER_SERVICE_DIR", pamd.join(format!("d-{service}")))
         .stdin(Stdio::piped())
@@ -310,7 +310,9 @@ fn callgrind(pamd: &Path, service: &str, user: &str, input: &str, out: &Path) ->
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .args(["pamtester", service, user, "authenticate"])
-        .env("LD_PRELOAD", "libpam_wrapper.so")
+        .env("LD_PRELOAD", "libpam_wrapper.so libnss_wrapper.so")
+        // nss_wrapper's RTLD_DEEPBIND and valgrind do not mix (nss_wrapper(1)).
+        .env("NSS_WRAPPER_DISABLE_DEEPBIND", "1")
         .env("PAM_WRAPPER", "1")
         .env("PAM_WRAPPER_SERVICE_DIR", pamd.join(format!("d-{service}")))
         .stdin(Stdio::piped())
@@ -433,6 +435,25 @@ fn all(args: &[String]) -> Res<()> {
         });
     }
     let code = |u: &User| totp::code(&u.secret, now_secs());
+
+    // The module asks NSS for every user and refuses a name it does not know: the bench users
+    // exist for the logins through nss_wrapper (the host's accounts plus theirs; the host is not
+    // changed). Every login process below preloads it; these two variables point it at the files.
+    let mut passwd = std::fs::read_to_string("/etc/passwd").map_err(e("/etc/passwd"))?;
+    for (i, u) in users.iter().enumerate() {
+        passwd.push_str(&format!(
+            "{}:x:{}:64200::/nonexistent:/usr/sbin/nologin\n",
+            u.name,
+            64201 + i
+        ));
+    }
+    let group =
+        std::fs::read_to_string("/etc/group").map_err(e("/etc/group"))? + "truid-bench:x:64200:\n";
+    std::fs::write(work.join("passwd"), passwd).map_err(e("passwd"))?;
+    std::fs::write(work.join("group"), group).map_err(e("group"))?;
+    // Set before any thread of this process starts a child.
+    std::env::set_var("NSS_WRAPPER_PASSWD", work.join("passwd"));
+    std::env::set_var("NSS_WRAPPER_GROUP", work.join("group"));
 
     // The syslog socket the module writes to; drained so it never blocks the module.
     let log_sock = work.join("log.sock");
@@ -690,6 +711,7 @@ fn all(args: &[String]) -> Res<()> {
                 std::thread::spawn(move || -> Res<Run> {
                     let start = Instant::now();
                     let o = Command::new(&me)
+                        .env("LD_PRELOAD", "libnss_wrapper.so")
                         .arg("leak")
                         .arg(&pamd)
                         .arg(format!("{user}:{code}:{tag}"))
@@ -815,7 +837,11 @@ fn all(args: &[String]) -> Res<()> {
             })
             .collect::<Res<_>>()?;
         let mut leak_cmd = Command::new(&me);
-        leak_cmd.arg("leak").arg(&pamd).args(&leak_users);
+        leak_cmd
+            .env("LD_PRELOAD", "libnss_wrapper.so")
+            .arg("leak")
+            .arg(&pamd)
+            .args(&leak_users);
         let out = leak_cmd.output().map_err(e("leak"))?;
         let leak_line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
