@@ -1996,3 +1996,57 @@ fn polkit_helper_asks_the_code_with_the_shipped_stack() {
     assert!(passed && prompts == ["Password: "], "{prompts:?}");
     assert_stood_aside(&w, STAND_ASIDE[0]);
 }
+
+/// The ticket `sudo -i` leaves: one shell runs `sudo -S -i true` with the password, then
+/// `sudo -n id -un` (no prompt allowed), with sudo's own timestamp_timeout (15 minutes on
+/// Debian) and a private ticket folder over /run/sudo/ts. With the host's sudo-i the first run
+/// is root on the password and the second rides its ticket without the code; with the shipped
+/// sudo-i the first is refused and the second has no ticket.
+#[test]
+fn sudo_login_shell_ticket_needs_the_code_too() {
+    let u = "truidsi3";
+    let w = World::new();
+    ensure_user(u);
+    set_password(u);
+    let f = w.enroll(u);
+    w.config("", &[(u, &f)]);
+    let d = w.path("sudoers.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (sudo, sudo_i) = (snippet_stack(&w, "sudo"), snippet_stack(&w, "sudo-i"));
+    let script = "sudo -S -i true; echo first=$?; sudo -n id -un; echo second=$?";
+    for shipped in [false, true] {
+        // A fresh, empty ticket folder each time (sudo wants it root's, 0700).
+        let ts = w.path(&format!("sudo-ts-{shipped}"));
+        std::fs::create_dir(&ts).unwrap();
+        std::fs::set_permissions(&ts, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let rule = d.join("pam_truid_test");
+        let _ = std::fs::remove_file(&rule);
+        std::fs::write(
+            &rule,
+            format!(
+                "Defaults:{u} passwd_tries=1, lecture=never, timestampdir={}\n\
+                 {u} ALL=(ALL:ALL) ALL\n",
+                ts.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let mut binds: Vec<(&Path, &str)> =
+            vec![(&sudo, "/etc/pam.d/sudo"), (&d, "/etc/sudoers.d")];
+        if shipped {
+            binds.push((&sudo_i, "/etc/pam.d/sudo-i"));
+        }
+        let argv = ["runuser", "-u", u, "--", "sh", "-c", script];
+        let (_, out, err) = run_piped(in_namespace(&binds, &argv), &format!("{PASSWORD}\n"));
+        let lines: Vec<&str> = out.lines().collect();
+        if shipped {
+            // Refused (the password is not a code), and no ticket for the second.
+            assert_eq!(lines, ["first=1", "second=1"], "shipped sudo-i: {err}");
+            assert!(err.contains(PROMPT), "{err}");
+        } else {
+            // The hole: root on the password, then root again without anything typed.
+            assert_eq!(lines, ["first=0", "root", "second=0"], "{err}");
+        }
+    }
+}
