@@ -1765,7 +1765,7 @@ fn polkit_confdir(w: &World, name: &str, text: &str) -> PathBuf {
 /// Debian's own polkit-1 (common-auth only) lets an enrolled admin in on the password alone.
 #[test]
 fn polkit_stack_asks_the_password_then_the_code() {
-    let (enrolled, aside) = ("truidpk1", "truidpk2");
+    let (enrolled, aside) = ("truidpl1", "truidpl2");
     let w = World::new();
     for u in [enrolled, aside] {
         ensure_user(u);
@@ -1965,7 +1965,7 @@ fn polkit_helper(w: &World, polkit_1: &str, user: &str, answers: &[&str]) -> (Ve
 /// and refuses a wrong code; a user the module stands aside for gives the password only.
 #[test]
 fn polkit_helper_asks_the_code_with_the_shipped_stack() {
-    let (enrolled, aside) = ("truidpk3", "truidpk4");
+    let (enrolled, aside) = ("truidpl3", "truidpl4");
     let w = World::new();
     for u in [enrolled, aside] {
         ensure_user(u);
