@@ -1611,3 +1611,442 @@ fn ssh_push_prompt_is_visible_and_approval_logs_in() {
     let lines = w.outcomes();
     assert!(lines[0].contains("outcome=verified"), "{lines:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// sudo -i: its own PAM service
+
+/// `printf ANSWERS | sudo -S -k -i id -un` run as `user` (a login shell: PAM service
+/// `sudo-i`, Debian's sudo being built --with-pam-login), with the sudo snippet over
+/// /etc/pam.d/sudo and our sudoers.d, and, when `shipped_sudo_i`, the sudo-i snippet over
+/// /etc/pam.d/sudo-i; otherwise the host's own sudo-i runs, as after installing conf/pam.d/sudo
+/// alone. Returns (success, stdout, stderr).
+fn sudo_login_shell_as(
+    w: &World,
+    user: &str,
+    shipped_sudo_i: bool,
+    stdin: &str,
+) -> (bool, String, String) {
+    let (sudo, sudo_i, sudoers_d) = (
+        snippet_stack(w, "sudo"),
+        snippet_stack(w, "sudo-i"),
+        w.path("sudoers.d"),
+    );
+    let mut binds: Vec<(&Path, &str)> =
+        vec![(&sudo, "/etc/pam.d/sudo"), (&sudoers_d, "/etc/sudoers.d")];
+    if shipped_sudo_i {
+        binds.push((&sudo_i, "/etc/pam.d/sudo-i"));
+    }
+    let argv = [
+        "runuser", "-u", user, "--", "sudo", "-S", "-k", "-i", "id", "-un",
+    ];
+    run_piped(in_namespace(&binds, &argv), stdin)
+}
+
+/// `sudo -i` with conf/pam.d/sudo and conf/pam.d/sudo-i installed asks an enrolled user the
+/// code, as plain sudo does: the password alone is refused, the code gives root. A user the
+/// module stands aside for is asked the Unix password. And the hole the shipped sudo-i closes:
+/// with conf/pam.d/sudo alone (the host's Debian sudo-i), `sudo -i` gives root on the password.
+#[test]
+fn sudo_login_shell_asks_the_code_with_the_shipped_sudo_i() {
+    let (enrolled, aside) = ("truidsi1", "truidsi2");
+    assert!(
+        Path::new("/etc/pam.d/sudo-i").exists(),
+        "this host's sudo has no /etc/pam.d/sudo-i (Debian's sudo package ships it)"
+    );
+    let w = World::new();
+    for u in [enrolled, aside] {
+        ensure_user(u);
+        set_password(u);
+    }
+    let (fe, fa) = (w.enroll(enrolled), w.enroll(aside));
+    sudoers(&w, &[enrolled, aside]);
+    w.config("", &[(enrolled, &fe)]);
+    let asked = |u: &str| format!("[sudo] password for {u}: ");
+
+    // Without the shipped sudo-i: root on the password alone; the module never runs.
+    let (ok, out, err) = sudo_login_shell_as(&w, enrolled, false, &format!("{PASSWORD}\n"));
+    assert!(ok && out.trim() == "root", "{out}\n{err}");
+    assert!(
+        err.contains(&asked(enrolled)) && !err.contains(PROMPT),
+        "{err}"
+    );
+    assert!(w.outcomes().is_empty());
+
+    // With it: the password is not a code; refused, and no password is asked.
+    let (ok, out, err) = sudo_login_shell_as(
+        &w,
+        enrolled,
+        true,
+        &format!("{PASSWORD}\n{PASSWORD}\n{PASSWORD}\n"),
+    );
+    assert!(
+        !ok && out.trim().is_empty(),
+        "root on the password: {out}\n{err}"
+    );
+    assert!(
+        err.contains(PROMPT) && !err.contains("password for"),
+        "{err}"
+    );
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("outcome=wrong_code")
+            && lines[0].contains("service=\"sudo-i\""),
+        "{lines:?}"
+    );
+    // A wrong code: refused.
+    let bad = w.wrong_code(&fe);
+    let (ok, out, err) = sudo_login_shell_as(&w, enrolled, true, &format!("{bad}\n{bad}\n{bad}\n"));
+    assert!(!ok && out.trim().is_empty(), "{out}\n{err}");
+    assert!(outcome_lines_with(&w, "outcome=wrong_code").len() == 1);
+    // The code: a root login shell.
+    let (ok, out, err) = sudo_login_shell_as(&w, enrolled, true, &format!("{}\n", w.code(&fe)));
+    assert!(ok && out.trim() == "root", "{out}\n{err}");
+    assert!(
+        err.contains(PROMPT) && !err.contains("password for"),
+        "{err}"
+    );
+    let lines = outcome_lines_with(&w, "outcome=verified");
+    assert!(
+        lines.len() == 1 && lines[0].contains(&format!("user=\"{enrolled}\" service=\"sudo-i\"")),
+        "{lines:?}"
+    );
+
+    // A user the module stands aside for: the Unix password decides.
+    for way in STAND_ASIDE {
+        stand_aside_config(&w, way, aside, &fa);
+        let what = way.0;
+        let (ok, out, err) = sudo_login_shell_as(&w, aside, true, "");
+        assert!(
+            !ok && out.trim().is_empty(),
+            "{what}: root on nothing: {out}\n{err}"
+        );
+        assert!(
+            err.contains(&asked(aside)) && !err.contains(PROMPT),
+            "{what}: {err}"
+        );
+        assert_stood_aside(&w, way);
+        let (ok, out, err) = sudo_login_shell_as(&w, aside, true, "not-the-password\n");
+        assert!(!ok && out.trim().is_empty(), "{what}: {out}\n{err}");
+        assert_stood_aside(&w, way);
+        let (ok, out, err) = sudo_login_shell_as(&w, aside, true, &format!("{PASSWORD}\n"));
+        assert!(ok && out.trim() == "root", "{what}: {out}\n{err}");
+        assert!(
+            err.contains(&asked(aside)) && !err.contains(PROMPT),
+            "{what}: {err}"
+        );
+        assert_stood_aside(&w, way);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// polkit
+
+/// One authentication as polkit-agent-helper-1 runs it: service polkit-1, the administrator
+/// as the user, no tty, each prompt passed on to the authentication agent. Through real libpam
+/// from `dir` (`pam_start_confdir`). No polkitd runs here (no system D-Bus): the real helper
+/// is run up to its report to polkitd in `polkit_helper`, an action's whole round trip not.
+fn polkit_auth(dir: &Path, user: &str, answers: &[&str]) -> (i32, Script) {
+    let mut s = Script::answering(answers);
+    let rc = pam_login(dir, "polkit-1", user, &Items::default(), &mut s);
+    (rc, s)
+}
+
+/// A stack folder whose polkit-1 is `text`.
+fn polkit_confdir(w: &World, name: &str, text: &str) -> PathBuf {
+    let dir = w.path(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("polkit-1"), text).unwrap();
+    dir
+}
+
+/// conf/pam.d/polkit-1: the password, then the code; a wrong code or password is refused; a
+/// user the module stands aside for is asked the password only. And the hole it closes:
+/// Debian's own polkit-1 (common-auth only) lets an enrolled admin in on the password alone.
+#[test]
+fn polkit_stack_asks_the_password_then_the_code() {
+    let (enrolled, aside) = ("truidpl1", "truidpl2");
+    let w = World::new();
+    for u in [enrolled, aside] {
+        ensure_user(u);
+        set_password(u);
+    }
+    let (fe, fa) = (w.enroll(enrolled), w.enroll(aside));
+    w.config("", &[(enrolled, &fe)]);
+
+    // Debian's file (polkitd's, or the host's override in /etc/pam.d).
+    let host_file = ["/etc/pam.d/polkit-1", "/usr/lib/pam.d/polkit-1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("no polkit-1 stack on this host: install polkitd (tests/setup.sh does)");
+    let debian = polkit_confdir(
+        &w,
+        "polkit-debian.d",
+        &std::fs::read_to_string(host_file).unwrap(),
+    );
+    let (rc, s) = polkit_auth(&debian, enrolled, &[PASSWORD]);
+    assert_eq!(rc, PAM_SUCCESS, "{host_file}: {:?}", s.seen);
+    assert_eq!(s.prompts(), ["Password: "], "{host_file}");
+    assert!(w.outcomes().is_empty(), "{host_file} runs the module");
+
+    let shipped = std::fs::read_to_string(snippet_stack(&w, "polkit-1")).unwrap();
+    let dir = polkit_confdir(&w, "polkit.d", &shipped);
+    // The password, then the code.
+    let (rc, s) = polkit_auth(&dir, enrolled, &[PASSWORD, &w.code(&fe)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", s.seen);
+    assert_eq!(s.prompts(), ["Password: ", PROMPT]);
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1
+            && lines[0].contains(&format!(
+                "outcome=verified user=\"{enrolled}\" service=\"polkit-1\""
+            )),
+        "{lines:?}"
+    );
+    // The password alone (no code to give): refused.
+    let (rc, s) = polkit_auth(&dir, enrolled, &[PASSWORD]);
+    assert_ne!(rc, PAM_SUCCESS, "{:?}", s.seen);
+    assert_eq!(s.prompts(), ["Password: ", PROMPT]);
+    w.outcomes();
+    // Wrong codes: refused.
+    let bad = w.wrong_code(&fe);
+    let (rc, s) = polkit_auth(&dir, enrolled, &[PASSWORD, &bad, &bad, &bad]);
+    assert_eq!(rc, PAM_AUTH_ERR, "{:?}", s.seen);
+    assert_eq!(s.prompts(), ["Password: ", PROMPT, PROMPT, PROMPT]);
+    assert_eq!(outcome_lines_with(&w, "outcome=wrong_code").len(), 1);
+    // A wrong password stops at common-auth: no code asked, tru.ID not asked.
+    let before = w.emu.stats().challenges_created;
+    let (rc, s) = polkit_auth(&dir, enrolled, &["not-the-password"]);
+    assert_eq!(rc, PAM_AUTH_ERR, "{:?}", s.seen);
+    assert_eq!(s.prompts(), ["Password: "]);
+    assert_eq!(w.emu.stats().challenges_created, before);
+    assert!(w.outcomes().is_empty());
+
+    // A user the module stands aside for: the password alone decides.
+    for way in STAND_ASIDE {
+        stand_aside_config(&w, way, aside, &fa);
+        let what = way.0;
+        let (rc, s) = polkit_auth(&dir, aside, &[]);
+        assert_ne!(rc, PAM_SUCCESS, "{what}: in on nothing: {:?}", s.seen);
+        assert_eq!(s.prompts(), ["Password: "], "{what}");
+        let (rc, s) = polkit_auth(&dir, aside, &["not-the-password"]);
+        assert_eq!(rc, PAM_AUTH_ERR, "{what}: {:?}", s.seen);
+        assert_eq!(s.prompts(), ["Password: "], "{what}");
+        assert!(w.outcomes().is_empty(), "{what}");
+        let (rc, s) = polkit_auth(&dir, aside, &[PASSWORD]);
+        assert_eq!(rc, PAM_SUCCESS, "{what}: {:?}", s.seen);
+        assert_eq!(s.prompts(), ["Password: "], "{what}");
+        assert_stood_aside(&w, way);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// [login] groups with su
+
+/// Creates the group when missing and adds `users` to it (in the private host only).
+fn ensure_group_with(group: &str, users: &[&str]) {
+    private_host();
+    let _one_at_a_time = USERADD.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new("groupadd").arg(group).output().unwrap();
+    // 9: the group exists.
+    assert!(
+        out.status.success() || out.status.code() == Some(9),
+        "groupadd {group}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for u in users {
+        run_ok(Command::new("usermod").args(["-a", "-G", group, u]));
+    }
+}
+
+/// `[login] groups` is checked on the user whose factor is asked. With su = "caller" an admin
+/// (a caller in the group) is asked root's password and then their own code when they
+/// `su -` to root; a caller outside the group, the password only. With su = "target" (the
+/// default) the groups are root's, and root is in none: `su -` to root asks no code, as
+/// pam_truid.toml(5) and conf/pam.d/su warn.
+#[test]
+fn su_caller_with_groups_asks_an_admin_their_code_for_root() {
+    let (admin, other) = ("truidgr1", "truidgr2");
+    let group = "truidadmins";
+    let w = World::new();
+    for u in [admin, other] {
+        ensure_user(u);
+    }
+    ensure_group_with(group, &[admin]);
+    // root's password in the private copy of /etc only.
+    set_password("root");
+    let (fa, fo) = (w.enroll(admin), w.enroll(other));
+    let users = [(admin, fa.as_str()), (other, fo.as_str())];
+    w.config(
+        &format!("su = \"caller\"\ngroups = [\"{group}\"]\ntries = 1"),
+        &users,
+    );
+
+    // The admin: root's password, then their own code.
+    let s = su_as(&w, admin, true, "root", &[PASSWORD, &w.code(&fa)]);
+    assert_logged_in(&s, "root", None);
+    assert_eq!(s.prompts, ["Password: ", PROMPT]);
+    let ch = w.emu.last_challenges();
+    assert!(
+        !ch.is_empty() && ch.iter().all(|c| c.factor_id == fa),
+        "{ch:?}"
+    );
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("outcome=verified")
+            && lines[0].contains("service=\"su-l\""),
+        "{lines:?}"
+    );
+    // Root's password without the admin's code: refused.
+    let s = su_as(&w, admin, true, "root", &[PASSWORD, &w.wrong_code(&fa)]);
+    assert_refused(&s);
+    assert_eq!(s.prompts, ["Password: ", PROMPT]);
+    assert_eq!(outcome_lines_with(&w, "outcome=wrong_code").len(), 1);
+    // A caller outside the group: root's password only.
+    let s = su_as(&w, other, true, "root", &[PASSWORD]);
+    assert_logged_in(&s, "root", None);
+    assert_eq!(s.prompts, ["Password: "]);
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=not_required"),
+        "{lines:?}"
+    );
+
+    // The trap the docs warn of: su = "target" with the same groups checks root's groups.
+    w.config(&format!("groups = [\"{group}\"]\ntries = 1"), &users);
+    let s = su_as(&w, admin, true, "root", &[PASSWORD]);
+    assert_logged_in(&s, "root", None);
+    assert_eq!(s.prompts, ["Password: "]);
+    let lines = w.outcomes();
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=not_required user=\"root\""),
+        "{lines:?}"
+    );
+}
+
+/// What the real polkit-agent-helper-1 (setuid root, run by `user` as an authentication agent
+/// runs it) did with `polkit_1` as /etc/pam.d/polkit-1, in a private mount namespace whose
+/// /etc/pam.d is a copy of the host's: the prompts it passed on to the agent, and whether PAM
+/// let the user in. With no polkitd to report to (no system D-Bus here), the helper ends in
+/// FAILURE either way; PAM's verdict is what it printed before: "pam_authenticate failed" or
+/// going on to reach polkitd ("Error getting authority").
+fn polkit_helper(w: &World, polkit_1: &str, user: &str, answers: &[&str]) -> (Vec<String>, bool) {
+    let dir = w.path("pam.d-with-polkit-1");
+    if !dir.exists() {
+        run_ok(Command::new("cp").arg("-a").arg("/etc/pam.d").arg(&dir));
+    }
+    std::fs::write(dir.join("polkit-1"), polkit_1).unwrap();
+    let helper = "/usr/lib/polkit-1/polkit-agent-helper-1";
+    // The agent's protocol: the cookie first, then one line per answer.
+    let mut stdin = String::from("truid-test-cookie\n");
+    for a in answers {
+        stdin.push_str(a);
+        stdin.push('\n');
+    }
+    let argv = ["runuser", "-u", user, "--", helper, user];
+    let (_, out, err) = run_piped(in_namespace(&[(&dir, "/etc/pam.d")], &argv), &stdin);
+    let prompts = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("PAM_PROMPT_ECHO_OFF "))
+        .map(|p| p.to_string())
+        .collect();
+    let refused = err.contains("pam_authenticate failed") || err.contains("pam_acct_mgmt failed");
+    let passed = err.contains("Error getting authority") || out.lines().any(|l| l == "SUCCESS");
+    assert!(
+        refused != passed,
+        "{helper}: neither verdict:\n{out}\n{err}"
+    );
+    (prompts, passed)
+}
+
+/// The same through the real setuid polkit-agent-helper-1: Debian's polkit-1 lets an enrolled
+/// user through on the password alone; conf/pam.d/polkit-1 asks the password, then the code,
+/// and refuses a wrong code; a user the module stands aside for gives the password only.
+#[test]
+fn polkit_helper_asks_the_code_with_the_shipped_stack() {
+    let (enrolled, aside) = ("truidpl3", "truidpl4");
+    let w = World::new();
+    for u in [enrolled, aside] {
+        ensure_user(u);
+        set_password(u);
+    }
+    let (fe, fa) = (w.enroll(enrolled), w.enroll(aside));
+    w.config("", &[(enrolled, &fe)]);
+    let debian = std::fs::read_to_string("/usr/lib/pam.d/polkit-1")
+        .expect("/usr/lib/pam.d/polkit-1: install polkitd (tests/setup.sh does)");
+    let shipped = std::fs::read_to_string(snippet_stack(&w, "polkit-1")).unwrap();
+
+    let (prompts, passed) = polkit_helper(&w, &debian, enrolled, &[PASSWORD]);
+    assert!(passed && prompts == ["Password: "], "{prompts:?}");
+    assert!(w.outcomes().is_empty());
+
+    let (prompts, passed) = polkit_helper(&w, &shipped, enrolled, &[PASSWORD, &w.code(&fe)]);
+    assert!(passed && prompts == ["Password: ", PROMPT], "{prompts:?}");
+    assert!(w.outcomes()[0].contains("outcome=verified"));
+    let bad = w.wrong_code(&fe);
+    let (prompts, passed) = polkit_helper(&w, &shipped, enrolled, &[PASSWORD, &bad, &bad, &bad]);
+    assert!(!passed && prompts.len() == 4, "{prompts:?}");
+    assert!(w.outcomes()[0].contains("outcome=wrong_code"));
+
+    stand_aside_config(&w, STAND_ASIDE[0], aside, &fa);
+    let (prompts, passed) = polkit_helper(&w, &shipped, aside, &["not-the-password"]);
+    assert!(!passed && prompts == ["Password: "], "{prompts:?}");
+    let (prompts, passed) = polkit_helper(&w, &shipped, aside, &[PASSWORD]);
+    assert!(passed && prompts == ["Password: "], "{prompts:?}");
+    assert_stood_aside(&w, STAND_ASIDE[0]);
+}
+
+/// The ticket `sudo -i` leaves: one shell runs `sudo -S -i true` with the password, then
+/// `sudo -n id -un` (no prompt allowed), with sudo's own timestamp_timeout (15 minutes on
+/// Debian) and a private ticket folder over /run/sudo/ts. With the host's sudo-i the first run
+/// is root on the password and the second rides its ticket without the code; with the shipped
+/// sudo-i the first is refused and the second has no ticket.
+#[test]
+fn sudo_login_shell_ticket_needs_the_code_too() {
+    let u = "truidsi3";
+    let w = World::new();
+    ensure_user(u);
+    set_password(u);
+    let f = w.enroll(u);
+    w.config("", &[(u, &f)]);
+    let d = w.path("sudoers.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (sudo, sudo_i) = (snippet_stack(&w, "sudo"), snippet_stack(&w, "sudo-i"));
+    let script = "sudo -S -i true; echo first=$?; sudo -n id -un; echo second=$?";
+    for shipped in [false, true] {
+        // A fresh, empty ticket folder each time (sudo wants it root's, 0700).
+        let ts = w.path(&format!("sudo-ts-{shipped}"));
+        std::fs::create_dir(&ts).unwrap();
+        std::fs::set_permissions(&ts, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let rule = d.join("pam_truid_test");
+        let _ = std::fs::remove_file(&rule);
+        std::fs::write(
+            &rule,
+            format!(
+                "Defaults:{u} passwd_tries=1, lecture=never, timestampdir={}\n\
+                 {u} ALL=(ALL:ALL) ALL\n",
+                ts.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let mut binds: Vec<(&Path, &str)> =
+            vec![(&sudo, "/etc/pam.d/sudo"), (&d, "/etc/sudoers.d")];
+        if shipped {
+            binds.push((&sudo_i, "/etc/pam.d/sudo-i"));
+        }
+        let argv = ["runuser", "-u", u, "--", "sh", "-c", script];
+        let (_, out, err) = run_piped(in_namespace(&binds, &argv), &format!("{PASSWORD}\n"));
+        let lines: Vec<&str> = out.lines().collect();
+        if shipped {
+            // Refused (the password is not a code), and no ticket for the second.
+            assert_eq!(lines, ["first=1", "second=1"], "shipped sudo-i: {err}");
+            assert!(err.contains(PROMPT), "{err}");
+        } else {
+            // The hole: root on the password, then root again without anything typed.
+            assert_eq!(lines, ["first=0", "root", "second=0"], "{err}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ packages=(
   libpam-wrapper      # PAM stacks from a folder, without touching /etc/pam.d
   openssh-server openssh-client sshpass   # real SSH logins
   sudo util-linux     # real sudo and su; unshare for private PAM stacks
+  polkitd             # Debian's own /usr/lib/pam.d/polkit-1, which tests/real_logins.rs runs next to conf/pam.d/polkit-1
   bubblewrap
   ca-certificates curl socat   # the demo: control endpoint, syslog listener
   binutils valgrind g++   # nm/readelf for tests/exports.rs; tests/valgrind.sh; libFuzzer for tests/fuzz.sh
