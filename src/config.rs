@@ -251,15 +251,8 @@ impl Config {
     /// Parses configuration text; `path` names the file in errors and anchors the checks of
     /// files it refers to.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigError::new(
-                path,
-                format!(
-                    "{} (see pam_truid.toml(5) for the keys)",
-                    one_line(&e.to_string())
-                ),
-            )
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::new(path, toml_problem(text, &e)))?;
         let err = |key: &str, problem: String| ConfigError::new(path, format!("{key}: {problem}"));
 
         let api = raw.api;
@@ -545,6 +538,73 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME_BYTES && !name.chars().any(char::is_control)
 }
 
+/// A TOML error in words, with where it is (line, column, table and key), and never the
+/// file's text: toml's own rendering quotes the offending line, and that line may hold
+/// `client_secret`. Quoted words of the message are kept only when they look like a key or a
+/// setting's word; serde quotes values it cannot take, and the rule does not rely on a secret
+/// never being one of them.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::new();
+    let mut quote: Option<char> = None;
+    let mut quoted = String::new();
+    for c in one_line(e.message()).chars() {
+        match quote {
+            None if c == '`' || c == '"' => quote = Some(c),
+            None => message.push(c),
+            Some(q) if c == q => {
+                let word = !quoted.is_empty()
+                    && quoted.len() <= 32
+                    && quoted
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.');
+                let punctuation =
+                    quoted.len() == 1 && quoted.bytes().all(|b| b.is_ascii_punctuation());
+                let plain = word || punctuation;
+                message.push(q);
+                message.push_str(if plain { &quoted } else { "(value not shown)" });
+                message.push(q);
+                quoted.clear();
+                quote = None;
+            }
+            Some(_) => quoted.push(c),
+        }
+    }
+    let at = e.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        // The key of that line and the table above it: names, never values.
+        let table = before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .and_then(|l| l.split(']').next())
+            .map(|t| format!("{}] ", t.trim_start_matches('[')))
+            .map(|t| format!("[{t}"));
+        let here = text.lines().nth(line - 1).unwrap_or("").trim();
+        let key = here
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !k.starts_with('['))
+            .map(|k| crate::text::sanitize(k, 64));
+        let place = match key {
+            Some(k) => format!(" ({}{k})", table.unwrap_or_default()),
+            // A table header is a name too.
+            None if here.starts_with('[') && !here.contains('=') => {
+                format!(" (table {})", crate::text::sanitize(here, 64))
+            }
+            None => String::new(),
+        };
+        format!("line {line}, column {column}{place}: ")
+    });
+    format!(
+        "{}{} (a TOML error; see pam_truid.toml(5) for the keys)",
+        at.unwrap_or_default(),
+        message
+    )
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -803,6 +863,31 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
                 format!("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"{url}\"\n");
             parse(&text).unwrap();
         }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_never_quote_it() {
+        let secret = "PyCHLudkOg5RzFXQl2o-TWDxGGq0_0Q5";
+        for text in [
+            format!("[api]\nclient_id = \"a\"\nclient_secret = \"{secret}\" x\n"),
+            format!(
+                "[api]\nclient_id = \"a\"\nclient_secret = \"old\"\nclient_secret = \"{secret}\"\n"
+            ),
+            format!(
+                "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[console]\nworkspace_id = \"w\"\n\
+                 project_id = \"p\"\nclient_id = \"c\"\nclient_secret = {secret}\n"
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(!e.contains(secret) && !e.contains("PyCH"), "{e}");
+            assert!(e.contains("line "), "{e}");
+        }
+        let e = parse(
+            "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nfailmode = \"open\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 5") && e.contains("`secure`"), "{e}");
     }
 
     #[test]

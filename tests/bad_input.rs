@@ -173,7 +173,7 @@ impl Conf {
 
 /// Logs in with the config and expects a denial whose log line contains every one of `names`.
 /// `config_error` lines must come with `PAM_SERVICE_ERR` and no prompt.
-fn expect_denied(w: &World, case: &str, names: &[&str]) {
+fn expect_denied(w: &World, case: &str, names: &[&str]) -> String {
     let (rc, s) = w.login("alice", &[]);
     let lines = w.outcomes();
     assert_eq!(lines.len(), 1, "{case}: {lines:?}");
@@ -187,6 +187,7 @@ fn expect_denied(w: &World, case: &str, names: &[&str]) {
             "{case}: log line does not name {n:?}: {line}"
         );
     }
+    line.clone()
 }
 
 #[test]
@@ -851,4 +852,50 @@ fn pam_with(
     let mut s = Script::answering(answers);
     let rc = pam_login_as(&w.path("pam.d"), service, user, items, &mut s);
     (rc, s.seen)
+}
+
+/// toml's own error text quotes the offending line: a syntax error on the `client_secret` line
+/// (a stray character, a second line pasted while rotating it) put the secret into the syslog
+/// line that any `sudo` by an ordinary user writes, readable by the adm group. The line names
+/// the place (line, column, key) and never the text.
+#[test]
+fn a_syntax_error_on_a_secret_line_never_logs_the_secret() {
+    let (w, f) = with_enrolled_alice();
+    let secret = w.emu.info().client_secret.clone();
+    let base = Conf::base(&w, &f);
+    let q = |s: &str| format!("\"{s}\"");
+    let console = |secret_value: &str| {
+        format!(
+            "[console]\nworkspace_id = \"w\"\nproject_id = \"p\"\nclient_id = \"c\"\nclient_secret = {secret_value}\n"
+        )
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "a stray word after the secret",
+            base.text()
+                .replace(&q(&secret), &format!("{} x", q(&secret))),
+            vec!["client_secret", "line "],
+        ),
+        (
+            "the secret pasted twice",
+            base.text().replace(
+                "[login]",
+                &format!("client_secret = {}\n[login]", q(&secret)),
+            ),
+            vec!["client_secret", "duplicate key"],
+        ),
+        (
+            "an unquoted console secret",
+            format!("{}{}", base.text(), console(&secret)),
+            vec!["client_secret", "[console]"],
+        ),
+    ];
+    for (case, text, names) in &cases {
+        w.write_config(text);
+        let line = expect_denied(&w, case, names);
+        assert!(
+            !line.contains(&secret) && !line.contains(&secret[..8]),
+            "{case}: the secret is in the log line: {line}"
+        );
+    }
 }
