@@ -265,27 +265,28 @@ const LOCAL_ERRNOS: [i32; 5] = [
 ];
 
 /// Records a local resource error or a TLS error found at one link of a source chain.
-/// `io::Error::source` skips the error it wraps, so that one is looked at here too.
+/// `io::Error::source` skips the error it wraps (and io errors nest: hyper's wraps
+/// tokio-rustls's, which wraps rustls's), so each wrapped one is looked at too.
 fn note_cause(cause: &(dyn std::error::Error + 'static), local: &mut Option<i32>, tls: &mut bool) {
-    let mut look = |c: &(dyn std::error::Error + 'static)| {
+    let mut next = Some(cause);
+    // Bounded: a chain of wrapped io errors is a few deep.
+    for _ in 0..8 {
+        let Some(c) = next else { return };
         if c.downcast_ref::<rustls::Error>().is_some() {
             *tls = true;
         }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(n) = io.raw_os_error().filter(|n| LOCAL_ERRNOS.contains(n)) {
-                local.get_or_insert(n);
-            }
-            if io.kind() == std::io::ErrorKind::OutOfMemory {
-                local.get_or_insert(libc::ENOMEM);
-            }
+        let Some(io) = c.downcast_ref::<std::io::Error>() else {
+            return;
+        };
+        if let Some(n) = io.raw_os_error().filter(|n| LOCAL_ERRNOS.contains(n)) {
+            local.get_or_insert(n);
         }
-    };
-    look(cause);
-    if let Some(inner) = cause
-        .downcast_ref::<std::io::Error>()
-        .and_then(std::io::Error::get_ref)
-    {
-        look(inner);
+        if io.kind() == std::io::ErrorKind::OutOfMemory {
+            local.get_or_insert(libc::ENOMEM);
+        }
+        next = io
+            .get_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
     }
 }
 
@@ -299,10 +300,11 @@ mod tests {
         let (mut local, mut tls) = (None, false);
         note_cause(&wrapped, &mut local, &mut tls);
         assert_eq!(local, Some(libc::EMFILE));
-        let cert = std::io::Error::new(
+        // As hyper reports it: an io error around tokio-rustls's io error around rustls's.
+        let cert = std::io::Error::other(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
-        );
+        ));
         let (mut local, mut tls) = (None, false);
         note_cause(&cert, &mut local, &mut tls);
         assert!(tls && local.is_none());
