@@ -235,10 +235,13 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
     // This host ran out of something: an unprivileged user can cause that at will in their
     // own setuid process (rlimits), so it is never an outage.
     if let Some(errno) = local {
-        return ApiError::Failed(format!(
-            "this host ran out of a resource ({}): {shown}",
-            std::io::Error::from_raw_os_error(errno)
-        ));
+        let what = std::io::Error::from_raw_os_error(errno).to_string();
+        let detail = if shown.contains(&what) {
+            String::new()
+        } else {
+            format!(" ({shown})")
+        };
+        return ApiError::Failed(format!("this host ran out of a resource: {what}{detail}"));
     }
     // Someone answered who cannot prove to be tru.ID: an attack or a misconfiguration.
     if tls {
