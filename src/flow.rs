@@ -343,6 +343,8 @@ pub fn authenticate(
         let round = match (&who, phone) {
             (Who::Found(factor), Some(phone)) if push && answer.is_empty() => {
                 let message = push_message(cfg, login, user);
+                // Marked before the push: the phone may be asked even if the answer is lost.
+                sent = true;
                 push_round(
                     cfg,
                     conv,
@@ -351,7 +353,6 @@ pub fn authenticate(
                     &reference,
                     phone,
                     message.as_deref(),
-                    &mut sent,
                 )
             }
             _ if push && cfg.login.method == Method::Push => Round::Failed(MSG_PUSH_ONLY),
@@ -443,10 +444,7 @@ fn push_round(
     reference: &str,
     phone: &str,
     message: Option<&str>,
-    sent: &mut bool,
 ) -> Round {
-    // Marked before the call: the phone may be asked even if the answer is lost.
-    *sent = true;
     let challenge = match api.start_push(factor, reference, phone, message) {
         Ok(c) => c,
         Err(e) => return Round::Api(e),

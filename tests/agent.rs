@@ -556,7 +556,12 @@ fn a_kept_connection_closed_while_idle_lets_nobody_in_under_safe() {
     let sock = agent_socket(&w);
     let _agent = start_agent(&sock);
     let f = w.enroll("alice");
-    config_with_agent(&w, &sock, "failmode = \"safe\"\ntries = 1", &[("alice", &f)]);
+    config_with_agent(
+        &w,
+        &sock,
+        "failmode = \"safe\"\ntries = 1",
+        &[("alice", &f)],
+    );
     debug_stack(&w);
     let (rc, s) = w.login("alice", &[&w.code(&f)]);
     assert_eq!(rc, PAM_SUCCESS, "{:?} {:?}", s.seen, w.outcomes());
@@ -571,7 +576,9 @@ fn a_kept_connection_closed_while_idle_lets_nobody_in_under_safe() {
         .collect();
     assert_ne!(rc, PAM_SUCCESS, "let in: {:?} {lines:?}", s.seen);
     assert!(
-        lines.iter().all(|l| !l.contains("outcome=unavailable_allowed")),
+        lines
+            .iter()
+            .all(|l| !l.contains("outcome=unavailable_allowed")),
         "{lines:?}"
     );
     assert_eq!(s.prompts(), vec!["tru.ID code: "], "{:?}", s.seen);

@@ -226,3 +226,71 @@ fn a_library_not_owned_by_root_is_never_loaded() {
     );
     assert!(w.emu.last_challenges().is_empty());
 }
+
+/// Issue 14, item 5: a measurement, not a timed test (run by hand:
+/// `cargo test --release --test direct -- --ignored --nocapture time_to_prompt`).
+/// Through real libpam, the module on its own, the emulator 80 ms away on every request, the
+/// token cached: how long an enrolled user and one without a factor (`unenrolled = "deny"`)
+/// wait for the prompt, whether tru.ID is up or down, and then for the verdict on a wrong code.
+/// The time to the prompt is a login whose conversation fails at the first prompt.
+#[test]
+#[ignore]
+fn time_to_prompt_enrolled_and_not() {
+    const RUNS: usize = 20;
+    let latency = std::time::Duration::from_millis(80);
+    let w = World::new();
+    let f = w.enroll("alice");
+    w.config("", &[("alice", &f)]);
+    w.module_stack();
+    // The token is cached by a first login, as on any host that logs people in.
+    assert_eq!(w.login("alice", &[&w.code(&f)]).0, PAM_SUCCESS);
+    w.emu.set_fault(Fault {
+        route: Route::Any,
+        kind: FaultKind::Latency(latency),
+        times: None,
+    });
+    let median = |user: &str, answers: &[&str]| {
+        let mut t: Vec<std::time::Duration> = (0..RUNS)
+            .map(|_| {
+                let took = timed(|| w.login(user, answers)).1;
+                // Read, so that the log socket's queue never fills and delays a login.
+                w.outcomes();
+                took
+            })
+            .collect();
+        t.sort();
+        t[RUNS / 2]
+    };
+    let wrong = w.wrong_code(&f);
+    println!("| user | to prompt, up | prompt to verdict (wrong code), up | to prompt, down | prompt to verdict, down |");
+    println!("|---|---|---|---|---|");
+    let up: Vec<_> = ["alice", "mallory"]
+        .iter()
+        .map(|u| (median(u, &[]), median(u, &[&wrong])))
+        .collect();
+    // Down: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = w
+        .api_table()
+        .replace(&w.emu.info().base_url, &format!("https://{closed}"));
+    w.write_config(&format!("{text}\n[login]\n[users]\nalice = \"{f}\"\n"));
+    for (i, u) in ["alice (enrolled)", "mallory (no factor)"]
+        .iter()
+        .enumerate()
+    {
+        let name = u.split(' ').next().unwrap();
+        let (down, down_whole) = (median(name, &[]), median(name, &[&wrong]));
+        let (prompt, whole) = up[i];
+        let ms = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        println!(
+            "| {u} | {} | {} | {} | {} |",
+            ms(prompt),
+            ms(whole.saturating_sub(prompt)),
+            ms(down),
+            ms(down_whole.saturating_sub(down))
+        );
+    }
+}
