@@ -284,7 +284,7 @@ pub fn authenticate(
             match api.find_factor(user) {
                 Ok(Some(f)) => Who::Found(f),
                 Ok(None) => Who::Nobody,
-                Err(e) => return api_failure(cfg, login, conv, 0, e, false),
+                Err(e) => return api_failure(cfg, login, conv, 0, e, None),
             }
         }
         None if cfg.login.lookup => Who::Later,
@@ -309,7 +309,7 @@ pub fn authenticate(
                         reason: format!("method = \"push\" but the factor is {kind:?}"),
                     }
                 }
-                Err(e) => return api_failure(cfg, login, conv, 0, e, false),
+                Err(e) => return api_failure(cfg, login, conv, 0, e, None),
             }
         }
         (Who::Found(_), Method::Push, None) => {
@@ -323,7 +323,7 @@ pub fn authenticate(
     let reference = reference_id(login, user);
     // Set once a code or a push has gone to tru.ID: from then on a failure may hide a wrong
     // code, so it denies under both failmodes.
-    let mut sent = false;
+    let mut sent: Option<&'static str> = None;
     for attempt in 1..=cfg.login.tries {
         let last = attempt == cfg.login.tries;
         let prompt = if push {
@@ -344,7 +344,7 @@ pub fn authenticate(
             (Who::Found(factor), Some(phone)) if push && answer.is_empty() => {
                 let message = push_message(cfg, login, user);
                 // Marked before the push: the phone may be asked even if the answer is lost.
-                sent = true;
+                sent = Some("a push was sent, so this failure could hide a denial on the phone");
                 push_round(
                     cfg,
                     conv,
@@ -394,7 +394,7 @@ fn code_round(
     who: &mut Who,
     reference: &str,
     code: &Secret,
-    sent: &mut bool,
+    sent: &mut Option<&'static str>,
 ) -> Round {
     if !code_is_well_formed(code.expose()) {
         return Round::Failed(MSG_MALFORMED);
@@ -414,7 +414,7 @@ fn code_round(
         Err(e) => return Round::Api(e),
     };
     // Marked before the call: a code in flight may have reached tru.ID.
-    *sent = true;
+    *sent = Some("a code was sent, so this failure could hide a wrong code");
     match api.verify(factor, &challenge, code) {
         Ok(ChallengeStatus::Verified) => Round::Verified,
         Ok(ChallengeStatus::Expired) => Round::Failed(MSG_EXPIRED),
@@ -496,14 +496,14 @@ fn api_failure(
     conv: &mut impl Conversation,
     tries: u32,
     e: ApiError,
-    sent: bool,
+    sent: Option<&'static str>,
 ) -> Outcome {
     match e {
         ApiError::Unavailable(reason) => {
             let why_not = if cfg.login.failmode != FailMode::Safe {
                 None
-            } else if sent {
-                Some("a code was sent, so this failure could hide a wrong code".to_string())
+            } else if let Some(what) = sent {
+                Some(what.to_string())
             } else {
                 login
                     .controlled_by
