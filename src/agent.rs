@@ -752,6 +752,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn each_error_class_crosses_the_wire_as_it_is() {
+        for e in [
+            ApiError::Refused("r".into()),
+            ApiError::Unavailable("u".into()),
+            ApiError::Failed("f".into()),
+        ] {
+            let text = serde_json::to_string(&Answer::of(Err(e.clone()))).unwrap();
+            let back: Answer = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.into_result(), Err(e));
+        }
+    }
+
+    #[test]
     fn unknown_fields_and_versions_are_refused() {
         assert!(
             serde_json::from_str::<Reply>(r#"{"requests":1,"answer":{"ok":"x"},"more":1}"#)
