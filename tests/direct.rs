@@ -240,7 +240,10 @@ fn time_to_prompt_enrolled_and_not() {
     let latency = std::time::Duration::from_millis(80);
     let w = World::new();
     let f = w.enroll("alice");
-    w.config("", &[("alice", &f)]);
+    // pat as `truid-pam enroll --phone` leaves a user: with a [phones] entry (method auto).
+    let g = w.enroll("pat");
+    let users = format!("alice = \"{f}\"\npat = \"{g}\"\n[phones]\npat = \"+447700900001\"\n");
+    w.write_config(&format!("{}\n[login]\n[users]\n{users}", w.api_table()));
     w.module_stack();
     // The token is cached by a first login, as on any host that logs people in.
     assert_eq!(w.login("alice", &[&w.code(&f)]).0, PAM_SUCCESS);
@@ -264,7 +267,7 @@ fn time_to_prompt_enrolled_and_not() {
     let wrong = w.wrong_code(&f);
     println!("| user | to prompt, up | prompt to verdict (wrong code), up | to prompt, down | prompt to verdict, down |");
     println!("|---|---|---|---|---|");
-    let up: Vec<_> = ["alice", "mallory"]
+    let up: Vec<_> = ["alice", "pat", "mallory"]
         .iter()
         .map(|u| (median(u, &[]), median(u, &[&wrong])))
         .collect();
@@ -276,11 +279,13 @@ fn time_to_prompt_enrolled_and_not() {
     let text = w
         .api_table()
         .replace(&w.emu.info().base_url, &format!("https://{closed}"));
-    w.write_config(&format!("{text}\n[login]\n[users]\nalice = \"{f}\"\n"));
-    for (i, u) in ["alice (enrolled)", "mallory (no factor)"]
-        .iter()
-        .enumerate()
-    {
+    w.write_config(&format!("{text}\n[login]\n[users]\n{users}"));
+    let rows = [
+        "alice (enrolled)",
+        "pat (enrolled, [phones] entry)",
+        "mallory (no factor)",
+    ];
+    for (i, u) in rows.iter().enumerate() {
         let name = u.split(' ').next().unwrap();
         let (down, down_whole) = (median(name, &[]), median(name, &[&wrong]));
         let (prompt, whole) = up[i];
