@@ -103,7 +103,8 @@ pub enum Outcome {
         tries: u32,
         reason: String,
     },
-    /// tru.ID could not be asked or its answer could not be used; `let_in` is `failmode = "safe"`.
+    /// No verdict from tru.ID (unreachable, or a failed call). `let_in` only where `safe`
+    /// applies (`api_failure`); the reason says why it did not, when it did not.
     Unavailable {
         tries: u32,
         reason: String,
@@ -278,6 +279,8 @@ pub fn authenticate(
     }
     let phone = cfg.phones.get(user);
     let maybe_push = matches!(cfg.login.method, Method::Auto | Method::Push) && phone.is_some();
+    // The lookup waits for the code, unless its answer decides the prompt (a push user) or
+    // whether there is one at all (`ignore` shows a user without a factor none).
     let mut who = match cfg.users.get(user) {
         Some(f) => Who::Found(f.clone()),
         None if cfg.login.lookup && (maybe_push || cfg.login.unenrolled == Unenrolled::Ignore) => {
