@@ -31,7 +31,8 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// The version both sides must speak; a mismatch is answered, not guessed at.
-pub const PROTOCOL: u32 = 1;
+/// 2: answers carry `Failed` (no verdict, no outage), which a version-1 module cannot read.
+pub const PROTOCOL: u32 = 2;
 /// A request carries a few IDs and at most a code: far below this.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Room a message is written into from the start: a request is about 600 bytes, so the buffer
@@ -154,6 +155,8 @@ pub enum Answer {
     Ok(Option<String>),
     Refused(String),
     Unavailable(String),
+    /// No verdict and no outage (`ApiError::Failed`): denies under every failmode.
+    Failed(String),
     /// The agent cannot serve this call: it speaks another protocol version (a package upgrade
     /// before the agent's restart), or cannot set up this project's HTTP client (a `ca_file`
     /// it cannot see from its sandbox). It sent nothing to tru.ID; the module goes there itself.
@@ -166,6 +169,7 @@ impl Answer {
             Ok(v) => Answer::Ok(v),
             Err(ApiError::Refused(why)) => Answer::Refused(why),
             Err(ApiError::Unavailable(why)) => Answer::Unavailable(why),
+            Err(ApiError::Failed(why)) => Answer::Failed(why),
         }
     }
 
@@ -176,6 +180,7 @@ impl Answer {
             Answer::Ok(v) => Ok(v),
             Answer::Refused(why) | Answer::GoDirect(why) => Err(ApiError::Refused(why)),
             Answer::Unavailable(why) => Err(ApiError::Unavailable(why)),
+            Answer::Failed(why) => Err(ApiError::Failed(why)),
         }
     }
 }
@@ -743,6 +748,19 @@ pub(crate) mod tests {
             for value in ["987654", "s3cr3t"] {
                 assert!(!text.contains(value), "{text}");
             }
+        }
+    }
+
+    #[test]
+    fn each_error_class_crosses_the_wire_as_it_is() {
+        for e in [
+            ApiError::Refused("r".into()),
+            ApiError::Unavailable("u".into()),
+            ApiError::Failed("f".into()),
+        ] {
+            let text = serde_json::to_string(&Answer::of(Err(e.clone()))).unwrap();
+            let back: Answer = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.into_result(), Err(e));
         }
     }
 

@@ -77,6 +77,11 @@ pub struct LoginContext {
     pub account: Account,
     /// A random part of the challenge's reference ID, unique to this login.
     pub nonce: String,
+    /// Why an unprivileged local user controls this process, if one does ("real uid 1000",
+    /// "AT_SECURE: a setuid or setgid program"). That user may stop, signal and rlimit it, and
+    /// so make any call fail at will: `failmode = "safe"` then acts as `secure`.
+    /// Set by the caller from the process's facts (`pam::controlled_by`).
+    pub controlled_by: Option<String>,
 }
 
 /// What NSS said about the user whose factor the login needs.
@@ -123,7 +128,8 @@ pub enum Outcome {
         tries: u32,
         reason: String,
     },
-    /// tru.ID could not be asked or its answer could not be used; `let_in` is `failmode = "safe"`.
+    /// No verdict from tru.ID (unreachable, or a failed call). `let_in` only where `safe`
+    /// applies (`api_failure`); the reason says why it did not, when it did not.
     Unavailable {
         tries: u32,
         reason: String,
@@ -204,6 +210,8 @@ pub const MSG_MALFORMED: &str = "A tru.ID code is 6 to 8 digits.";
 pub const MSG_TRY_AGAIN: &str = "Wrong code, try again.";
 pub const MSG_UNAVAILABLE: &str =
     "tru.ID cannot be reached, so the login is refused. Ask your administrator.";
+pub const MSG_FAILED: &str =
+    "The check with tru.ID failed, so the login is refused. Ask your administrator.";
 pub const MSG_EXPIRED: &str = "The request expired while waiting for the code, try again.";
 pub const MSG_PUSH_DENIED: &str = "The request was denied on the phone.";
 pub const MSG_PUSH_TIMEOUT: &str = "No answer from the phone in time.";
@@ -265,36 +273,58 @@ pub fn reference_id(login: &LoginContext, user: &str) -> String {
     )
 }
 
-/// Runs one login: find the factor, then up to `tries` rounds of challenge, prompt and verify.
+/// Whose factor a code is checked against.
+enum Who {
+    Found(FactorId),
+    /// `lookup = true` and not in `[users]`: asked of tru.ID once a well-formed code is typed.
+    Later,
+    /// No factor: the prompts go on as for an enrolled user, and nothing is sent.
+    Nobody,
+}
+
+/// Runs one login: the prompt first, then for each well-formed code (the lookup,) a challenge
+/// and the verify, up to `tries` times.
+///
+/// Prompt first, so that an enrolled user and one without a factor under `deny` look alike up
+/// to the verdict: the same prompt at once, whether tru.ID is quick, slow or down. Only a push
+/// user (a `[phones]` entry, method auto or push) needs the factor's kind before the prompt,
+/// and `unenrolled = "ignore"` needs the lookup before it (it shows such a user no prompt).
 pub fn authenticate(
     cfg: &Config,
     login: &LoginContext,
     conv: &mut impl Conversation,
     api: &mut impl Authenticator,
 ) -> Outcome {
-    if let Err(outcome) = factor_user(cfg, login) {
-        return outcome;
-    }
-    // From here on only the name NSS gives counts: `Alice` is the enrolled `alice`.
-    let user = match &login.account {
-        Account::Known(name) if is_valid_name(name) => name.as_str(),
+    let typed = match factor_user(cfg, login) {
+        Ok(name) => name,
+        Err(outcome) => return outcome,
+    };
+    // From here on only the name NSS gives counts: `Alice` is the enrolled `alice`. A name NSS
+    // does not know is never PAM_IGNORE: with a lagging or case-insensitive NSS it may be an
+    // enrolled user's, and standing aside would wave them through. Under `deny` it is asked
+    // like a user without a factor, so an outsider cannot tell which accounts exist.
+    let (user, unknown) = match &login.account {
+        Account::Known(name) if is_valid_name(name) => (name.as_str(), None),
         Account::Known(_) | Account::Unresolved => {
             return Outcome::BadInput {
                 reason: "the account was not resolved through NSS".into(),
             }
         }
-        // Never PAM_IGNORE: with a lagging or case-insensitive NSS the name may be an enrolled
-        // user's, and standing aside would wave them through.
-        Account::Unknown => {
-            return unknown_user(
-                cfg,
-                conv,
-                "no such user (NSS does not know the name)".into(),
-            )
-        }
-        Account::Failed(reason) => return unknown_user(cfg, conv, reason.clone()),
+        Account::Unknown => (
+            typed,
+            Some("no such user (NSS does not know the name)".to_string()),
+        ),
+        Account::Failed(reason) => (typed, Some(reason.clone())),
     };
-    if !cfg.login.groups.is_empty() {
+    if let Some(reason) = &unknown {
+        if cfg.login.unenrolled == Unenrolled::Ignore {
+            return Outcome::UnknownUser {
+                tries: 0,
+                reason: reason.clone(),
+            };
+        }
+    }
+    if !cfg.login.groups.is_empty() && unknown.is_none() {
         // Groups that could not be read (NSS down) count as membership: when unsure, ask.
         let member = login
             .groups
@@ -304,50 +334,64 @@ pub fn authenticate(
             return Outcome::NotRequired;
         }
     }
-    let factor = match cfg.users.get(user) {
-        Some(f) => Some(f.clone()),
-        None if cfg.login.lookup => {
-            match api.find_factor(&format!("{}{user}", cfg.login.lookup_prefix)) {
-                Ok(f) => f,
-                Err(e) => return api_failure(cfg, conv, 0, e),
-            }
-        }
-        None => None,
-    };
-    let Some(factor) = factor else {
-        // `[users]` holds the name as typed but NSS names the account otherwise (`Alice` for
-        // `alice`): a config written with the wrong name must not stand an enrolled person
-        // aside under `ignore`.
-        let typed = factor_user(cfg, login).unwrap_or(user);
-        if typed != user && cfg.users.contains_key(typed) {
-            return Outcome::Refused {
-                tries: 0,
-                reason: format!(
-                    "[users] has \"{}\" but NSS names the account \"{}\"; write the name NSS gives (getent passwd)",
-                    sanitize(typed, 64),
-                    sanitize(user, 64)
-                ),
-            };
-        }
-        return not_enrolled(cfg, conv);
-    };
-
-    let reference = reference_id(login, user);
     let phone = cfg.phones.get(user);
-    let push = match (cfg.login.method, phone) {
-        (Method::Totp, _) | (Method::Auto, None) => false,
-        (Method::Auto | Method::Push, Some(_)) => match api.factor_kind(&factor) {
-            Ok(FactorKind::Push) => true,
-            Ok(_) if cfg.login.method == Method::Auto => false,
-            Ok(kind) => {
-                return Outcome::Refused {
-                    tries: 0,
-                    reason: format!("method = \"push\" but the factor is {kind:?}"),
-                }
+    let maybe_push = matches!(cfg.login.method, Method::Auto | Method::Push) && phone.is_some();
+    // The lookup waits for the code, unless its answer decides the prompt (a push user) or
+    // whether there is one at all (`ignore` shows a user without a factor none).
+    // The external user ID tru.ID holds for this user, for `lookup = true`.
+    let lookup_name = format!("{}{user}", cfg.login.lookup_prefix);
+    let mut who = match cfg.users.get(user) {
+        _ if unknown.is_some() => Who::Nobody,
+        Some(f) => Who::Found(f.clone()),
+        None if cfg.login.lookup && (maybe_push || cfg.login.unenrolled == Unenrolled::Ignore) => {
+            match api.find_factor(&lookup_name) {
+                Ok(Some(f)) => Who::Found(f),
+                Ok(None) => Who::Nobody,
+                Err(e) => return api_failure(cfg, login, conv, 0, e, None),
             }
-            Err(e) => return api_failure(cfg, conv, 0, e),
-        },
-        (Method::Push, None) => {
+        }
+        None if cfg.login.lookup => Who::Later,
+        None => Who::Nobody,
+    };
+    // `[users]` holds the name as typed but NSS names the account otherwise (`Alice` for
+    // `alice`): a config written with the wrong name must not stand an enrolled person aside.
+    if matches!(who, Who::Nobody)
+        && unknown.is_none()
+        && typed != user
+        && cfg.users.contains_key(typed)
+    {
+        return Outcome::Refused {
+            tries: 0,
+            reason: format!(
+                "[users] has \"{}\" but NSS names the account \"{}\"; write the name NSS gives (getent passwd)",
+                sanitize(typed, 64),
+                sanitize(user, 64)
+            ),
+        };
+    }
+    if matches!(who, Who::Nobody) && cfg.login.unenrolled == Unenrolled::Ignore {
+        return Outcome::NotEnrolled {
+            ignore: true,
+            tries: 0,
+        };
+    }
+
+    let push = match (&who, cfg.login.method, phone) {
+        (Who::Nobody | Who::Later, _, _) | (_, Method::Totp, _) | (_, Method::Auto, None) => false,
+        (Who::Found(factor), Method::Auto | Method::Push, Some(_)) => {
+            match api.factor_kind(factor) {
+                Ok(FactorKind::Push) => true,
+                Ok(_) if cfg.login.method == Method::Auto => false,
+                Ok(kind) => {
+                    return Outcome::Refused {
+                        tries: 0,
+                        reason: format!("method = \"push\" but the factor is {kind:?}"),
+                    }
+                }
+                Err(e) => return api_failure(cfg, login, conv, 0, e, None),
+            }
+        }
+        (Who::Found(_), Method::Push, None) => {
             return Outcome::Refused {
                 tries: 0,
                 reason: "method = \"push\" but the user has no [phones] entry".into(),
@@ -355,75 +399,64 @@ pub fn authenticate(
         }
     };
 
-    // A challenge that never got a code (the answer was malformed) is still good for the next try.
-    let mut pending: Option<String> = None;
+    let reference = reference_id(login, user);
+    // Set once a code or a push has gone to tru.ID: from then on a failure may hide a wrong
+    // code, so it denies under both failmodes.
+    let mut sent: Option<&'static str> = None;
     for attempt in 1..=cfg.login.tries {
         let last = attempt == cfg.login.tries;
-        let round = match (push, phone) {
-            (true, Some(phone)) => {
-                let answer = match conv.prompt_secret(&cfg.login.push_prompt) {
-                    Ok(a) => a,
-                    Err(ConvError(reason)) => {
-                        return Outcome::ConvError {
-                            tries: attempt - 1,
-                            reason,
-                        }
-                    }
-                };
-                if answer.is_empty() {
-                    let message = push_message(cfg, login, user);
-                    push_round(
-                        cfg,
-                        conv,
-                        api,
-                        &factor,
-                        &reference,
-                        phone,
-                        message.as_deref(),
-                    )
-                } else if cfg.login.method == Method::Push {
-                    Round::Failed(MSG_PUSH_ONLY)
-                } else {
-                    code_round(api, &factor, &reference, None, &answer, &mut pending)
+        let prompt = if push {
+            &cfg.login.push_prompt
+        } else {
+            &cfg.login.prompt
+        };
+        let answer = match conv.prompt_secret(prompt) {
+            Ok(a) => a,
+            Err(ConvError(reason)) => {
+                return Outcome::ConvError {
+                    tries: attempt - 1,
+                    reason,
                 }
             }
-            _ => {
-                let challenge = match pending.take() {
-                    Some(c) => c,
-                    None => match api.create_challenge(&factor, &reference) {
-                        Ok(c) => c,
-                        Err(e) => return api_failure(cfg, conv, attempt - 1, e),
-                    },
-                };
-                let code = match conv.prompt_secret(&cfg.login.prompt) {
-                    Ok(c) => c,
-                    Err(ConvError(reason)) => {
-                        return Outcome::ConvError {
-                            tries: attempt - 1,
-                            reason,
-                        }
-                    }
-                };
-                code_round(
+        };
+        let round = match (&who, phone) {
+            (Who::Found(factor), Some(phone)) if push && answer.is_empty() => {
+                let message = push_message(cfg, login, user);
+                // Marked before the push: the phone may be asked even if the answer is lost.
+                sent = Some("a push was sent, so this failure could hide a denial on the phone");
+                push_round(
+                    cfg,
+                    conv,
                     api,
-                    &factor,
+                    factor,
                     &reference,
-                    Some(challenge),
-                    &code,
-                    &mut pending,
+                    phone,
+                    message.as_deref(),
                 )
             }
+            _ if push && cfg.login.method == Method::Push => Round::Failed(MSG_PUSH_ONLY),
+            _ => code_round(api, &lookup_name, &mut who, &reference, &answer, &mut sent),
         };
         match round {
             Round::Verified => return Outcome::Verified { tries: attempt },
             // A malformed code is told even on the last try: the person learns why.
             Round::Failed(msg) if msg == MSG_MALFORMED || !last => conv.error(msg),
             Round::Failed(_) => {}
-            Round::Api(e) => return api_failure(cfg, conv, attempt, e),
+            Round::Api(e) => return api_failure(cfg, login, conv, attempt, e, sent),
         }
     }
-    Outcome::WrongCode {
-        tries: cfg.login.tries,
+    match (who, unknown) {
+        (Who::Nobody, Some(reason)) => Outcome::UnknownUser {
+            tries: cfg.login.tries,
+            reason,
+        },
+        (Who::Nobody, None) => Outcome::NotEnrolled {
+            ignore: false,
+            tries: cfg.login.tries,
+        },
+        _ => Outcome::WrongCode {
+            tries: cfg.login.tries,
+        },
     }
 }
 
@@ -435,27 +468,36 @@ enum Round {
     Api(ApiError),
 }
 
-/// One code: checked locally, then sent on `challenge` (or a fresh one). A malformed code keeps
-/// its challenge in `pending` for the next try.
+/// One code: checked locally (a malformed one is a used try that is never sent and creates
+/// nothing), then the factor found if it is looked up, a challenge got and the code sent.
+/// A user without a factor gets the same answers, and nothing is sent.
 fn code_round(
     api: &mut impl Authenticator,
-    factor: &FactorId,
+    lookup_name: &str,
+    who: &mut Who,
     reference: &str,
-    challenge: Option<String>,
     code: &Secret,
-    pending: &mut Option<String>,
+    sent: &mut Option<&'static str>,
 ) -> Round {
     if !code_is_well_formed(code.expose()) {
-        *pending = challenge;
         return Round::Failed(MSG_MALFORMED);
     }
-    let challenge = match challenge.or_else(|| pending.take()) {
-        Some(c) => c,
-        None => match api.create_challenge(factor, reference) {
-            Ok(c) => c,
+    if let Who::Later = who {
+        *who = match api.find_factor(lookup_name) {
+            Ok(Some(f)) => Who::Found(f),
+            Ok(None) => Who::Nobody,
             Err(e) => return Round::Api(e),
-        },
+        };
+    }
+    let Who::Found(factor) = who else {
+        return Round::Failed(MSG_TRY_AGAIN);
     };
+    let challenge = match get_challenge(api, factor, reference) {
+        Ok(c) => c,
+        Err(e) => return Round::Api(e),
+    };
+    // Marked before the call: a code in flight may have reached tru.ID.
+    *sent = Some("a code was sent, so this failure could hide a wrong code");
     match api.verify(factor, &challenge, code) {
         Ok(ChallengeStatus::Verified) => Round::Verified,
         Ok(ChallengeStatus::Expired) => Round::Failed(MSG_EXPIRED),
@@ -464,6 +506,16 @@ fn code_round(
         Ok(_) | Err(ApiError::Refused(_)) => Round::Failed(MSG_TRY_AGAIN),
         Err(e) => Round::Api(e),
     }
+}
+
+/// The challenge a code is sent on: the one place that gets one, so that creating it while the
+/// person types (ahead of the code) changes only this.
+fn get_challenge(
+    api: &mut impl Authenticator,
+    factor: &FactorId,
+    reference: &str,
+) -> Result<String, ApiError> {
+    api.create_challenge(factor, reference)
 }
 
 /// One push: sent, announced, polled until answered or `push_timeout`.
@@ -516,75 +568,57 @@ fn push_message(cfg: &Config, login: &LoginContext, user: &str) -> Option<String
     (!m.trim().is_empty()).then_some(m)
 }
 
-/// A failed call to tru.ID: `failmode` decides for an unavailable one; a refusal denies.
-fn api_failure(cfg: &Config, conv: &mut impl Conversation, tries: u32, e: ApiError) -> Outcome {
+/// A failed call to tru.ID. A refusal denies. `Failed` denies under every failmode. For
+/// `Unavailable`, `failmode = "safe"` lets the login in only when nothing of this login could
+/// have caused the failure on purpose: no code or push has gone out yet (after one, a failure
+/// may hide a wrong code), and no unprivileged local user controls the process (who could stop
+/// it past the deadline, or starve it of descriptors).
+fn api_failure(
+    cfg: &Config,
+    login: &LoginContext,
+    conv: &mut impl Conversation,
+    tries: u32,
+    e: ApiError,
+    sent: Option<&'static str>,
+) -> Outcome {
     match e {
         ApiError::Unavailable(reason) => {
-            let let_in = cfg.login.failmode == FailMode::Safe;
+            let why_not = if cfg.login.failmode != FailMode::Safe {
+                None
+            } else if let Some(what) = sent {
+                Some(what.to_string())
+            } else {
+                login
+                    .controlled_by
+                    .as_ref()
+                    .map(|c| format!("{c}, so a local user could cause this failure"))
+            };
+            let let_in = cfg.login.failmode == FailMode::Safe && why_not.is_none();
             if !let_in {
                 conv.error(MSG_UNAVAILABLE);
             }
+            let reason = match why_not {
+                Some(w) => format!("{reason}; failmode = \"safe\" does not apply: {w}"),
+                None => reason,
+            };
             Outcome::Unavailable {
                 tries,
                 reason,
                 let_in,
             }
         }
+        ApiError::Failed(reason) => {
+            conv.error(MSG_FAILED);
+            Outcome::Unavailable {
+                tries,
+                reason: format!(
+                    "{reason}; no failmode lets this in: it is not tru.ID being unreachable"
+                ),
+                let_in: false,
+            }
+        }
         ApiError::Refused(reason) => Outcome::Refused { tries, reason },
     }
-}
-
-/// A user without a factor. With `deny`, the same prompts as an enrolled user's wrong codes,
-/// so that an outsider cannot learn who is enrolled; tru.ID is not asked.
-fn not_enrolled(cfg: &Config, conv: &mut impl Conversation) -> Outcome {
-    if cfg.login.unenrolled == Unenrolled::Ignore {
-        return Outcome::NotEnrolled {
-            ignore: true,
-            tries: 0,
-        };
-    }
-    match false_prompts(cfg, conv) {
-        Ok(tries) => Outcome::NotEnrolled {
-            ignore: false,
-            tries,
-        },
-        Err(outcome) => outcome,
-    }
-}
-
-/// A name NSS does not know: denied under both `unenrolled` settings. Under `deny` it gets an
-/// unenrolled user's prompts first, so an outsider cannot tell which accounts exist.
-fn unknown_user(cfg: &Config, conv: &mut impl Conversation, reason: String) -> Outcome {
-    if cfg.login.unenrolled == Unenrolled::Ignore {
-        return Outcome::UnknownUser { tries: 0, reason };
-    }
-    match false_prompts(cfg, conv) {
-        Ok(tries) => Outcome::UnknownUser { tries, reason },
-        Err(outcome) => outcome,
-    }
-}
-
-/// Every try's prompt and message as an enrolled user with wrong codes sees them; nothing is
-/// sent anywhere. The tries used, or the conversation's failure.
-fn false_prompts(cfg: &Config, conv: &mut impl Conversation) -> Result<u32, Outcome> {
-    for attempt in 1..=cfg.login.tries {
-        let code = match conv.prompt_secret(&cfg.login.prompt) {
-            Ok(c) => c,
-            Err(ConvError(reason)) => {
-                return Err(Outcome::ConvError {
-                    tries: attempt - 1,
-                    reason,
-                })
-            }
-        };
-        // The same messages as `code_round` gives an enrolled user.
-        if !code_is_well_formed(code.expose()) {
-            conv.error(MSG_MALFORMED);
-        } else if attempt < cfg.login.tries {
-            conv.error(MSG_TRY_AGAIN);
-        }
-    }
-    Ok(cfg.login.tries)
 }
 
 #[cfg(test)]
@@ -810,10 +844,8 @@ mod tests {
             let mut api = fake("123456");
             let out = authenticate(&config("tries = 1"), &login("alice"), &mut conv, &mut api);
             assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{bad:?}");
-            assert!(
-                api.calls.iter().all(|c| !c.starts_with("verify")),
-                "{bad:?} was sent"
-            );
+            // Never sent, and nothing created for it.
+            assert!(api.calls.is_empty(), "{bad:?}: {:?}", api.calls);
             assert_eq!(conv.seen[1], format!("error:{MSG_MALFORMED}"));
         }
         let long: &'static str = Box::leak("7".repeat(10_000).into_boxed_str());
@@ -821,7 +853,7 @@ mod tests {
         let mut api = fake("123456");
         let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
         assert_eq!(out, Outcome::Verified { tries: 2 });
-        // The challenge of the malformed try is reused: one create, one verify.
+        // The malformed try created nothing: one create, one verify, for the good code.
         assert_eq!(api.calls.len(), 2, "{:?}", api.calls);
     }
 
@@ -848,10 +880,10 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_follows_failmode() {
+    fn unavailable_before_any_code_follows_failmode() {
         for (failmode, let_in) in [("secure", false), ("safe", true)] {
-            // On create: no prompt shown.
-            let mut conv = Script::answering(&[]);
+            // On create: the prompt came first, the code was never sent.
+            let mut conv = Script::answering(&["123456"]);
             let mut api = fake("123456");
             api.fail_create = Some(ApiError::Unavailable("connect: refused".into()));
             let cfg = config(&format!("failmode = \"{failmode}\""));
@@ -859,37 +891,135 @@ mod tests {
             assert_eq!(
                 out,
                 Outcome::Unavailable {
-                    tries: 0,
+                    tries: 1,
                     reason: "connect: refused".into(),
                     let_in
                 }
             );
-            let expect: Vec<String> = if let_in {
-                vec![]
-            } else {
-                vec![format!("error:{MSG_UNAVAILABLE}")]
-            };
+            let mut expect = vec!["prompt:Code please: ".to_string()];
+            if !let_in {
+                expect.push(format!("error:{MSG_UNAVAILABLE}"));
+            }
             assert_eq!(conv.seen, expect);
-            // On verify.
-            let mut conv = Script::answering(&["123456"]);
-            let mut api = fake("123456");
-            api.fail_verify = Some(ApiError::Unavailable("timeout".into()));
-            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
-            assert_eq!(
-                out.name(),
-                if let_in {
-                    "unavailable_allowed"
-                } else {
-                    "unavailable_denied"
-                }
-            );
-            assert_eq!(out.tries(), 1);
+            assert!(api.calls.iter().all(|c| !c.starts_with("verify")));
         }
     }
 
     #[test]
+    fn safe_does_not_apply_once_a_code_was_sent() {
+        for failmode in ["secure", "safe"] {
+            let mut conv = Script::answering(&["111111"]);
+            let mut api = fake("123456");
+            api.fail_verify = Some(ApiError::Unavailable(
+                "no answer within [api] timeout".into(),
+            ));
+            let cfg = config(&format!("failmode = \"{failmode}\""));
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            assert_eq!(out.name(), "unavailable_denied", "{failmode}");
+            assert_eq!(out.tries(), 1);
+            if failmode == "safe" {
+                assert!(
+                    out.reason().contains("does not apply: a code was sent"),
+                    "{}",
+                    out.reason()
+                );
+            }
+            assert_eq!(conv.seen[1], format!("error:{MSG_UNAVAILABLE}"));
+        }
+    }
+
+    #[test]
+    fn safe_does_not_apply_in_a_process_a_local_user_controls() {
+        let mut l = login("alice");
+        l.controlled_by = Some("the process is setuid or setgid (AT_SECURE)".into());
+        let mut conv = Script::answering(&["123456"]);
+        let mut api = fake("123456");
+        api.fail_create = Some(ApiError::Unavailable(
+            "no answer within [api] timeout".into(),
+        ));
+        let out = authenticate(&config("failmode = \"safe\""), &l, &mut conv, &mut api);
+        assert_eq!(out.name(), "unavailable_denied");
+        assert!(
+            out.reason().contains(
+                "failmode = \"safe\" does not apply: the process is setuid or setgid \
+                 (AT_SECURE), so a local user could cause this failure"
+            ),
+            "{}",
+            out.reason()
+        );
+    }
+
+    #[test]
+    fn failed_denies_under_both_failmodes() {
+        for failmode in ["secure", "safe"] {
+            for on_create in [true, false] {
+                let mut conv = Script::answering(&["123456"]);
+                let mut api = fake("123456");
+                let e = ApiError::Failed("HTTP 429".into());
+                if on_create {
+                    api.fail_create = Some(e);
+                } else {
+                    api.fail_verify = Some(e);
+                }
+                let cfg = config(&format!("failmode = \"{failmode}\""));
+                let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+                assert_eq!(out.name(), "unavailable_denied", "{failmode} {on_create}");
+                assert!(out.reason().contains("no failmode lets this in"));
+                assert_eq!(conv.seen[1], format!("error:{MSG_FAILED}"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_prompt_comes_before_any_call_for_everyone() {
+        // tru.ID down: an enrolled user still sees the prompt first, as one without a factor.
+        for user in ["alice", "mallory"] {
+            let mut conv = Script::answering(&["123456", "123456", "123456"]);
+            let mut api = fake("123456");
+            api.fail_create = Some(ApiError::Unavailable("connect: refused".into()));
+            let out = authenticate(&config(""), &login(user), &mut conv, &mut api);
+            assert_eq!(conv.seen[0], "prompt:Code please: ", "{user}: {out:?}");
+        }
+        // With lookup, the lookup waits for a well-formed code too.
+        let mut conv = Script::answering(&["12", "123456"]);
+        let mut api = fake("123456");
+        api.lookup = Some(FACTOR);
+        let out = authenticate(
+            &config("lookup = true"),
+            &login("carol"),
+            &mut conv,
+            &mut api,
+        );
+        assert_eq!(out, Outcome::Verified { tries: 2 });
+        assert_eq!(conv.seen[0], "prompt:Code please: ");
+        assert_eq!(api.calls.len(), 3, "{:?}", api.calls);
+        assert_eq!(api.calls[0], "find carol");
+        // A user lookup does not find, under deny: the shape of an enrolled user's wrong codes.
+        let mut conv = Script::answering(&["111111", "abc", "123456"]);
+        let mut api = fake("123456");
+        let out = authenticate(
+            &config("lookup = true"),
+            &login("mallory"),
+            &mut conv,
+            &mut api,
+        );
+        assert_eq!(out.name(), "not_enrolled_denied");
+        assert_eq!(api.calls, ["find mallory"]);
+        assert_eq!(
+            conv.seen,
+            [
+                "prompt:Code please: ".to_string(),
+                format!("error:{MSG_TRY_AGAIN}"),
+                "prompt:Code please: ".to_string(),
+                format!("error:{MSG_MALFORMED}"),
+                "prompt:Code please: ".to_string(),
+            ]
+        );
+    }
+
+    #[test]
     fn challenge_refused_denies_whatever_failmode() {
-        let mut conv = Script::answering(&[]);
+        let mut conv = Script::answering(&["123456"]);
         let mut api = fake("123456");
         api.fail_create = Some(ApiError::Refused("404 Not Found: no such factor".into()));
         let out = authenticate(
@@ -1150,22 +1280,18 @@ mod tests {
     }
 
     #[test]
-    fn push_failing_mid_poll_follows_failmode() {
-        for (mode, let_in) in [("secure", false), ("safe", true)] {
+    fn push_failing_mid_poll_denies_under_both_failmodes() {
+        // The push went out: a failure now could hide a denial on the phone.
+        for (mode, let_in) in [("secure", false), ("safe", false)] {
             let mut conv = Script::answering(&[""]);
             let mut api = fake("123456");
             api.push_factor = true;
             api.fail_poll = Some(ApiError::Unavailable("HTTP 503".into()));
             let cfg = push_config(&format!("failmode = \"{mode}\""));
             let out = authenticate(&cfg, &push_login(), &mut conv, &mut api);
-            assert_eq!(
-                out,
-                Outcome::Unavailable {
-                    tries: 1,
-                    reason: "HTTP 503".into(),
-                    let_in
-                }
-            );
+            assert_eq!(out.name(), "unavailable_denied", "{mode}");
+            assert_eq!(out.tries(), 1);
+            assert!(matches!(out, Outcome::Unavailable { let_in: l, .. } if l == let_in));
         }
     }
 

@@ -541,3 +541,53 @@ fn the_agent_stays_flat_over_many_logins() {
     assert_eq!(after.1, before.1, "descriptors {before:?} -> {after:?}");
     assert!(after.2 < before.2 + 2048, "RSS {before:?} -> {after:?} KiB");
 }
+
+/// A front end closed the agent's kept connection while it sat idle (the emulator's
+/// `idle_close`, as Apache's 5 s keep-alive timeout does). The next login's call breaks on that
+/// connection: that says nothing about tru.ID being down, so `safe` must not let it in
+/// unchecked. (Retrying on a fresh connection is the network issue's; here, the rule.)
+#[test]
+fn a_kept_connection_closed_while_idle_lets_nobody_in_under_safe() {
+    let idle = std::time::Duration::from_secs(1);
+    let w = World::with_options(Options {
+        idle_close: Some(idle),
+        ..Options::default()
+    });
+    let sock = agent_socket(&w);
+    let _agent = start_agent(&sock);
+    let f = w.enroll("alice");
+    config_with_agent(
+        &w,
+        &sock,
+        "failmode = \"safe\"\ntries = 1",
+        &[("alice", &f)],
+    );
+    debug_stack(&w);
+    let (rc, s) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?} {:?}", s.seen, w.outcomes());
+    // The idle time itself is the condition under test: the front end closes after `idle`.
+    std::thread::sleep(idle * 3);
+    let wrong = w.wrong_code(&f);
+    let (rc, s) = w.login("alice", &[&wrong]);
+    let lines: Vec<String> = w
+        .outcomes()
+        .into_iter()
+        .filter(|l| !l.contains("debug:"))
+        .collect();
+    assert_ne!(rc, PAM_SUCCESS, "let in: {:?} {lines:?}", s.seen);
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("outcome=unavailable_allowed")),
+        "{lines:?}"
+    );
+    assert_eq!(s.prompts(), vec!["tru.ID code: "], "{:?}", s.seen);
+    // Denied: a wrong code (the connection was made anew) or the broken call (denied under
+    // every failmode), never a login without the code.
+    assert!(
+        lines.len() == 2
+            && (lines[1].contains("outcome=wrong_code")
+                || lines[1].contains("outcome=unavailable_denied")),
+        "{lines:?}"
+    );
+}

@@ -98,11 +98,9 @@ fn without_its_library_a_login_is_denied_under_either_failmode() {
         stack_with(&w, &module);
         let (rc, s) = w.login("alice", &[&w.code(&f)]);
         assert_eq!(rc, PAM_AUTH_ERR, "failmode {failmode}");
-        assert!(
-            s.seen.is_empty(),
-            "prompted without a way to check: {:?}",
-            s.seen
-        );
+        // Prompt first (as for every login, so enrolment does not show): the code is asked,
+        // then refused without anything sent.
+        assert_eq!(s.prompts(), ["tru.ID code: "], "{:?}", s.seen);
         assert!(w.emu.last_challenges().is_empty(), "tru.ID was asked");
         let lines = w.outcomes();
         let line = lines.iter().find(|l| !l.contains("debug:")).unwrap();
@@ -227,4 +225,77 @@ fn a_library_not_owned_by_root_is_never_loaded() {
         "{lines:?}"
     );
     assert!(w.emu.last_challenges().is_empty());
+}
+
+/// Issue 14, item 5: a measurement, not a timed test (run by hand:
+/// `cargo test --release --test direct -- --ignored --nocapture time_to_prompt`).
+/// Through real libpam, the module on its own, the emulator 80 ms away on every request, the
+/// token cached: how long an enrolled user and one without a factor (`unenrolled = "deny"`)
+/// wait for the prompt, whether tru.ID is up or down, and then for the verdict on a wrong code.
+/// The time to the prompt is a login whose conversation fails at the first prompt.
+#[test]
+#[ignore]
+fn time_to_prompt_enrolled_and_not() {
+    const RUNS: usize = 20;
+    let latency = std::time::Duration::from_millis(80);
+    let w = World::new();
+    let f = w.enroll("alice");
+    // pat as `truid-pam enroll --phone` leaves a user: with a [phones] entry (method auto).
+    let g = w.enroll("pat");
+    let users = format!("alice = \"{f}\"\npat = \"{g}\"\n[phones]\npat = \"+447700900001\"\n");
+    w.write_config(&format!("{}\n[login]\n[users]\n{users}", w.api_table()));
+    w.module_stack();
+    // The token is cached by a first login, as on any host that logs people in.
+    assert_eq!(w.login("alice", &[&w.code(&f)]).0, PAM_SUCCESS);
+    w.emu.set_fault(Fault {
+        route: Route::Any,
+        kind: FaultKind::Latency(latency),
+        times: None,
+    });
+    let median = |user: &str, answers: &[&str]| {
+        let mut t: Vec<std::time::Duration> = (0..RUNS)
+            .map(|_| {
+                let took = timed(|| w.login(user, answers)).1;
+                // Read, so that the log socket's queue never fills and delays a login.
+                w.outcomes();
+                took
+            })
+            .collect();
+        t.sort();
+        t[RUNS / 2]
+    };
+    let wrong = w.wrong_code(&f);
+    println!("| user | to prompt, up | prompt to verdict (wrong code), up | to prompt, down | prompt to verdict, down |");
+    println!("|---|---|---|---|---|");
+    let up: Vec<_> = ["alice", "pat", "mallory"]
+        .iter()
+        .map(|u| (median(u, &[]), median(u, &[&wrong])))
+        .collect();
+    // Down: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = w
+        .api_table()
+        .replace(&w.emu.info().base_url, &format!("https://{closed}"));
+    w.write_config(&format!("{text}\n[login]\n[users]\n{users}"));
+    let rows = [
+        "alice (enrolled)",
+        "pat (enrolled, [phones] entry)",
+        "mallory (no factor)",
+    ];
+    for (i, u) in rows.iter().enumerate() {
+        let name = u.split(' ').next().unwrap();
+        let (down, down_whole) = (median(name, &[]), median(name, &[&wrong]));
+        let (prompt, whole) = up[i];
+        let ms = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        println!(
+            "| {u} | {} | {} | {} | {} |",
+            ms(prompt),
+            ms(whole.saturating_sub(prompt)),
+            ms(down),
+            ms(down_whole.saturating_sub(down))
+        );
+    }
 }

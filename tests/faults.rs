@@ -3,8 +3,10 @@
 //!
 //! Each row asserts the PAM result, that the whole login returned within `timeout` plus a small
 //! margin, and the outcome log line. No row yields `PAM_SUCCESS` under `secure` unless the code
-//! was in fact verified; under `safe`, tru.ID being unavailable lets the login in
-//! (`outcome=unavailable_allowed`), and a wrong code never does.
+//! was in fact verified. Under `safe`, only tru.ID being unreachable before any code was sent
+//! lets the login in (`outcome=unavailable_allowed`; the test process is root and not setuid,
+//! as sshd is). 429, unusable answers, TLS failures, broken connections and any failure after
+//! the code deny under both, and a wrong code never gets in.
 //!
 //! Rows run in parallel threads, each with its own emulator, to keep the file fast.
 
@@ -44,9 +46,12 @@ enum Target {
 /// What a row must end in.
 #[derive(Clone, Copy, Debug)]
 enum Expect {
-    /// tru.ID unavailable: secure denies (`PAM_AUTHINFO_UNAVAIL`), safe lets in; the log line
-    /// carries this text.
+    /// tru.ID unavailable before the code: secure denies (`PAM_AUTHINFO_UNAVAIL`), safe lets
+    /// in; the log line carries this text.
     Unavailable(&'static str),
+    /// Denied under both failmodes (`PAM_AUTHINFO_UNAVAIL`, `unavailable_denied`): the log
+    /// line carries the text, the person is told the message.
+    Denied(&'static str, &'static str),
     /// The login goes through under both failmodes (the fault is recovered from).
     Verified,
 }
@@ -61,6 +66,8 @@ struct Row {
     at_least: Duration,
     /// The login must take less than this (default: timeout + margin).
     at_most: Duration,
+    /// The code typed is a wrong one (default: the right one).
+    wrong_code: bool,
 }
 
 fn row(name: impl Into<String>, target: Target, faults: Vec<Fault>, expect: Expect) -> Row {
@@ -71,8 +78,17 @@ fn row(name: impl Into<String>, target: Target, faults: Vec<Fault>, expect: Expe
         expect,
         at_least: Duration::ZERO,
         at_most: TIMEOUT + MARGIN,
+        wrong_code: false,
     }
 }
+
+/// Told when tru.ID is unreachable, and when its answer cannot be used.
+const UNREACHABLE: &str =
+    "tru.ID cannot be reached, so the login is refused. Ask your administrator.";
+const FAILED: &str =
+    "The check with tru.ID failed, so the login is refused. Ask your administrator.";
+/// In the log line when `safe` would have applied but a code was already sent.
+const AFTER_CODE: &str = "does not apply: a code was sent";
 
 fn fault(route: Route, kind: FaultKind, times: Option<u32>) -> Vec<Fault> {
     vec![Fault { route, kind, times }]
@@ -106,19 +122,19 @@ fn rows() -> Vec<Row> {
             "unknown CA",
             UnknownCa,
             vec![],
-            Unavailable("invalid peer certificate"),
+            Denied("invalid peer certificate", FAILED),
         ),
         row(
             "wrong host name",
             WrongHost,
             vec![],
-            Unavailable("not valid for name"),
+            Denied("not valid for name", FAILED),
         ),
         row(
             "expired certificate",
             Expired,
             vec![],
-            Unavailable("expired"),
+            Denied("expired", FAILED),
         ),
         row(
             "slow past timeout (verify)",
@@ -128,7 +144,7 @@ fn rows() -> Vec<Row> {
                 K::Latency(Duration::from_secs(4)),
                 None,
             ),
-            Unavailable("no answer within [api] timeout (2 s)"),
+            Denied("no answer within [api] timeout (2 s)", UNREACHABLE),
         ),
         // 1.2 s on every call: the token fits, the challenge does not. One budget per login.
         row(
@@ -145,7 +161,7 @@ fn rows() -> Vec<Row> {
                 K::TooManyRequests { retry_after: None },
                 None,
             ),
-            Unavailable("HTTP 429"),
+            Denied("HTTP 429", FAILED),
         ),
         row(
             "429 without Retry-After, once",
@@ -167,19 +183,19 @@ fn rows() -> Vec<Row> {
             "bearer token always refused",
             Emulator,
             fault(Route::ChallengeCreate, K::Unauthorized, None),
-            Unavailable("refused a freshly issued token"),
+            Denied("refused a freshly issued token", FAILED),
         ),
         row(
             "50 MB answer (create)",
             Emulator,
             fault(Route::ChallengeCreate, K::Huge(50 * 1024 * 1024), None),
-            Unavailable("byte limit"),
+            Denied("byte limit", FAILED),
         ),
         row(
             "50 MB answer (token)",
             Emulator,
             fault(Route::Token, K::Huge(50 * 1024 * 1024), None),
-            Unavailable("byte limit"),
+            Denied("byte limit", FAILED),
         ),
     ];
     // 429 with Retry-After 1, once: waited for, then the login goes on.
@@ -208,17 +224,25 @@ fn rows() -> Vec<Row> {
             },
             None,
         ),
-        Unavailable("HTTP 429"),
+        Denied("HTTP 429", FAILED),
     );
     r.at_most = Duration::from_millis(900);
     rows.push(r);
     for (route, call) in calls {
+        // Before the code (token, create) an outage is one; on the verify the code was sent.
+        let outage = |text: &'static str| {
+            if route == Route::ChallengeVerify {
+                Denied(text, UNREACHABLE)
+            } else {
+                Unavailable(text)
+            }
+        };
         for status in [500, 503] {
             rows.push(row(
                 format!("{status} on {call}"),
                 Emulator,
                 fault(route, K::Status(status), None),
-                Unavailable(if status == 500 {
+                outage(if status == 500 {
                     "HTTP 500"
                 } else {
                     "HTTP 503"
@@ -229,34 +253,71 @@ fn rows() -> Vec<Row> {
             format!("hang on {call}"),
             Emulator,
             fault(route, K::Hang, None),
-            Unavailable("no answer within [api] timeout (2 s)"),
+            outage("no answer within [api] timeout (2 s)"),
         );
         r.at_least = TIMEOUT;
         rows.push(r);
         rows.push(row(
+            format!("429 always on {call}"),
+            Emulator,
+            fault(route, K::TooManyRequests { retry_after: None }, None),
+            Denied("HTTP 429", FAILED),
+        ));
+        rows.push(row(
             format!("not JSON on {call}"),
             Emulator,
             fault(route, K::NotJson, None),
-            Unavailable("unreadable answer"),
+            Denied("unreadable answer", FAILED),
         ));
         rows.push(row(
             format!("wrong-shape JSON on {call}"),
             Emulator,
             fault(route, K::WrongShape, None),
-            Unavailable("unreadable answer"),
+            Denied("unreadable answer", FAILED),
         ));
         rows.push(row(
             format!("connection dropped on {call}"),
             Emulator,
             fault(route, K::Drop, None),
-            Unavailable("request failed"),
+            Denied("request failed", FAILED),
         ));
         rows.push(row(
             format!("connection dropped mid-body on {call}"),
             Emulator,
             fault(route, K::DropMidBody, None),
-            Unavailable("answer cut short"),
+            Denied("answer cut short", FAILED),
         ));
+    }
+    // A wrong code whose verify answer is unusable or never comes: denied, whatever failmode.
+    for (name, kind, expect) in [
+        ("not JSON", K::NotJson, Denied("unreadable answer", FAILED)),
+        (
+            "wrong-shape JSON",
+            K::WrongShape,
+            Denied("unreadable answer", FAILED),
+        ),
+        ("503", K::Status(503), Denied("HTTP 503", UNREACHABLE)),
+        (
+            "429",
+            K::TooManyRequests {
+                retry_after: Some(1),
+            },
+            Denied("HTTP 429", FAILED),
+        ),
+        (
+            "hang",
+            K::Hang,
+            Denied("no answer within [api] timeout (2 s)", UNREACHABLE),
+        ),
+    ] {
+        let mut r = row(
+            format!("wrong code, {name} on verify"),
+            Emulator,
+            fault(Route::ChallengeVerify, kind, None),
+            expect,
+        );
+        r.wrong_code = true;
+        rows.push(r);
     }
     rows
 }
@@ -338,7 +399,11 @@ fn run_row(r: &Row, failmode: &str) -> Ran {
     for fl in &r.faults {
         w.emu.set_fault(fl.clone());
     }
-    let code = w.code(&f);
+    let code = if r.wrong_code {
+        w.wrong_code(&f)
+    } else {
+        w.code(&f)
+    };
     let hwm_before = proc_status_kib("VmHWM");
     let ((rc, script), took) = timed(|| w.login("alice", &[&code]));
     let hwm_growth_kib = proc_status_kib("VmHWM").saturating_sub(hwm_before);
@@ -360,6 +425,7 @@ fn check(r: &Row, failmode: &str, ran: &Ran) -> Vec<String> {
             (PAM_AUTHINFO_UNAVAIL, "outcome=unavailable_denied", text)
         }
         Expect::Unavailable(text) => (PAM_SUCCESS, "outcome=unavailable_allowed", text),
+        Expect::Denied(text, _) => (PAM_AUTHINFO_UNAVAIL, "outcome=unavailable_denied", text),
         Expect::Verified => (PAM_SUCCESS, "outcome=verified", "code verified by tru.ID"),
     };
     if ran.rc != want_rc {
@@ -378,6 +444,14 @@ fn check(r: &Row, failmode: &str, ran: &Ran) -> Vec<String> {
                     "log line {line:?} lacks {want_outcome:?} or {want_text:?}"
                 ));
             }
+            // Under safe, the line says why safe did not apply after the code.
+            if let Expect::Denied(_, UNREACHABLE) = r.expect {
+                if !secure && !line.contains(AFTER_CODE) {
+                    bad.push(format!(
+                        "log line {line:?} does not say why safe did not apply"
+                    ));
+                }
+            }
             if line.contains('\x1b') || line.contains('\n') {
                 bad.push(format!("log line {line:?} is not escaped"));
             }
@@ -386,23 +460,32 @@ fn check(r: &Row, failmode: &str, ran: &Ran) -> Vec<String> {
     }
     // What the person is told: the fixed message under secure, nothing under safe; never the
     // server's or the library's own words.
-    if let Expect::Unavailable(_) = r.expect {
+    let told = match r.expect {
+        Expect::Unavailable(_) if secure => Some(Some(UNREACHABLE)),
+        Expect::Unavailable(_) => Some(None),
+        Expect::Denied(_, msg) => Some(Some(msg)),
+        Expect::Verified => None,
+    };
+    if let Some(told) = told {
         let errors: Vec<&Seen> = ran
             .seen
             .iter()
             .filter(|s| !matches!(s, Seen::Prompt(_)))
             .collect();
-        let fixed = Seen::Error(
-            "tru.ID cannot be reached, so the login is refused. Ask your administrator.".into(),
-        );
-        let ok = if secure {
-            errors == [&fixed]
-        } else {
-            errors.is_empty()
-        };
-        if !ok {
+        let want: Vec<Seen> = told.map(|m| Seen::Error(m.into())).into_iter().collect();
+        if errors != want.iter().collect::<Vec<_>>() {
             bad.push(format!("conversation showed {:?}", ran.seen));
         }
+        // Prompt first: the code is asked for whatever happens at tru.ID.
+        if !matches!(ran.seen.first(), Some(Seen::Prompt(_))) {
+            bad.push(format!("no prompt first: {:?}", ran.seen));
+        }
+    }
+    // The one rule above all: no PAM_SUCCESS unless verified, or safe before any code.
+    let allowed = matches!(r.expect, Expect::Verified)
+        || (!secure && matches!(r.expect, Expect::Unavailable(_)));
+    if ran.rc == PAM_SUCCESS && !allowed {
+        bad.push(format!("WRONGFUL PAM_SUCCESS: {:?}", ran.outcomes));
     }
     bad
 }
@@ -462,7 +545,7 @@ fn a_50_mb_answer_costs_no_memory() {
             format!("50 MB on {route:?}"),
             Target::Emulator,
             fault(route, FaultKind::Huge(50 * 1024 * 1024), None),
-            Expect::Unavailable("byte limit"),
+            Expect::Denied("byte limit", FAILED),
         );
         let ran = run_row(&r, "secure");
         assert_eq!(check(&r, "secure", &ran), Vec::<String>::new(), "{route:?}");

@@ -198,9 +198,10 @@ fn tru_id_down_follows_failmode() {
             "{text}\n[login]\nfailmode = \"{failmode}\"\n[users]\nalice = \"{f}\"\n"
         ));
         w.module_stack();
-        let (rc, s) = w.login("alice", &[]);
+        // Prompt first: the code is asked before tru.ID is, for every user alike.
+        let (rc, s) = w.login("alice", &[&w.code(&f)]);
         assert_eq!(rc, expect, "{failmode}");
-        assert!(s.prompts().is_empty());
+        assert_eq!(s.prompts(), ["tru.ID code: "]);
         let lines = w.outcomes();
         assert!(
             lines[0].contains(outcome) && lines[0].contains("cannot connect"),
@@ -220,7 +221,13 @@ fn tru_id_down_follows_failmode() {
 #[test]
 fn server_errors_on_each_call_follow_failmode_and_wrong_codes_never_do() {
     for route in [Route::Token, Route::ChallengeCreate, Route::ChallengeVerify] {
-        for (failmode, expect) in [("secure", PAM_AUTHINFO_UNAVAIL), ("safe", PAM_SUCCESS)] {
+        // Before the code (token, create) safe lets in; once the code went out, nothing does.
+        let safe = if route == Route::ChallengeVerify {
+            PAM_AUTHINFO_UNAVAIL
+        } else {
+            PAM_SUCCESS
+        };
+        for (failmode, expect) in [("secure", PAM_AUTHINFO_UNAVAIL), ("safe", safe)] {
             let w = World::new();
             let f = w.enroll("alice");
             w.config(&format!("failmode = \"{failmode}\""), &[("alice", &f)]);
@@ -259,7 +266,7 @@ fn a_hanging_server_is_cut_at_the_timeout() {
         kind: FaultKind::Hang,
         times: None,
     });
-    let ((rc, _), took) = timed(|| w.login("alice", &[]));
+    let ((rc, _), took) = timed(|| w.login("alice", &[&w.code(&f)]));
     assert_eq!(rc, PAM_AUTHINFO_UNAVAIL);
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_millis(3500),

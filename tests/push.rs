@@ -102,8 +102,13 @@ fn no_answer_until_the_push_timeout() {
 }
 
 #[test]
-fn tru_id_down_mid_poll_follows_failmode() {
-    for (mode, expect) in [("secure", PAM_AUTHINFO_UNAVAIL), ("safe", PAM_SUCCESS)] {
+fn tru_id_down_mid_poll_denies_under_both_failmodes() {
+    // The push went out: a failure now could hide a denial on the phone, so `safe` does not
+    // apply (it used to let this login in).
+    for (mode, expect) in [
+        ("secure", PAM_AUTHINFO_UNAVAIL),
+        ("safe", PAM_AUTHINFO_UNAVAIL),
+    ] {
         let (w, _) = push_world(&format!("failmode = \"{mode}\""));
         let (rc, _) = std::thread::scope(|sc| {
             sc.spawn(|| {
@@ -117,7 +122,14 @@ fn tru_id_down_mid_poll_follows_failmode() {
             w.login("carol", &[""])
         });
         assert_eq!(rc, expect, "{mode}");
-        assert!(w.outcomes()[0].contains("HTTP 503"));
+        let lines = w.outcomes();
+        assert!(lines[0].contains("HTTP 503"), "{lines:?}");
+        if mode == "safe" {
+            assert!(
+                lines[0].contains("does not apply: a push was sent"),
+                "{lines:?}"
+            );
+        }
     }
 }
 

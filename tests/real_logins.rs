@@ -882,8 +882,10 @@ fn ssh_tru_id_down_follows_failmode() {
             "{text}\n[login]\nfailmode = \"{failmode}\"\n[users]\n{u} = \"{f}\"\n"
         ));
         let sshd = Sshd::start(&w, SshVariant::Publickey);
-        let s = sshd.login(SshVariant::Publickey, u, &[]);
-        assert!(s.prompts.is_empty(), "{s:#?}");
+        // Prompt first: the code is asked before tru.ID is (sshd is root, not setuid: `safe`
+        // applies to an outage before the code).
+        let s = sshd.login(SshVariant::Publickey, u, &["123456"]);
+        assert_eq!(pam_prompts(&s), [PROMPT], "{s:#?}");
         let lines = w.outcomes();
         assert_eq!(lines.len(), 1, "{lines:?}");
         if failmode == "secure" {
@@ -2050,3 +2052,300 @@ fn sudo_login_shell_ticket_needs_the_code_too() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// failmode = "safe" in a process its caller controls (issue 14, item 1): su and sudo keep the
+// caller's real uid, so the caller may stop them and set their rlimits. Neither may turn a
+// wrong code into a login.
+
+/// `[api] timeout` of these tests, short so that a stop outlasts it quickly.
+const FM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the shipped stack asks the password before the code, so answers start with it.
+fn password_first(service: &str) -> bool {
+    let mut before = String::new();
+    for line in conf(&format!("pam.d/{service}"))
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
+        if line.split_whitespace().any(|t| t == "pam_truid.so") {
+            break;
+        }
+        before.push_str(line);
+    }
+    before.contains("common-auth") || before.contains("pam_unix")
+}
+
+/// The config for these tests: `failmode = "safe"`, one try, `users`, and the agent's socket
+/// when one is given.
+fn fm_config(w: &World, agent: Option<&Path>, users: &[(&str, &str)]) {
+    let mut text = w.api_table().replace(
+        "timeout = 5",
+        &format!("timeout = {}", FM_TIMEOUT.as_secs()),
+    );
+    if let Some(sock) = agent {
+        text = text.replace("agent = \"\"", &format!("agent = \"{}\"", sock.display()));
+    }
+    text.push_str("\n[login]\nfailmode = \"safe\"\ntries = 1\n\n[users]\n");
+    for (u, f) in users {
+        text.push_str(&format!("{u} = \"{f}\"\n"));
+    }
+    w.write_config(&text);
+}
+
+/// `truid-pam agent` as a real process, killed by its PID when dropped.
+struct FmAgent {
+    child: Child,
+    /// Its stdout, kept open so that its later lines do not fail.
+    _out: Option<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Drop for FmAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the agent on `socket` and waits for its ready line (no sleeping).
+fn fm_agent(socket: &Path) -> FmAgent {
+    use std::io::BufRead;
+    let child = Command::new(env!("CARGO_BIN_EXE_truid-pam"))
+        .args(["agent", "--workers", "4", "--socket"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Guarded from here: a failed wait below still kills it.
+    let mut agent = FmAgent { child, _out: None };
+    let mut out = std::io::BufReader::new(agent.child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the agent never said it listens"
+        );
+    }
+    agent._out = Some(out);
+    agent
+}
+
+fn uid_of(name: &str) -> u32 {
+    nix::unistd::User::from_name(name)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+}
+
+/// PIDs of the processes named `comm` whose real uid is `uid`.
+fn pids_of(comm: &str, uid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let real_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+        if name.trim() == comm && real_uid == Some(uid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `caller` signals `pid` with kill(1) run as `caller`: the kernel decides that it may.
+fn kill_as(caller: &str, signal: &str, pid: i32) {
+    let st = Command::new("runuser")
+        .args([
+            "-u",
+            caller,
+            "--",
+            "kill",
+            &format!("-{signal}"),
+            &pid.to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{caller} could not send SIG{signal} to {pid}");
+}
+
+/// Once the emulator has seen a request on `route` (beyond `before`, and held it: a latency
+/// fault), `caller` stops its process `comm` for longer than `[api] timeout`, then continues
+/// it. False if no such request came.
+fn stop_during(w: &World, route: &str, before: u64, comm: &str, caller: &str) -> bool {
+    let deadline = Instant::now() + LOGIN_DEADLINE;
+    while w.emu.stats().requests.get(route).copied().unwrap_or(0) <= before {
+        if Instant::now() > deadline {
+            return false;
+        }
+        // Bounded polling of the emulator's state.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids = pids_of(comm, uid_of(caller));
+    assert_eq!(pids.len(), 1, "{comm} of {caller}: {pids:?}");
+    // runuser, the test's stand-in for the caller's shell, stops itself when its child stops
+    // (su's job control): it is continued after, as a shell's `fg` would. Not the attack.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let parent: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    kill_as(caller, "STOP", pids[0]);
+    // The attack itself: the process stays stopped past its deadline.
+    std::thread::sleep(FM_TIMEOUT + Duration::from_secs(1));
+    kill_as(caller, "CONT", pids[0]);
+    unsafe {
+        libc::kill(parent, libc::SIGCONT);
+    }
+    true
+}
+
+/// The one outcome line of an attack: not let in, and it says why `safe` did not apply.
+/// Returns the line (the log listener hands each line out once).
+fn assert_safe_did_not_apply(w: &World) -> String {
+    let lines = w.outcomes();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        !lines[0].contains("outcome=unavailable_allowed") && !lines[0].contains("outcome=verified"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0].contains("outcome=unavailable_denied")
+            && (lines[0].contains("does not apply") || lines[0].contains("no failmode")),
+        "{lines:?}"
+    );
+    eprintln!("{}", lines[0]);
+    lines[0].clone()
+}
+
+/// The slow call the stop lands in: creating the challenge takes 1.5 s of the 2 s.
+fn slow_create(w: &World) -> u64 {
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Latency(Duration::from_millis(1500)),
+        times: None,
+    });
+    w.emu
+        .stats()
+        .requests
+        .get("challenge_create")
+        .copied()
+        .unwrap_or(0)
+}
+
+fn su_stopped_by_its_caller(caller: &str, target: &str, via_agent: bool) {
+    let w = World::new();
+    ensure_user(caller);
+    ensure_user(target);
+    set_password(target);
+    let ft = w.enroll(target);
+    let sock = w.path("agent").join("agent.sock");
+    let _agent = via_agent.then(|| fm_agent(&sock));
+    fm_config(&w, via_agent.then_some(sock.as_path()), &[(target, &ft)]);
+    let before = slow_create(&w);
+    let wrong = w.wrong_code(&ft);
+    let answers: Vec<&str> = if password_first("su") {
+        vec![PASSWORD, &wrong]
+    } else {
+        vec![&wrong]
+    };
+    let s = std::thread::scope(|sc| {
+        let stopper = sc.spawn(|| stop_during(&w, "challenge_create", before, "su", caller));
+        let s = su_as(&w, caller, false, target, &answers);
+        assert!(stopper.join().unwrap(), "su never asked for a challenge");
+        s
+    });
+    assert_refused(&s);
+    assert_ne!(s.output_lines().last(), Some(&target), "{s:#?}");
+    // The stop landed before the code went out: the reason is who controls su.
+    let line = assert_safe_did_not_apply(&w);
+    assert!(
+        line.contains("so a local user could cause this failure"),
+        "{line}"
+    );
+}
+
+#[test]
+fn su_stopped_by_its_caller_past_the_timeout_is_refused_under_safe() {
+    su_stopped_by_its_caller("truidfma", "truidfmb", false);
+}
+
+#[test]
+fn su_stopped_by_its_caller_through_the_agent_is_refused_under_safe() {
+    su_stopped_by_its_caller("truidfmc", "truidfmd", true);
+}
+
+#[test]
+fn sudo_stopped_by_its_caller_past_the_timeout_is_refused_under_safe() {
+    let user = "truidfme";
+    let w = World::new();
+    ensure_user(user);
+    set_password(user);
+    let f = w.enroll(user);
+    fm_config(&w, None, &[(user, &f)]);
+    let d = w.path("sudoers.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rule = d.join("pam_truid_test");
+    std::fs::write(
+        &rule,
+        format!(
+            "Defaults:{user} timestamp_timeout=0, passwd_tries=1, lecture=never\n\
+             {user} ALL=(ALL:ALL) ALL\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let before = slow_create(&w);
+    let wrong = w.wrong_code(&f);
+    let stdin = if password_first("sudo") {
+        format!("{PASSWORD}\n{wrong}\n")
+    } else {
+        format!("{wrong}\n")
+    };
+    let (ok, out, err) = std::thread::scope(|sc| {
+        let stopper = sc.spawn(|| stop_during(&w, "challenge_create", before, "sudo", user));
+        let r = sudo_as(&w, user, &stdin);
+        assert!(stopper.join().unwrap(), "sudo never asked for a challenge");
+        r
+    });
+    assert!(!ok && out.trim().is_empty(), "{out}\n{err}");
+    assert_safe_did_not_apply(&w);
+}
+
+/// `ulimit -n N` set by the caller before su: the module's connection cannot be made.
+#[test]
+fn su_with_too_few_descriptors_is_refused_under_safe() {
+    let (caller, target) = ("truidfmf", "truidfmg");
+    let w = World::new();
+    ensure_user(caller);
+    ensure_user(target);
+    set_password(target);
+    let ft = w.enroll(target);
+    fm_config(&w, None, &[(target, &ft)]);
+    let stack = snippet_stack(&w, "su");
+    let wrong = w.wrong_code(&ft);
+    let answers: Vec<&str> = if password_first("su") {
+        vec![PASSWORD, &wrong]
+    } else {
+        vec![&wrong]
+    };
+    let script = format!("ulimit -n {FM_FDS} && exec su {target} -c 'id -un'");
+    let argv = ["runuser", "-u", caller, "--", "sh", "-c", script.as_str()];
+    let s = Pty::spawn(in_namespace(&[(&stack, "/etc/pam.d/su")], &argv)).converse(&answers);
+    assert_refused(&s);
+    assert_ne!(s.output_lines().last(), Some(&target), "{s:#?}");
+    assert_safe_did_not_apply(&w);
+}
+
+/// The fewest descriptors with which su still reaches the module's call to tru.ID.
+const FM_FDS: u32 = 6;

@@ -155,7 +155,7 @@ impl Client {
             200..=299 => {
                 let t: TokenAnswer = decode(&ans.body)?;
                 if t.access_token.is_empty() {
-                    return Err(ApiError::Unavailable(
+                    return Err(ApiError::Failed(
                         "token answer has an empty access_token".into(),
                     ));
                 }
@@ -170,7 +170,7 @@ impl Client {
                 "token refused ({}); check [api] client_id and client_secret",
                 status_text(&ans)
             ))),
-            _ => Err(unavailable_status(&ans)),
+            _ => Err(status_error(&ans)),
         }
     }
 
@@ -198,17 +198,18 @@ impl Client {
                         c.forget();
                     }
                 }
+                // tru.ID answers, and refuses what it just issued: not an outage.
                 401 => {
-                    return Err(ApiError::Unavailable(
+                    return Err(ApiError::Failed(
                         "tru.ID refused a freshly issued token (401)".into(),
                     ))
                 }
-                408 | 429 | 500..=599 => return Err(unavailable_status(&ans)),
+                408 | 429 | 500..=599 => return Err(status_error(&ans)),
                 400..=499 => return Err(ApiError::Refused(status_text(&ans))),
-                _ => return Err(unavailable_status(&ans)),
+                _ => return Err(status_error(&ans)),
             }
         }
-        Err(ApiError::Unavailable("token refused".into()))
+        Err(ApiError::Failed("token refused".into()))
     }
 
     /// Sends a request; on 429 waits for `Retry-After` and sends once more, only if the wait
@@ -455,7 +456,7 @@ fn checked_challenge_id(c: Challenge) -> Result<String, ApiError> {
     if usable {
         Ok(c.challenge_id)
     } else {
-        Err(ApiError::Unavailable(
+        Err(ApiError::Failed(
             "challenge answer has no usable challenge_id".into(),
         ))
     }
@@ -465,9 +466,7 @@ fn checked_challenge_id(c: Challenge) -> Result<String, ApiError> {
 fn status_of(body: &[u8], challenge_id: &str) -> Result<ChallengeStatus, ApiError> {
     let c: Challenge = decode(body)?;
     if c.challenge_id != challenge_id {
-        return Err(ApiError::Unavailable(
-            "answer is about another challenge".into(),
-        ));
+        return Err(ApiError::Failed("answer is about another challenge".into()));
     }
     Ok(c.status)
 }
@@ -482,7 +481,7 @@ fn factor_path(factor: &str) -> String {
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::Unavailable(format!("unreadable answer from tru.ID ({e})")))
+        .map_err(|e| ApiError::Failed(format!("unreadable answer from tru.ID ({e})")))
 }
 
 fn status_text(ans: &Answer) -> String {
@@ -495,8 +494,18 @@ fn status_text(ans: &Answer) -> String {
     }
 }
 
-fn unavailable_status(ans: &Answer) -> ApiError {
-    ApiError::Unavailable(status_text(ans))
+/// An answer that is neither a success nor a refusal. Only 408 and 5xx say tru.ID cannot
+/// serve; 429 is caused by the tries themselves (an attacker's wrong codes provoke it), and
+/// any other status is no evidence of an outage: both deny under every failmode.
+fn status_error(ans: &Answer) -> ApiError {
+    match ans.status {
+        408 | 500..=599 => ApiError::Unavailable(status_text(ans)),
+        429 => ApiError::Failed(format!(
+            "{}: rate limited, which the tries themselves can cause",
+            status_text(ans)
+        )),
+        _ => ApiError::Failed(status_text(ans)),
+    }
 }
 
 /// `Authorization: Basic` for the token endpoint; the text made on the way is zeroised.
@@ -517,7 +526,7 @@ fn bearer(token: &Secret) -> Result<HeaderValue, ApiError> {
 /// A header value no debug output shows. Text a header cannot carry is refused, never sent.
 fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ApiError> {
     let mut v = HeaderValue::from_str(value)
-        .map_err(|_| ApiError::Unavailable(format!("{what} cannot go in an HTTP header")))?;
+        .map_err(|_| ApiError::Failed(format!("{what} cannot go in an HTTP header")))?;
     v.set_sensitive(true);
     Ok(v)
 }

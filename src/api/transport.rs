@@ -178,7 +178,7 @@ fn check_length(h: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > MAX_ANSWER => Err(ApiError::Unavailable(format!(
+        Some(n) if n > MAX_ANSWER => Err(ApiError::Failed(format!(
             "answer of {n} bytes is over the {MAX_ANSWER} byte limit"
         ))),
         _ => Ok(()),
@@ -187,7 +187,7 @@ fn check_length(h: &HeaderMap) -> Result<(), ApiError> {
 
 fn finish(status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<Answer, ApiError> {
     if body.len() as u64 > MAX_ANSWER {
-        return Err(ApiError::Unavailable(format!(
+        return Err(ApiError::Failed(format!(
             "answer is over the {MAX_ANSWER} byte limit"
         )));
     }
@@ -202,7 +202,8 @@ fn body_error(timed_out: bool, e: &dyn std::fmt::Display, budget: Duration) -> A
     if timed_out {
         timed_out_error(budget)
     } else {
-        ApiError::Unavailable(format!(
+        // An answer begun and broken off: tru.ID (or something in its name) was there.
+        ApiError::Failed(format!(
             "answer cut short: {}",
             sanitize(&e.to_string(), 200)
         ))
@@ -216,19 +217,103 @@ pub(crate) fn timed_out_error(budget: Duration) -> ApiError {
     ))
 }
 
+/// What a failed send means. Only a connection that could not be made, or no answer in time,
+/// is tru.ID being unreachable; the rest deny under every failmode (see `ApiError`).
 fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
+    // The innermost cause says what failed (refused, DNS, certificate).
+    let mut cause: &dyn std::error::Error = e;
+    let mut local = None;
+    let mut tls = false;
+    loop {
+        note_cause(cause, &mut local, &mut tls);
+        match cause.source() {
+            Some(next) => cause = next,
+            None => break,
+        }
+    }
+    let shown = sanitize(&cause.to_string(), 200);
+    // This host ran out of something: an unprivileged user can cause that at will in their
+    // own setuid process (rlimits), so it is never an outage.
+    if let Some(errno) = local {
+        let what = std::io::Error::from_raw_os_error(errno).to_string();
+        let detail = if shown.contains(&what) {
+            String::new()
+        } else {
+            format!(" ({shown})")
+        };
+        return ApiError::Failed(format!("this host ran out of a resource: {what}{detail}"));
+    }
+    // Someone answered who cannot prove to be tru.ID: an attack or a misconfiguration.
+    if tls {
+        return ApiError::Failed(format!("TLS: {shown}"));
+    }
     if e.is_timeout() {
         return timed_out_error(budget);
     }
-    // The innermost cause says what failed (refused, DNS, certificate).
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
+    if e.is_connect() {
+        return ApiError::Unavailable(format!("cannot connect: {shown}"));
     }
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    ApiError::Unavailable(format!("{what}: {}", sanitize(&cause.to_string(), 200)))
+    // Connected, then the exchange broke (a kept connection the server closed, a reset):
+    // tru.ID or something in its place was reached, so it is no evidence of an outage.
+    ApiError::Failed(format!("request failed: {shown}"))
+}
+
+/// Errors of this host's own resources, whatever layer reports them.
+const LOCAL_ERRNOS: [i32; 5] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::ENOMEM,
+    libc::ENOBUFS,
+    libc::EAGAIN,
+];
+
+/// Records a local resource error or a TLS error found at one link of a source chain.
+/// `io::Error::source` skips the error it wraps (and io errors nest: hyper's wraps
+/// tokio-rustls's, which wraps rustls's), so each wrapped one is looked at too.
+fn note_cause(cause: &(dyn std::error::Error + 'static), local: &mut Option<i32>, tls: &mut bool) {
+    let mut next = Some(cause);
+    // Bounded: a chain of wrapped io errors is a few deep.
+    for _ in 0..8 {
+        let Some(c) = next else { return };
+        if c.downcast_ref::<rustls::Error>().is_some() {
+            *tls = true;
+        }
+        let Some(io) = c.downcast_ref::<std::io::Error>() else {
+            return;
+        };
+        if let Some(n) = io.raw_os_error().filter(|n| LOCAL_ERRNOS.contains(n)) {
+            local.get_or_insert(n);
+        }
+        if io.kind() == std::io::ErrorKind::OutOfMemory {
+            local.get_or_insert(libc::ENOMEM);
+        }
+        next = io
+            .get_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_resource_and_tls_errors_are_found_anywhere_in_the_chain() {
+        let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::EMFILE));
+        let (mut local, mut tls) = (None, false);
+        note_cause(&wrapped, &mut local, &mut tls);
+        assert_eq!(local, Some(libc::EMFILE));
+        // As hyper reports it: an io error around tokio-rustls's io error around rustls's.
+        let cert = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        ));
+        let (mut local, mut tls) = (None, false);
+        note_cause(&cert, &mut local, &mut tls);
+        assert!(tls && local.is_none());
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let (mut local, mut tls) = (None, false);
+        note_cause(&refused, &mut local, &mut tls);
+        assert!(!tls && local.is_none());
+    }
 }

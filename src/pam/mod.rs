@@ -89,6 +89,22 @@ pub fn pam_code(outcome: &Outcome) -> PamResultCode {
     }
 }
 
+/// Whether an unprivileged local user controls this process, and why: its real uid is not
+/// root (the caller may signal it, ptrace it, set its rlimits), or the kernel marked it
+/// AT_SECURE (setuid or setgid: su, sudo keep the caller's real uid, and the caller may stop
+/// them and sets their rlimits). Such a process treats `failmode = "safe"` as `secure`.
+pub fn controlled_by() -> Option<String> {
+    // SAFETY: getuid and getauxval have no preconditions and cannot fail.
+    let (uid, secure) = unsafe { (libc::getuid(), libc::getauxval(libc::AT_SECURE)) };
+    if uid != 0 {
+        Some(format!("the process runs with real uid {uid}"))
+    } else if secure != 0 {
+        Some("the process is setuid or setgid (AT_SECURE)".into())
+    } else {
+        None
+    }
+}
+
 fn item<'a, T: ::pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>>(
     pamh: &'a PamHandle,
 ) -> Option<String> {
@@ -114,6 +130,7 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
         nonce: crate::text::random_hex(6),
+        controlled_by: controlled_by(),
         ..Default::default()
     };
     let debug = parsed.as_ref().is_ok_and(|a| a.debug);

@@ -29,6 +29,8 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
             .unwrap_or_default(),
         groups: None,
         nonce: pam_truid::text::random_hex(6),
+        // The same fact the module puts there: run by a user, `safe` acts as `secure`.
+        controlled_by: pam_truid::pam::controlled_by(),
         ..Default::default()
     };
     // As the module does: the user as NSS names them, and their groups.

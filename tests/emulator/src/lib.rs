@@ -85,6 +85,9 @@ pub struct Options {
     pub rate_limit: u32,
     /// Faults active from the start (the binary's `--latency-ms` and `--fault`).
     pub faults: Vec<Fault>,
+    /// Close a kept-alive connection after this long without a request, as front ends do
+    /// (Apache's default is 5 s). `None`: kept open for as long as the client keeps it.
+    pub idle_close: Option<Duration>,
 }
 
 impl Default for Options {
@@ -106,6 +109,7 @@ impl Default for Options {
             push_auto: None,
             rate_limit: 100_000,
             faults: Vec::new(),
+            idle_close: None,
         }
     }
 }

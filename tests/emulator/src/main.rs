@@ -41,6 +41,8 @@ USAGE: truid-emulator [FLAGS]
   --push-auto approve|deny       act as the phone: resolve every PUSH challenge
   --push-delay-ms MS             ... after this delay (default 1000)
   --latency-ms MS                add this latency to every API request
+  --idle-close SECS              close a kept-alive connection after SECS without a
+                                 request, as front ends do (default: never)
   --fault JSON                   add a fault (repeatable), same JSON as
                                  POST /_emulator/faults, e.g.
                                  '{\"route\":\"token\",\"kind\":\"status\",\"status\":503,\"times\":1}'
@@ -125,6 +127,12 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
             "--push-delay-ms" => {
                 push_delay =
                     Duration::from_millis(num("--push-delay-ms", value("--push-delay-ms")?)?)
+            }
+            "--idle-close" => {
+                o.idle_close = Some(Duration::from_secs(num(
+                    "--idle-close",
+                    value("--idle-close")?,
+                )?))
             }
             "--latency-ms" => {
                 let ms = num("--latency-ms", value("--latency-ms")?)?;

@@ -259,6 +259,7 @@ pub struct Shared {
     default_issuer: String,
     push_auto: Option<(Duration, bool)>,
     rate_limit: u32,
+    idle_close: Option<Duration>,
     state: Mutex<State>,
     faults: Mutex<Vec<Fault>>,
     counters: Counters,
@@ -374,6 +375,7 @@ impl Shared {
             default_issuer: opts.issuer_name.clone(),
             push_auto: opts.push_auto,
             rate_limit: opts.rate_limit.max(1),
+            idle_close: opts.idle_close,
             state: Mutex::new(state),
             faults: Mutex::new(opts.faults.clone()),
             counters: Counters::default(),
@@ -860,10 +862,21 @@ where
 {
     let kill = Arc::new(Notify::new());
     let k = kill.clone();
+    let idle_close = shared.idle_close;
+    // (requests in flight, when the last one ended), for `idle_close`.
+    let activity = Arc::new(std::sync::Mutex::new((0u32, tokio::time::Instant::now())));
+    let a = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let kill = k.clone();
-        async move { Ok::<_, Infallible>(shared.handle_request(kill, req).await) }
+        let activity = a.clone();
+        async move {
+            lock(&activity).0 += 1;
+            let r = shared.handle_request(kill, req).await;
+            let mut act = lock(&activity);
+            *act = (act.0.saturating_sub(1), tokio::time::Instant::now());
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -872,6 +885,30 @@ where
     tokio::select! {
         _ = conn => {}
         _ = kill.notified() => {}
+        _ = idle_for(activity, idle_close) => {}
+    }
+}
+
+/// Ends when the connection has been idle (no request in flight) for `limit`; never without
+/// one. Dropping the connection then closes it, as a front end's keep-alive timeout does.
+async fn idle_for(
+    activity: Arc<std::sync::Mutex<(u32, tokio::time::Instant)>>,
+    limit: Option<Duration>,
+) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let (in_flight, last) = *lock(&activity);
+        if in_flight == 0 && last.elapsed() >= limit {
+            return;
+        }
+        let wait = if in_flight == 0 {
+            limit.saturating_sub(last.elapsed())
+        } else {
+            limit
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
     }
 }
 
