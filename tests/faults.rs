@@ -287,6 +287,16 @@ fn rows() -> Vec<Row> {
             fault(route, K::DropMidBody, None),
             Denied("answer cut short", FAILED),
         ));
+        // Headers and a few bytes, then nothing until the deadline: something answered, so
+        // this is no outage (a trickled body must not make safe apply).
+        let mut r = row(
+            format!("answer begun, never ended, on {call}"),
+            Emulator,
+            fault(route, K::HangMidBody, None),
+            Denied("answer cut short", FAILED),
+        );
+        r.at_least = TIMEOUT;
+        rows.push(r);
     }
     // A wrong code whose verify answer is unusable or never comes: denied, whatever failmode.
     for (name, kind, expect) in [

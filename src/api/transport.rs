@@ -199,10 +199,15 @@ fn finish(status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<A
 }
 
 fn body_error(timed_out: bool, e: &dyn std::fmt::Display, budget: Duration) -> ApiError {
+    // An answer begun and broken off, or begun and never finished: tru.ID (or something in its
+    // name) was there, so this is no outage (a body that trickles until the deadline would
+    // otherwise be a way to make `failmode = "safe"` apply).
     if timed_out {
-        timed_out_error(budget)
+        ApiError::Failed(format!(
+            "answer cut short: it began but did not end within [api] timeout ({} s)",
+            budget.as_secs()
+        ))
     } else {
-        // An answer begun and broken off: tru.ID (or something in its name) was there.
         ApiError::Failed(format!(
             "answer cut short: {}",
             sanitize(&e.to_string(), 200)

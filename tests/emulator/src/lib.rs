@@ -212,6 +212,9 @@ pub enum FaultKind {
     Drop,
     /// Send headers with `Content-Length: 1000`, 10 bytes of body, then close.
     DropMidBody,
+    /// Send headers with `Content-Length: 1000` and 10 bytes of body, then nothing more (the
+    /// connection is held until the client gives up or 10 minutes pass).
+    HangMidBody,
     /// Never answer (the connection is held until the client gives up or 10 minutes pass).
     Hang,
     /// 401 problem, as for a refused token.
@@ -226,7 +229,8 @@ pub enum FaultKind {
 /// {"route": "challenge_verify", "kind": "status", "status": 503}
 /// {"route": "any", "kind": "too_many_requests", "retry_after": 7}
 /// {"kind": "not_json"}   {"kind": "wrong_shape"}   {"kind": "huge", "bytes": 10000000}
-/// {"kind": "drop"}   {"kind": "drop_mid_body"}   {"kind": "hang"}   {"kind": "unauthorized"}
+/// {"kind": "drop"}   {"kind": "drop_mid_body"}   {"kind": "hang_mid_body"}   {"kind": "hang"}
+/// {"kind": "unauthorized"}
 /// ```
 /// `route` is one of `token`, `challenge_create`, `challenge_verify`, `challenge_get`,
 /// `challenge_list`, `factor_list`, `factor_get`, `factor_create`, `factor_patch`, `console`,
@@ -284,6 +288,7 @@ impl TryFrom<FaultWire> for Fault {
             "huge" => FaultKind::Huge(w.bytes.ok_or("huge needs \"bytes\"")?),
             "drop" => FaultKind::Drop,
             "drop_mid_body" => FaultKind::DropMidBody,
+            "hang_mid_body" => FaultKind::HangMidBody,
             "hang" => FaultKind::Hang,
             "unauthorized" => FaultKind::Unauthorized,
             other => return Err(format!("unknown fault kind {other:?}")),
@@ -328,6 +333,7 @@ impl From<Fault> for FaultWire {
             }
             FaultKind::Drop => "drop",
             FaultKind::DropMidBody => "drop_mid_body",
+            FaultKind::HangMidBody => "hang_mid_body",
             FaultKind::Hang => "hang",
             FaultKind::Unauthorized => "unauthorized",
         }

@@ -48,7 +48,7 @@ USAGE: truid-emulator [FLAGS]
                                  '{\"route\":\"token\",\"kind\":\"status\",\"status\":503,\"times\":1}'
                                  kinds: latency(ms) status(status) too_many_requests
                                  (retry_after) not_json wrong_shape huge(bytes) drop
-                                 drop_mid_body hang unauthorized
+                                 drop_mid_body hang_mid_body hang unauthorized
   -h, --help                     this text
 
 Control endpoints (no auth, not rate limited, never faulted):

@@ -52,6 +52,7 @@ enum RespBody {
     Full(Bytes),
     Huge(usize),
     DropMidBody,
+    HangMidBody,
 }
 
 /// An answer before it becomes a hyper response.
@@ -164,9 +165,11 @@ impl http_body::Body for HugeBody {
 }
 
 /// Sends 10 bytes, gives hyper time to flush them (with the headers), then fails, which
-/// makes hyper close the connection short of the announced Content-Length.
+/// makes hyper close the connection short of the announced Content-Length. With a long `wait`
+/// (the HangMidBody fault) the rest of the answer never comes while the client waits.
 struct MidDropBody {
     sent: bool,
+    wait: Duration,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -181,9 +184,10 @@ impl http_body::Body for MidDropBody {
             self.sent = true;
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"factor_")))));
         }
+        let wait = self.wait;
         let pause = self
             .pause
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
         if pause.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
@@ -201,6 +205,16 @@ fn into_response(r: Resp, rate: &[(&'static str, String)]) -> Response<Body> {
         RespBody::DropMidBody => (
             MidDropBody {
                 sent: false,
+                wait: Duration::from_millis(100),
+                pause: None,
+            }
+            .boxed(),
+            Some("1000".into()),
+        ),
+        RespBody::HangMidBody => (
+            MidDropBody {
+                sent: false,
+                wait: Duration::from_secs(600),
                 pause: None,
             }
             .boxed(),
@@ -1147,6 +1161,12 @@ impl Shared {
                     status: 200,
                     ctype: HAL,
                     body: RespBody::DropMidBody,
+                    headers: Vec::new(),
+                }),
+                FaultKind::HangMidBody => Some(Resp {
+                    status: 200,
+                    ctype: HAL,
+                    body: RespBody::HangMidBody,
                     headers: Vec::new(),
                 }),
                 FaultKind::Unauthorized => Some(problem(401, "Invalid or expired token")),
