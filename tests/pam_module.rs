@@ -497,3 +497,42 @@ fn debug_argument_adds_a_line_with_the_request_count() {
     let secret = &w.emu.info().client_secret;
     assert!(lines.iter().all(|l| !l.contains(secret.as_str())));
 }
+
+/// A wrong guess costs time (pam_unix asks the same 2 s by default), so starting `sudo` in a
+/// loop no longer tries a hundred codes a second. Asked for after a wrong code and after the
+/// denials that must look like one; not after a verified code, nor after an outage (no guess).
+#[test]
+fn a_wrong_code_asks_libpam_for_a_delay() {
+    let w = World::new();
+    let f = w.enroll("alice");
+    w.config("tries = 1", &[("alice", &f)]);
+    w.module_stack();
+    let delay = |user: &str, answers: &[&str]| {
+        let (rc, s) = w.login(user, answers);
+        (rc, s.fail_delay.map(|(_, usec)| usec).unwrap_or(0))
+    };
+    let (rc, usec) = delay("alice", &[&w.wrong_code(&f)]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert!(usec >= 1_500_000, "wrong code: {usec} µs");
+    let (rc, usec) = delay("mallory", &["123456"]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert!(usec >= 1_500_000, "not enrolled: {usec} µs");
+    let (rc, usec) = delay("alice", &[&w.code(&f)]);
+    assert_eq!((rc, usec), (PAM_SUCCESS, 0), "verified");
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Status(503),
+        times: None,
+    });
+    let (rc, usec) = delay("alice", &[&w.code(&f)]);
+    assert_eq!((rc, usec), (PAM_AUTHINFO_UNAVAIL, 0), "tru.ID down");
+
+    // Without an application that takes the wait over (pamtester, su, sudo), libpam waits.
+    w.emu.clear_faults();
+    let mut s = Script::answering(&[&w.wrong_code(&f)]);
+    let (rc, took) = timed(|| {
+        pam_login_keeping_fail_delay(&w.path("pam.d"), "svc", "alice", &Items::default(), &mut s)
+    });
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+}

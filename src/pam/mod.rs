@@ -150,7 +150,38 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
             ),
         );
     }
+    if asks_for_delay(&outcome) {
+        fail_delay(pamh);
+    }
     pam_code(&outcome)
+}
+
+/// How long libpam keeps a failed login waiting, as pam_unix asks by default: a wrong guess
+/// costs time, so a caller who starts `sudo` in a loop tries a few codes a second, not a
+/// hundred (libpam varies the wait by up to a quarter, and waits once per `pam_authenticate`).
+const FAIL_DELAY_USEC: libc::c_uint = 2_000_000;
+
+/// The outcomes where someone typed what was not the code: wrong codes, and the users whose
+/// denial must look like it (no factor under `deny`, a name NSS does not know).
+fn asks_for_delay(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::WrongCode { .. }
+            | Outcome::NotEnrolled { ignore: false, .. }
+            | Outcome::UnknownUser { .. }
+    )
+}
+
+extern "C" {
+    // libpam's; pam-bindings does not wrap it.
+    fn pam_fail_delay(pamh: *mut PamHandle, usec: libc::c_uint) -> libc::c_int;
+}
+
+/// Asks libpam to wait before `pam_authenticate` reports the failure (the application may take
+/// the wait over with `PAM_FAIL_DELAY`). The answer is ignored: no delay is no reason to deny.
+fn fail_delay(pamh: &mut PamHandle) {
+    // SAFETY: `pamh` is the live handle libpam gave this call of pam_sm_authenticate.
+    let _ = unsafe { pam_fail_delay(pamh, FAIL_DELAY_USEC) };
 }
 
 /// What a login sent to tru.ID, for the debug line.

@@ -26,6 +26,7 @@ const PAM_TEXT_INFO: c_int = 4;
 const PAM_TTY: c_int = 3;
 const PAM_RHOST: c_int = 4;
 const PAM_RUSER: c_int = 8;
+const PAM_FAIL_DELAY: c_int = 10;
 
 #[repr(C)]
 struct PamMessage {
@@ -85,6 +86,9 @@ pub struct Script {
     pub broken: bool,
     /// Refuse PAM_PROMPT_ECHO_ON, as a display manager's password box does.
     pub echo_off_only: bool,
+    /// The wait libpam asked this application to make after the login (`PAM_FAIL_DELAY`): the
+    /// longest `pam_fail_delay` of the stack, in microseconds, as (PAM result, wait).
+    pub fail_delay: Option<(i32, u32)>,
 }
 
 impl Script {
@@ -186,12 +190,46 @@ pub fn pam_login(
 
 /// `pam_login` where the application may give no user at all (`pam_start` with NULL): the
 /// module then asks libpam, which prompts for one.
+///
+/// The application takes over libpam's delay after a failure (`PAM_FAIL_DELAY`, as sshd may)
+/// and waits not at all, so that the many denials of the tests cost no time;
+/// `pam_login_keeping_fail_delay` leaves libpam's own wait in place.
 pub fn pam_login_as(
     confdir: &Path,
     service: &str,
     user: Option<&str>,
     items: &Items,
     script: &mut Script,
+) -> i32 {
+    pam_login_inner(confdir, service, user, items, script, false)
+}
+
+/// `pam_login` with libpam's own delay after a failure (what the modules asked for with
+/// `pam_fail_delay`), as pamtester, su and sudo have it.
+pub fn pam_login_keeping_fail_delay(
+    confdir: &Path,
+    service: &str,
+    user: &str,
+    items: &Items,
+    script: &mut Script,
+) -> i32 {
+    pam_login_inner(confdir, service, Some(user), items, script, true)
+}
+
+/// Takes libpam's wait after a login over, records it, and waits not at all.
+extern "C" fn no_fail_delay(retval: c_int, usec: libc::c_uint, appdata: *mut c_void) {
+    // SAFETY: libpam passes the conversation's appdata: our own Script.
+    let script = unsafe { &mut *(appdata as *mut Script) };
+    script.fail_delay = Some((retval, usec));
+}
+
+fn pam_login_inner(
+    confdir: &Path,
+    service: &str,
+    user: Option<&str>,
+    items: &Items,
+    script: &mut Script,
+    keep_fail_delay: bool,
 ) -> i32 {
     let service = CString::new(service).unwrap();
     let user = user.map(|u| CString::new(u).unwrap());
@@ -223,6 +261,13 @@ pub fn pam_login_as(
                 PAM_SUCCESS
             );
         }
+    }
+    if !keep_fail_delay {
+        let delay: extern "C" fn(c_int, libc::c_uint, *mut c_void) = no_fail_delay;
+        assert_eq!(
+            unsafe { pam_set_item(pamh, PAM_FAIL_DELAY, delay as *const c_void) },
+            PAM_SUCCESS
+        );
     }
     let rc = unsafe { pam_authenticate(pamh, 0) };
     unsafe { pam_end(pamh, rc) };
