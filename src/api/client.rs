@@ -94,7 +94,7 @@ impl Client {
     ) -> Client {
         let cache = match (scope, &api.token_cache) {
             (Scope::Authenticator, Some(dir)) => {
-                Some(TokenCache::new(dir, &api.base_url, client_id))
+                Some(TokenCache::new(dir, &api.base_url, client_id, client_secret))
             }
             _ => None,
         };
