@@ -50,9 +50,14 @@ fn now() -> u64 {
 
 impl TokenCache {
     pub fn new(dir: &Path, base_url: &str, client_id: &str, client_secret: &Secret) -> TokenCache {
-        let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, client_secret.expose().as_bytes());
+        let hmac_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, client_secret.expose().as_bytes());
         // The lengths first, so that no two (base URL, client ID) pairs hash the same bytes.
-        let message = format!("{}\n{}\n{base_url}\n{client_id}", base_url.len(), client_id.len());
+        let message = format!(
+            "{}\n{}\n{base_url}\n{client_id}",
+            base_url.len(),
+            client_id.len()
+        );
         let tag = ring::hmac::sign(&hmac_key, message.as_bytes());
         let key: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let name = key.get(..24).unwrap_or(&key);
@@ -295,10 +300,16 @@ mod tests {
         assert_eq!(m.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         // Another client or base URL never sees this token.
-        assert!(TokenCache::new(&dir, "https://a", "other", &sec("s")).load().is_none());
-        assert!(TokenCache::new(&dir, "https://b", "id", &sec("s")).load().is_none());
+        assert!(TokenCache::new(&dir, "https://a", "other", &sec("s"))
+            .load()
+            .is_none());
+        assert!(TokenCache::new(&dir, "https://b", "id", &sec("s"))
+            .load()
+            .is_none());
         // Nor does a wrong secret for the same client, and the secret is not in the file.
-        assert!(TokenCache::new(&dir, "https://a", "id", &sec("wrong")).load().is_none());
+        assert!(TokenCache::new(&dir, "https://a", "id", &sec("wrong"))
+            .load()
+            .is_none());
         let text = std::fs::read_to_string(c.path()).unwrap();
         assert!(text.contains("tok") && !text.contains("\"s\""), "{text}");
         c.forget();

@@ -347,8 +347,7 @@ impl Config {
             }
             // It decides whom the module trusts, so it gets this file's own checks (TLS setup
             // reads it under them again).
-            open_checked(ca, Holds::Settings)
-                .map_err(|e| err("[api] ca_file", e.to_string()))?;
+            open_checked(ca, Holds::Settings).map_err(|e| err("[api] ca_file", e.to_string()))?;
         }
         let roots = api.roots.unwrap_or(Roots::System);
         if roots == Roots::None && api.ca_file.is_none() {
@@ -632,7 +631,10 @@ fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigErr
 }
 
 /// The open file and its metadata, once the checks on the descriptor passed.
-fn open_checked(path: &Path, holds: Holds) -> Result<(std::fs::File, std::fs::Metadata), ConfigError> {
+fn open_checked(
+    path: &Path,
+    holds: Holds,
+) -> Result<(std::fs::File, std::fs::Metadata), ConfigError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)

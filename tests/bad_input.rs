@@ -849,12 +849,20 @@ fn a_cached_token_is_no_use_to_a_config_with_a_wrong_secret() {
         let cached: Vec<_> = std::fs::read_dir(w.path("cache"))
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("token-"))
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("token-")
+            })
             .collect();
         assert_eq!(cached.len(), 1, "{failmode}: {cached:?}");
         let text = std::fs::read_to_string(&cached[0]).unwrap();
         assert!(text.contains("access_token"), "{text}");
-        assert!(!text.contains(&secret), "{failmode}: the secret is in the cache");
+        assert!(
+            !text.contains(&secret),
+            "{failmode}: the secret is in the cache"
+        );
         let tokens = w.emu.stats().tokens_issued;
 
         // Same base URL and client ID, a wrong secret: tru.ID refuses it a token, and the
@@ -873,7 +881,11 @@ fn a_cached_token_is_no_use_to_a_config_with_a_wrong_secret() {
             tokens,
             "{failmode}: a token for the wrong secret"
         );
-        assert_eq!(w.emu.stats().verifications, 1, "{failmode}: a code was verified");
+        assert_eq!(
+            w.emu.stats().verifications,
+            1,
+            "{failmode}: a code was verified"
+        );
     }
 }
 
@@ -907,10 +919,17 @@ fn a_ca_file_others_could_change_denies_and_check_says_so() {
         let t = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(!out.status.success(), "{case}: check passed: {t}");
         let fail = t.lines().find(|l| l.starts_with("FAIL")).unwrap_or("");
-        assert!(fail.contains("ca_file") && fail.contains(expect), "{case}: {t}");
+        assert!(
+            fail.contains("ca_file") && fail.contains(expect),
+            "{case}: {t}"
+        );
     };
     let cases: [(&str, &dyn Fn(), &str); 4] = [
-        ("owned by nobody", &|| std::os::unix::fs::chown(&ca, Some(65534), None).unwrap(), "chown root:"),
+        (
+            "owned by nobody",
+            &|| std::os::unix::fs::chown(&ca, Some(65534), None).unwrap(),
+            "chown root:",
+        ),
         ("mode 0666", &|| set_mode(&ca, 0o666), "chmod go-w"),
         ("group-writable", &|| set_mode(&ca, 0o664), "chmod go-w"),
         (

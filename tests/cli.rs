@@ -404,7 +404,14 @@ fn the_qr_png_goes_only_to_a_new_private_file() {
     for planted in [&link, &open, &dangling] {
         let out = cli(
             &cfg,
-            &["enroll", "lena", "--phone", "+447700900009", "--qr-png", planted.to_str().unwrap()],
+            &[
+                "enroll",
+                "lena",
+                "--phone",
+                "+447700900009",
+                "--qr-png",
+                planted.to_str().unwrap(),
+            ],
             "",
         );
         let t = text(&out);
@@ -415,10 +422,25 @@ fn the_qr_png_goes_only_to_a_new_private_file() {
             planted.display()
         );
     }
-    assert_eq!(std::fs::read(&target).unwrap(), b"", "written through the link");
-    assert_eq!(std::fs::read(&open).unwrap(), b"", "written into the open file");
-    assert!(!w.path("not-yet").exists(), "created through the dangling link");
-    assert_eq!(requests(), requests_before, "refused before tru.ID was asked: no PENDING factor");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"",
+        "written through the link"
+    );
+    assert_eq!(
+        std::fs::read(&open).unwrap(),
+        b"",
+        "written into the open file"
+    );
+    assert!(
+        !w.path("not-yet").exists(),
+        "created through the dangling link"
+    );
+    assert_eq!(
+        requests(),
+        requests_before,
+        "refused before tru.ID was asked: no PENDING factor"
+    );
     assert_eq!(factor_of(&cfg, "lena"), None);
 
     // A new path: written, 0600, a PNG.

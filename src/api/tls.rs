@@ -44,7 +44,12 @@ fn files_now(roots: Roots, ca_file: Option<&Path>) -> Files {
         .flatten()
         // The bundle may be a link (RHEL): its target is what counts.
         .and_then(|p| Some((p.to_path_buf(), FileId::of(&std::fs::metadata(p).ok()?))));
-    let ca = ca_file.and_then(|p| Some((p.to_path_buf(), FileId::of(&std::fs::symlink_metadata(p).ok()?))));
+    let ca = ca_file.and_then(|p| {
+        Some((
+            p.to_path_buf(),
+            FileId::of(&std::fs::symlink_metadata(p).ok()?),
+        ))
+    });
     [bundle, ca]
 }
 

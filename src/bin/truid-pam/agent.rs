@@ -58,9 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             Ok(Signal::SIGHUP) => {
                 projects.forget();
                 pam_truid::api::forget_trust();
-                println!(
-                    "truid-pam agent: SIGHUP: connections, tokens and trust anchors dropped"
-                );
+                println!("truid-pam agent: SIGHUP: connections, tokens and trust anchors dropped");
                 let _ = std::io::stdout().flush();
             }
             other => break other,
@@ -88,8 +86,11 @@ fn keep_secrets_in() -> Result<(), Failure> {
         setrlimit(Resource::RLIMIT_CORE, 0, 0)
             .map_err(|e| Failure(format!("cannot turn core dumps off (RLIMIT_CORE): {e}")))?;
     }
-    nix::sys::prctl::set_dumpable(false)
-        .map_err(|e| Failure(format!("cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}")))
+    nix::sys::prctl::set_dumpable(false).map_err(|e| {
+        Failure(format!(
+            "cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}"
+        ))
+    })
 }
 
 fn work(listener: &UnixListener, projects: &Projects) {
