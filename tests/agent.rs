@@ -639,7 +639,7 @@ fn the_agent_follows_a_replaced_ca_file() {
     put_ca(&c, "renamed");
     nix::sys::signal::kill(agent.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
     assert!(
-        agent.said("trust anchors dropped"),
+        agent.said("trust anchors re-read"),
         "the agent did not reload"
     );
     let (rc, out, debug) = login(&c, &f);

@@ -869,7 +869,9 @@ fn a_cached_token_is_no_use_to_a_config_with_a_wrong_secret() {
         // token the right secret left in the cache must not stand in for one.
         let wrong = right.set("api", "client_secret", Some("\"not-the-secret-4711\""));
         w.write_config(&wrong.text());
-        let (rc, _) = w.login("alice", &[&w.code(&f)]);
+        // The next time step's code: valid, and not the one already used.
+        let next = w.emu.code(&f, 1).unwrap();
+        let (rc, _) = w.login("alice", &[&next]);
         let lines = w.outcomes();
         assert_eq!(rc, PAM_AUTH_ERR, "{failmode}: {lines:?}");
         assert!(

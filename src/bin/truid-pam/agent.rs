@@ -58,7 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             Ok(Signal::SIGHUP) => {
                 projects.forget();
                 pam_truid::api::forget_trust();
-                println!("truid-pam agent: SIGHUP: connections, tokens and trust anchors dropped");
+                println!("truid-pam agent: SIGHUP: trust anchors re-read, connections and tokens dropped");
                 let _ = std::io::stdout().flush();
             }
             other => break other,
