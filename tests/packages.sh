@@ -73,7 +73,9 @@ cleanup() {
         kill "$emu_pid" 2>/dev/null
         wait "$emu_pid" 2>/dev/null
     fi
-    if [ "$installed" = 1 ] && dpkg-query -W -f='${Status}' libpam-truid 2>/dev/null | grep -q installed; then
+    # Installed, or removed with its config left ("config-files", e.g. after a failed check
+    # following remove): purged either way, so that the host keeps no trace.
+    if [ "$installed" = 1 ] && dpkg-query -W -f='${Status}' libpam-truid 2>/dev/null | grep -qE 'installed|config-files|half'; then
         echo "packages: purging libpam-truid after a failure" >&2
         DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libpam-truid >/dev/null 2>&1 || true
     fi
@@ -444,14 +446,14 @@ note "ok: reinstall and upgrade kept the edited config"
 # remove keeps the config, purge removes it
 
 # Removed while a stack still names the module (an administrator's own line): the prerm
-# names that file and says what to do. On a private copy of /etc/pam.d: the host's is
-# never written.
+# names that file and says what to do (on its stderr, which apt passes on with dpkg's
+# output). On a private copy of /etc/pam.d: the host's is never written.
 mkdir -p "$work/rm/pam.d"
 cp -a /etc/pam.d/. "$work/rm/pam.d/"
 printf 'auth required pam_unix.so\nauth requisite pam_truid.so\n' > "$work/rm/pam.d/truid-test-svc"
 unshare --mount --propagation private bash -euc '
     mount --bind "$1/rm/pam.d" /etc/pam.d
-    DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq libpam-truid > /dev/null 2> "$1/remove.err"
+    DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq libpam-truid > "$1/remove.err" 2>&1
 ' _ "$work" || fail "apt-get remove: $(cat "$work/remove.err")"
 note "apt-get remove said:"
 sed 's/^/    /' "$work/remove.err"

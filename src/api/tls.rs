@@ -113,10 +113,8 @@ fn build(
     match roots {
         Roots::Builtin => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Roots::System => {
-            let bundle = system_bundle().ok_or_else(|| {
-                    "no system CA bundle found (install ca-certificates, or set [api] roots = \"builtin\")"
-                        .to_string()
-                })?;
+            const NO_BUNDLE: &str = "no system CA bundle found (install ca-certificates, or set [api] roots = \"builtin\")";
+            let bundle = system_bundle().ok_or_else(|| NO_BUNDLE.to_string())?;
             let cache = cache_dir.and_then(|d| AnchorCache::new(d, bundle));
             match cache.as_ref().and_then(AnchorCache::load) {
                 Some(anchors) => store.roots = anchors,
