@@ -522,6 +522,10 @@ impl Projects {
             answer,
         };
         let api = request.api.config();
+        // A changed ca_file or system bundle: connections verified with the old anchors go.
+        if crate::api::trust_changed() {
+            self.forget();
+        }
         let project = match self.get(request.api, &api) {
             Ok(p) => p,
             // The agent's own setup, not the module's: the module may well manage on its own

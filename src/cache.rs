@@ -1,6 +1,6 @@
 //! The caches in the root-only folder (`[api] token_cache`, default /run/pam_truid): the token,
-//! one file per (base URL, client ID), so that every login on the host shares one token per
-//! token lifetime; and the system CA bundle's decoded trust anchors.
+//! one file per (base URL, client ID, client secret), so that every login on the host shares one
+//! token per token lifetime; and the system CA bundle's decoded trust anchors.
 //!
 //! A cache that cannot be used (missing, wrong owner, wrong mode, corrupt) is ignored and
 //! rewritten: it can cost a token request, never a login.
@@ -17,18 +17,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const REFRESH_MARGIN_SECS: u64 = 60;
 const MAX_FILE: u64 = 16 * 1024;
 
+/// A token is cached for the credentials that obtained it, secret included: a config with the
+/// right client ID but a wrong secret must get no token (tru.ID refuses it), never the one a
+/// right config left here. The secret is never written: the file name and the entry hold
+/// HMAC-SHA256(key = secret, base URL and client ID), which only the secret's holder can make.
 #[derive(Debug, Clone)]
 pub struct TokenCache {
     dir: PathBuf,
     file: PathBuf,
-    base_url: String,
-    client_id: String,
+    /// Hex of the keyed hash above.
+    key: String,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
-    base_url: String,
-    client_id: String,
+    key: String,
     access_token: String,
     expires_at: u64,
 }
@@ -46,22 +49,22 @@ fn now() -> u64 {
 }
 
 impl TokenCache {
-    pub fn new(dir: &Path, base_url: &str, client_id: &str) -> TokenCache {
-        let digest = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!("{base_url}\n{client_id}").as_bytes(),
+    pub fn new(dir: &Path, base_url: &str, client_id: &str, client_secret: &Secret) -> TokenCache {
+        let hmac_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, client_secret.expose().as_bytes());
+        // The lengths first, so that no two (base URL, client ID) pairs hash the same bytes.
+        let message = format!(
+            "{}\n{}\n{base_url}\n{client_id}",
+            base_url.len(),
+            client_id.len()
         );
-        let name: String = digest
-            .as_ref()
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let tag = ring::hmac::sign(&hmac_key, message.as_bytes());
+        let key: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let name = key.get(..24).unwrap_or(&key);
         TokenCache {
             dir: dir.to_path_buf(),
             file: dir.join(format!("token-{name}.json")),
-            base_url: base_url.to_string(),
-            client_id: client_id.to_string(),
+            key,
         }
     }
 
@@ -69,21 +72,20 @@ impl TokenCache {
         &self.file
     }
 
-    /// The cached token, if it is for this base URL and client and has more than a minute left.
+    /// The cached token, if it is for these credentials and has more than a minute left.
     pub fn load(&self) -> Option<Secret> {
         let bytes = zeroize::Zeroizing::new(read_private(&self.dir, &self.file, MAX_FILE)?);
         let entry: Entry = serde_json::from_slice(&bytes).ok()?;
         let fresh = entry.expires_at > now() + REFRESH_MARGIN_SECS;
-        (fresh && entry.base_url == self.base_url && entry.client_id == self.client_id)
-            .then(|| Secret::new(entry.access_token.clone()))
+        // The key is no secret to whoever can read the file (root): a plain comparison.
+        (fresh && entry.key == self.key).then(|| Secret::new(entry.access_token.clone()))
     }
 
     /// Writes the token atomically: readers see the old token or the new one, never half of
     /// one. Failures are ignored (the next login fetches again).
     pub fn store(&self, token: &Secret, expires_in: u64) {
         let entry = Entry {
-            base_url: self.base_url.clone(),
-            client_id: self.client_id.clone(),
+            key: self.key.clone(),
             access_token: token.expose().to_string(),
             expires_at: now() + expires_in,
         };
@@ -99,8 +101,31 @@ impl TokenCache {
     }
 }
 
-/// The system CA bundle's trust anchors, already decoded, keyed by the bundle's identity
-/// (path, device, inode, size, mtime): reading and decoding ~150 PEM certificates costs more
+/// What tells one version of a file from another: a file replaced (another inode) or rewritten
+/// in place (another size, mtime or ctime; no one can set a ctime back) has another identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    pub fn of(m: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// The system CA bundle's trust anchors, already decoded, keyed by the bundle's path and
+/// [`FileId`]: reading and decoding ~150 PEM certificates costs more
 /// than the whole TLS handshake of a login, and sudo or sshd pay it in every process.
 /// A bundle replaced by `update-ca-certificates` has a new identity, so the cache follows it.
 #[derive(Debug, Clone)]
@@ -116,15 +141,17 @@ const MAX_ANCHORS_FILE: u64 = 4 * 1024 * 1024;
 impl AnchorCache {
     /// `None` when the bundle cannot be examined (then nothing is cached).
     pub fn new(dir: &Path, bundle: &Path) -> Option<AnchorCache> {
-        let m = std::fs::metadata(bundle).ok()?;
+        let id = FileId::of(&std::fs::metadata(bundle).ok()?);
         let key = format!(
-            "{}\0{}\0{}\0{}\0{}.{}\n",
+            "{}\0{}\0{}\0{}\0{}.{}\0{}.{}\n",
             bundle.display(),
-            m.dev(),
-            m.ino(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec()
+            id.dev,
+            id.ino,
+            id.len,
+            id.mtime.0,
+            id.mtime.1,
+            id.ctime.0,
+            id.ctime.1
         );
         Some(AnchorCache {
             dir: dir.to_path_buf(),
@@ -257,11 +284,15 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn sec(s: &str) -> Secret {
+        Secret::new(s)
+    }
+
     #[test]
     fn stores_and_loads_privately() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("cache");
-        let c = TokenCache::new(&dir, "https://a", "id");
+        let c = TokenCache::new(&dir, "https://a", "id", &sec("s"));
         assert!(c.load().is_none());
         c.store(&Secret::new("tok"), 3600);
         assert_eq!(c.load().unwrap().expose(), "tok");
@@ -269,8 +300,18 @@ mod tests {
         assert_eq!(m.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         // Another client or base URL never sees this token.
-        assert!(TokenCache::new(&dir, "https://a", "other").load().is_none());
-        assert!(TokenCache::new(&dir, "https://b", "id").load().is_none());
+        assert!(TokenCache::new(&dir, "https://a", "other", &sec("s"))
+            .load()
+            .is_none());
+        assert!(TokenCache::new(&dir, "https://b", "id", &sec("s"))
+            .load()
+            .is_none());
+        // Nor does a wrong secret for the same client, and the secret is not in the file.
+        assert!(TokenCache::new(&dir, "https://a", "id", &sec("wrong"))
+            .load()
+            .is_none());
+        let text = std::fs::read_to_string(c.path()).unwrap();
+        assert!(text.contains("tok") && !text.contains("\"s\""), "{text}");
         c.forget();
         assert!(c.load().is_none());
     }
@@ -278,7 +319,7 @@ mod tests {
     #[test]
     fn a_token_close_to_expiry_is_not_used() {
         let tmp = tempfile::tempdir().unwrap();
-        let c = TokenCache::new(&tmp.path().join("c"), "https://a", "id");
+        let c = TokenCache::new(&tmp.path().join("c"), "https://a", "id", &sec("s"));
         c.store(&Secret::new("tok"), REFRESH_MARGIN_SECS - 1);
         assert!(c.load().is_none());
     }
@@ -287,7 +328,7 @@ mod tests {
     fn an_open_cache_is_not_trusted() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("c");
-        let c = TokenCache::new(&dir, "https://a", "id");
+        let c = TokenCache::new(&dir, "https://a", "id", &sec("s"));
         c.store(&Secret::new("tok"), 3600);
         std::fs::set_permissions(c.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(c.load().is_none(), "a file others can read is ignored");
@@ -300,7 +341,7 @@ mod tests {
     fn a_corrupt_cache_is_ignored() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("c");
-        let c = TokenCache::new(&dir, "https://a", "id");
+        let c = TokenCache::new(&dir, "https://a", "id", &sec("s"));
         c.store(&Secret::new("tok"), 3600);
         std::fs::write(c.path(), b"{not json").unwrap();
         assert!(c.load().is_none());

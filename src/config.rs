@@ -342,6 +342,9 @@ impl Config {
             if !ca.is_absolute() {
                 return Err(err("[api] ca_file", "must be an absolute path".into()));
             }
+            // It decides whom the module trusts, so it gets this file's own checks (TLS setup
+            // reads it under them again).
+            open_checked(ca, Holds::Settings).map_err(|e| err("[api] ca_file", e.to_string()))?;
         }
         let roots = api.roots.unwrap_or(Roots::System);
         if roots == Roots::None && api.ca_file.is_none() {
@@ -661,30 +664,16 @@ fn check_proxy(p: &str) -> Result<String, String> {
     }
 }
 
+/// A file that decides whom the module trusts (`[api] ca_file`), read under the config's own
+/// checks: root's, writable by root alone, no symlink, checked on the open descriptor.
+pub(crate) fn read_trusted(path: &Path, max: u64) -> Result<String, ConfigError> {
+    read_checked(path, Holds::Settings, max)
+}
+
 /// Opens a file the strict way (no symlink, no FIFO, root-owned, mode checked on the open
 /// descriptor so nothing can be swapped in between) and returns its text.
 fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigError> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            let what = match e.raw_os_error() {
-                Some(libc::ELOOP) => {
-                    "is a symbolic link; point the module at the real file".to_string()
-                }
-                Some(libc::ENOENT) => {
-                    "does not exist; create it (see pam_truid.toml(5)) or fix the path".to_string()
-                }
-                Some(libc::EACCES) => "cannot be read: permission denied".to_string(),
-                _ => format!("cannot be opened: {e}"),
-            };
-            ConfigError::new(path, what)
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| ConfigError::new(path, format!("cannot be examined: {e}")))?;
-    check_meta(path, &meta, holds)?;
+    let (mut file, meta) = open_checked(path, holds)?;
     if meta.len() > max {
         return Err(ConfigError::new(
             path,
@@ -711,6 +700,35 @@ fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigErr
             ),
         )
     })
+}
+
+/// The open file and its metadata, once the checks on the descriptor passed.
+fn open_checked(
+    path: &Path,
+    holds: Holds,
+) -> Result<(std::fs::File, std::fs::Metadata), ConfigError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let what = match e.raw_os_error() {
+                Some(libc::ELOOP) => {
+                    "is a symbolic link; point the module at the real file".to_string()
+                }
+                Some(libc::ENOENT) => {
+                    "does not exist; create it (see pam_truid.toml(5)) or fix the path".to_string()
+                }
+                Some(libc::EACCES) => "cannot be read: permission denied".to_string(),
+                _ => format!("cannot be opened: {e}"),
+            };
+            ConfigError::new(path, what)
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ConfigError::new(path, format!("cannot be examined: {e}")))?;
+    check_meta(path, &meta, holds)?;
+    Ok((file, meta))
 }
 
 fn check_mode_of(path: &Path, holds: Holds) -> Result<(), ConfigError> {

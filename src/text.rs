@@ -27,9 +27,35 @@ pub fn sanitize(input: &str, max: usize) -> String {
     out
 }
 
-/// Characters that are not control characters but can still reorder or hide text on a screen.
+/// Characters that are not control characters but can still break, reorder or hide text on a
+/// screen or in a log: every format character (Unicode category Cf: bidi marks, embeddings,
+/// overrides and isolates, the Arabic letter mark, zero-width and invisible operators, tags)
+/// and the line and paragraph separators (Zl, Zp), which some viewers break lines at.
 fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 /// Lowercase hex of random bytes from the operating system.
@@ -53,6 +79,25 @@ mod tests {
         assert_eq!(sanitize("say \"hi\" \\o/", 64), "say \\\"hi\\\" \\\\o/");
         assert_eq!(sanitize("x\u{202e}y", 64), "x\\u{202e}y");
         assert_eq!(sanitize("\u{9b}2J", 64), "\\x9b2J");
+    }
+
+    #[test]
+    fn escapes_separators_and_every_bidi_control() {
+        let hostile = [
+            0x2028, 0x2029, 0x061c, 0x200e, 0x200f, 0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066,
+            0x2067, 0x2068, 0x2069, 0x200b, 0x2060, 0xfeff, 0xad, 0xe0041,
+        ];
+        for code in hostile {
+            let c = char::from_u32(code).unwrap();
+            let expected = if code <= 0xff {
+                format!("a\\x{code:02x}b")
+            } else {
+                format!("a\\u{{{code:x}}}b")
+            };
+            assert_eq!(sanitize(&format!("a{c}b"), 64), expected, "U+{code:04X}");
+        }
+        // Letters of other scripts stay as they are.
+        assert_eq!(sanitize("Zoë ελένη علي", 64), "Zoë ελένη علي");
     }
 
     #[test]

@@ -591,3 +591,164 @@ fn a_kept_connection_closed_while_idle_lets_nobody_in_under_safe() {
         "{lines:?}"
     );
 }
+
+/// An emulator with the fixed credentials of `anchors_follow_the_ca_file`, at `listen`, with a
+/// CA of its own.
+fn emulator_at(listen: std::net::SocketAddr, cert_dir: &Path) -> Emulator {
+    Emulator::start(Options {
+        listen,
+        cert_dir: Some(cert_dir.to_path_buf()),
+        client_id: Some("anchors-client".into()),
+        client_secret: Some("anchors-secret".into()),
+        ..Options::default()
+    })
+    .unwrap()
+}
+
+/// The config for `emu` with the agent at `socket` and `ca` as `ca_file` (the path stays the
+/// same; only what is in the file changes), alice enrolled at `emu`.
+fn anchors_config(w: &World, emu: &Emulator, socket: &Path, ca: &Path) -> String {
+    let f = emu.seed_factor("alice", FactorType::Totp).factor_id;
+    w.write_config(&format!(
+        "[api]\nbase_url = \"{}\"\nclient_id = \"anchors-client\"\nclient_secret = \"anchors-secret\"\n\
+         ca_file = \"{}\"\nroots = \"none\"\ntimeout = 5\ntoken_cache = \"{}\"\nagent = \"{}\"\n\n\
+         [login]\nfailmode = \"secure\"\ntries = 1\n\n[users]\nalice = \"{f}\"\n",
+        emu.info().base_url,
+        ca.display(),
+        w.path("cache").display(),
+        socket.display()
+    ));
+    f
+}
+
+/// The CA is replaced at the same `ca_file` path (tru.ID's front end moved to another CA):
+/// the agent's logins follow it, when the file changes and on SIGHUP, instead of failing on
+/// the anchors it read at its first call until it is restarted.
+#[test]
+fn the_agent_follows_a_replaced_ca_file() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let mut agent = start_agent(&sock);
+    debug_stack(&w);
+    let ca = w.path("ca.pem");
+    let put_ca = |emu: &Emulator, how: &str| {
+        let pem = std::fs::read(emu.info().ca_file.as_deref().unwrap()).unwrap();
+        match how {
+            // Rewritten in place: the same inode.
+            "in place" => std::fs::write(&ca, pem).unwrap(),
+            // A new file renamed over it, as editors and package managers do.
+            _ => {
+                let tmp = w.path("ca.pem.new");
+                std::fs::write(&tmp, pem).unwrap();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+                std::fs::rename(&tmp, &ca).unwrap();
+            }
+        }
+    };
+    let login = |emu: &Emulator, f: &str| {
+        let (rc, _) = w.login("alice", &[&emu.code(f, 0).unwrap()]);
+        // One read of the log: the outcome line and the debug line that says how it went.
+        let (debug, outcomes): (Vec<String>, Vec<String>) = w
+            .log
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("outcome="))
+            .partition(|l| l.contains("debug: outcome="));
+        (rc, outcomes, debug)
+    };
+
+    let a = emulator_at("127.0.0.1:0".parse().unwrap(), &w.path("ca-a"));
+    let addr: std::net::SocketAddr = a.info().base_url["https://".len()..].parse().unwrap();
+    put_ca(&a, "renamed");
+    let f = anchors_config(&w, &a, &sock, &ca);
+    let (rc, out, debug) = login(&a, &f);
+    assert_eq!(rc, PAM_SUCCESS, "{out:?}");
+    assert!(debug[0].contains("via_agent=true"), "{debug:?}");
+
+    // tru.ID now answers with a certificate of another CA, at the same address.
+    a.shutdown();
+    let b = emulator_at(addr, &w.path("ca-b"));
+    let f = anchors_config(&w, &b, &sock, &ca);
+    let (rc, out, _) = login(&b, &f);
+    assert_ne!(rc, PAM_SUCCESS, "verified on the old anchors: {out:?}");
+    assert!(!out[0].contains("outcome=verified"), "{out:?}");
+
+    // The new CA written into the file: the next login through the agent verifies.
+    put_ca(&b, "in place");
+    let (rc, out, debug) = login(&b, &f);
+    assert_eq!(rc, PAM_SUCCESS, "file rewritten in place: {out:?}");
+    assert!(out[0].contains("outcome=verified"), "{out:?}");
+    assert!(debug[0].contains("via_agent=true"), "{debug:?}");
+
+    // Once more with another CA, renamed over the file, and SIGHUP as the README says.
+    b.shutdown();
+    let c = emulator_at(addr, &w.path("ca-c"));
+    let f = anchors_config(&w, &c, &sock, &ca);
+    let (rc, out, _) = login(&c, &f);
+    assert_ne!(rc, PAM_SUCCESS, "verified on the old anchors: {out:?}");
+    put_ca(&c, "renamed");
+    nix::sys::signal::kill(agent.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        agent.said("trust anchors re-read"),
+        "the agent did not reload"
+    );
+    let (rc, out, debug) = login(&c, &f);
+    assert_eq!(rc, PAM_SUCCESS, "after SIGHUP: {out:?}");
+    assert!(out[0].contains("outcome=verified"), "{out:?}");
+    assert!(debug[0].contains("via_agent=true"), "{debug:?}");
+}
+
+/// A core file or a read of its memory would give away every project's client secret and
+/// token: the agent turns cores off itself and is not dumpable, so that its memory is closed
+/// even to root without CAP_SYS_PTRACE. Both run as the unit runs the agent: uid 0 with no
+/// capability (CapabilityBoundingSet=), so that only dumpability decides.
+#[test]
+fn the_agent_cannot_be_dumped_or_read() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let no_caps = ["--bounding-set=-all", "--inh-caps=-all"];
+    let mut cmd = Command::new("setpriv");
+    cmd.args(no_caps)
+        .args([CLI, "agent", "--workers", "1", "--socket"])
+        .arg(&sock);
+    let agent = Daemon::start(cmd, "listening on", false);
+    let pid = agent.pid().as_raw();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+    // The same process as the agent but for the agent's own hardening: a capability-less
+    // root process, whose memory root without CAP_SYS_PTRACE may open.
+    let mut control = Command::new("setpriv");
+    control
+        .args(no_caps)
+        .args(["sh", "-c", "echo ready; exec sleep 600"]);
+    let control = Daemon::start(control, "ready", false);
+    let open_mem = |pid: i32| {
+        let out = Command::new("setpriv")
+            .args([
+                "--bounding-set=-sys_ptrace",
+                "--inh-caps=-sys_ptrace",
+                "head",
+                "-c",
+                "1",
+            ])
+            .arg(format!("/proc/{pid}/mem"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = open_mem(control.pid().as_raw());
+    assert!(!err.contains("cannot open"), "the control: {err}");
+    let err = open_mem(pid);
+    assert!(
+        err.contains("cannot open") && err.contains("Permission denied"),
+        "the agent's memory can be opened: {err:?}"
+    );
+}

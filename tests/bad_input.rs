@@ -899,3 +899,171 @@ fn a_syntax_error_on_a_secret_line_never_logs_the_secret() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Caches and trust files
+
+#[test]
+fn a_cached_token_is_no_use_to_a_config_with_a_wrong_secret() {
+    for failmode in ["secure", "safe"] {
+        let (w, f) = with_enrolled_alice();
+        let secret = w.emu.info().client_secret.clone();
+        let right = Conf::base(&w, &f).set("login", "failmode", Some(&format!("\"{failmode}\"")));
+        w.write_config(&right.text());
+        let (rc, _) = w.login("alice", &[&w.code(&f)]);
+        assert_eq!(rc, PAM_SUCCESS, "{failmode}: {:?}", w.outcomes());
+        let _ = w.outcomes();
+        // The token is cached, and the secret that got it is not in the cache.
+        let cached: Vec<_> = std::fs::read_dir(w.path("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("token-")
+            })
+            .collect();
+        assert_eq!(cached.len(), 1, "{failmode}: {cached:?}");
+        let text = std::fs::read_to_string(&cached[0]).unwrap();
+        assert!(text.contains("access_token"), "{text}");
+        assert!(
+            !text.contains(&secret),
+            "{failmode}: the secret is in the cache"
+        );
+        let tokens = w.emu.stats().tokens_issued;
+
+        // Same base URL and client ID, a wrong secret: tru.ID refuses it a token, and the
+        // token the right secret left in the cache must not stand in for one.
+        let wrong = right.set("api", "client_secret", Some("\"not-the-secret-4711\""));
+        w.write_config(&wrong.text());
+        // The next time step's code: valid, and not the one already used.
+        let next = w.emu.code(&f, 1).unwrap();
+        let (rc, _) = w.login("alice", &[&next]);
+        let lines = w.outcomes();
+        assert_eq!(rc, PAM_AUTH_ERR, "{failmode}: {lines:?}");
+        assert!(
+            lines.len() == 1 && !lines[0].contains("outcome=verified"),
+            "{failmode}: {lines:?}"
+        );
+        assert_eq!(
+            w.emu.stats().tokens_issued,
+            tokens,
+            "{failmode}: a token for the wrong secret"
+        );
+        assert_eq!(
+            w.emu.stats().verifications,
+            1,
+            "{failmode}: a code was verified"
+        );
+    }
+}
+
+/// A CA file others could change decides whom the module trusts: each is a config error,
+/// denied whatever failmode says, named in the log and by `truid-pam check`.
+#[test]
+fn a_ca_file_others_could_change_denies_and_check_says_so() {
+    use std::os::unix::fs::symlink;
+    let (w, f) = with_enrolled_alice();
+    let emu_ca = w.emu.info().ca_file.clone().unwrap();
+    let ca = w.path("ca.pem");
+    let real = w.path("ca-real.pem");
+    let good = || {
+        let _ = std::fs::remove_file(&ca);
+        std::fs::copy(&emu_ca, &ca).unwrap();
+        set_mode(&ca, 0o644);
+    };
+    let conf = Conf::base(&w, &f).set("api", "ca_file", Some(&format!("\"{}\"", ca.display())));
+    let cfg = w.write_config(&conf.text());
+    good();
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    let _ = w.outcomes();
+    let check = |case: &str, expect: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_truid-pam"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("check")
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!out.status.success(), "{case}: check passed: {t}");
+        let fail = t.lines().find(|l| l.starts_with("FAIL")).unwrap_or("");
+        assert!(
+            fail.contains("ca_file") && fail.contains(expect),
+            "{case}: {t}"
+        );
+    };
+    let cases: [(&str, &dyn Fn(), &str); 4] = [
+        (
+            "owned by nobody",
+            &|| std::os::unix::fs::chown(&ca, Some(65534), None).unwrap(),
+            "chown root:",
+        ),
+        ("mode 0666", &|| set_mode(&ca, 0o666), "chmod go-w"),
+        ("group-writable", &|| set_mode(&ca, 0o664), "chmod go-w"),
+        (
+            "a symlink",
+            &|| {
+                std::fs::rename(&ca, &real).unwrap();
+                symlink(&real, &ca).unwrap();
+            },
+            "symbolic link",
+        ),
+    ];
+    for (case, spoil, expect) in cases {
+        good();
+        spoil();
+        // A fresh login reads it anew: same process (this test) that cached the good one.
+        let (rc, s) = w.login("alice", &[&w.code(&f)]);
+        let lines = w.outcomes();
+        assert_eq!(rc, PAM_SERVICE_ERR, "{case}: {lines:?}");
+        assert!(s.seen.is_empty(), "{case}: {:?}", s.seen);
+        assert!(
+            lines.len() == 1
+                && lines[0].contains("outcome=config_error")
+                && lines[0].contains(&ca.display().to_string())
+                && lines[0].contains(expect),
+            "{case}: {lines:?}"
+        );
+        check(case, expect);
+        let _ = std::fs::remove_file(&real);
+    }
+}
+
+#[test]
+fn line_separators_and_bidi_controls_in_a_log_line_are_escaped() {
+    let (w, f) = with_enrolled_alice();
+    w.config("failmode = \"safe\"", &[("alice", &f)]);
+    let hostile: [u32; 14] = [
+        0x2028, 0x2029, 0x061c, 0x200e, 0x200f, 0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066,
+        0x2067, 0x2068, 0x2069,
+    ];
+    for code in hostile {
+        let c = char::from_u32(code).unwrap();
+        // A host name that, shown raw, would start a forged line or reorder the text.
+        let rhost = format!("10.0.0.1{c}outcome=verified user=root");
+        let items = Items {
+            rhost: Some(rhost),
+            ..Items::default()
+        };
+        // No answer: the login ends at the prompt, and its line names the host.
+        let (rc, _) = pam_with(&w, "svc", Some("alice"), &items, &[]);
+        let lines = w.outcomes();
+        assert_ne!(rc, PAM_SUCCESS, "U+{code:04X}: {lines:?}");
+        assert!(!lines[0].contains(c), "U+{code:04X} raw: {:?}", lines[0]);
+        assert!(
+            lines[0].contains(&format!("10.0.0.1\\u{{{code:x}}}outcome=verified")),
+            "U+{code:04X}: {}",
+            lines[0]
+        );
+    }
+    // A user name with one: refused before anything, and escaped in the line that says so.
+    let (rc, _) = pam_with(&w, "svc", Some("alice\u{2028}root"), &Items::default(), &[]);
+    let lines = w.outcomes();
+    assert_ne!(rc, PAM_SUCCESS, "{lines:?}");
+    assert!(
+        !lines[0].contains('\u{2028}') && lines[0].contains("alice\\u{2028}root"),
+        "{lines:?}"
+    );
+}

@@ -64,11 +64,17 @@ fn base_config(w: &World) -> String {
 
 /// Runs `enroll`, reads the secret it prints, answers with the code an app computes from it.
 fn enroll(cfg: &Path, user: &str) -> (Output, String) {
+    enroll_with(cfg, user, &[])
+}
+
+/// `enroll` with more arguments.
+fn enroll_with(cfg: &Path, user: &str, more: &[&str]) -> (Output, String) {
     let mut child = Guard(
         Command::new(CLI)
             .arg("--config")
             .arg(cfg)
             .args(["enroll", user, "--phone", "+447700900001"])
+            .args(more)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -375,4 +381,75 @@ fn concurrent_enrolls_both_land_and_a_killed_writer_leaves_a_valid_file() {
         assert!(text.starts_with("# pam_truid test config"), "{text}");
     }
     assert!(pam_truid::config::Config::load(&cfg).is_ok());
+}
+
+#[test]
+fn the_qr_png_goes_only_to_a_new_private_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let w = World::new();
+    let cfg = w.write_config(&base_config(&w));
+    // An attacker's plants: a link to a file they will read later, and a file open to all.
+    let target = w.path("attacker-reads-this");
+    std::fs::write(&target, "").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let link = w.path("qr-link.png");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let open = w.path("qr-open.png");
+    std::fs::write(&open, "").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let dangling = w.path("qr-dangling.png");
+    std::os::unix::fs::symlink(w.path("not-yet"), &dangling).unwrap();
+    let requests = || w.emu.stats().requests.values().sum::<u64>();
+    let requests_before = requests();
+    for planted in [&link, &open, &dangling] {
+        let out = cli(
+            &cfg,
+            &[
+                "enroll",
+                "lena",
+                "--phone",
+                "+447700900009",
+                "--qr-png",
+                planted.to_str().unwrap(),
+            ],
+            "",
+        );
+        let t = text(&out);
+        assert!(!out.status.success(), "{}: {t}", planted.display());
+        assert!(
+            t.contains("exists") && t.contains("remove it first or pick another path"),
+            "{}: {t}",
+            planted.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"",
+        "written through the link"
+    );
+    assert_eq!(
+        std::fs::read(&open).unwrap(),
+        b"",
+        "written into the open file"
+    );
+    assert!(
+        !w.path("not-yet").exists(),
+        "created through the dangling link"
+    );
+    assert_eq!(
+        requests(),
+        requests_before,
+        "refused before tru.ID was asked: no PENDING factor"
+    );
+    assert_eq!(factor_of(&cfg, "lena"), None);
+
+    // A new path: written, 0600, a PNG.
+    let new = w.path("qr-new.png");
+    let (out, _) = enroll_with(&cfg, "lena", &["--qr-png", new.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = std::fs::symlink_metadata(&new).unwrap();
+    assert!(m.is_file());
+    assert_eq!(m.mode() & 0o777, 0o600);
+    assert_eq!(m.uid(), 0);
+    assert!(std::fs::read(&new).unwrap().starts_with(b"\x89PNG\r\n"));
 }

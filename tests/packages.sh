@@ -73,7 +73,9 @@ cleanup() {
         kill "$emu_pid" 2>/dev/null
         wait "$emu_pid" 2>/dev/null
     fi
-    if [ "$installed" = 1 ] && dpkg-query -W -f='${Status}' libpam-truid 2>/dev/null | grep -q installed; then
+    # Installed, or removed with its config left ("config-files", e.g. after a failed check
+    # following remove): purged either way, so that the host keeps no trace.
+    if [ "$installed" = 1 ] && dpkg-query -W -f='${Status}' libpam-truid 2>/dev/null | grep -qE 'installed|config-files|half'; then
         echo "packages: purging libpam-truid after a failure" >&2
         DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libpam-truid >/dev/null 2>&1 || true
     fi
@@ -207,7 +209,25 @@ rpm -qp --scripts "$rpm" > "$work/rpm.scripts"
 grep -q 'preset pam_truid-agent.service' "$work/rpm.scripts" || fail "rpm: %post does not preset the agent's unit"
 awk '/^preuninstall scriptlet/ { p = 1 } /^postuninstall scriptlet/ { p = 0 } p && /disable pam_truid-agent.service/ { ok = 1 }
      END { exit !ok }' "$work/rpm.scripts" || fail "rpm: %preun does not disable the agent's unit"
-note "ok: rpm file list, modes, %config(noreplace) (${#rpm_expect[@]} files)"
+# %preun on erase warns about stacks that still name the module, and names them; on
+# upgrade ($1 = 1) it says nothing. Run here on a private /etc/pam.d, with a stand-in
+# systemctl (the host's agent unit is not this scriptlet's to disable here).
+awk '/^preuninstall scriptlet/ { p = 1; next } /^[a-z]+ scriptlet/ { p = 0 } p' "$work/rpm.scripts" > "$work/preun.sh"
+mkdir -p "$work/preun/pam.d" "$work/preun/bin"
+printf '#!/bin/sh\nexit 0\n' > "$work/preun/bin/systemctl"
+chmod +x "$work/preun/bin/systemctl"
+printf 'auth required pam_unix.so\n# auth required pam_truid.so (a comment)\n' > "$work/preun/pam.d/plain"
+printf 'auth requisite pam_truid.so\n' > "$work/preun/pam.d/guarded"
+unshare --mount --propagation private sh -c '
+    mount --bind "$1/preun/pam.d" /etc/pam.d
+    PATH="$1/preun/bin:$PATH" sh "$1/preun.sh" 0 2> "$1/preun.erase"
+    PATH="$1/preun/bin:$PATH" sh "$1/preun.sh" 1 2> "$1/preun.upgrade"
+' _ "$work"
+grep -q 'WARNING: these PAM stacks still use pam_truid.so' "$work/preun.erase" || fail "rpm %preun: no warning: $(cat "$work/preun.erase")"
+grep -q '/etc/pam.d/guarded:1:auth requisite pam_truid.so' "$work/preun.erase" || fail "rpm %preun: the stack is not named: $(cat "$work/preun.erase")"
+! grep -q 'plain' "$work/preun.erase" || fail "rpm %preun: named a stack whose only mention is a comment"
+[ ! -s "$work/preun.upgrade" ] || fail "rpm %preun warned on upgrade: $(cat "$work/preun.upgrade")"
+note "ok: rpm file list, modes, %config(noreplace) (${#rpm_expect[@]} files), %preun names stacks that still use the module"
 
 # --------------------------------------------------------------------------------------
 # lintian
@@ -239,6 +259,8 @@ assert_pam_untouched "by installing"
 unit=/usr/lib/systemd/system/pam_truid-agent.service
 wants=/etc/systemd/system/multi-user.target.wants/pam_truid-agent.service
 [ "$wants" -ef "$unit" ] || fail "postinst did not enable $unit ($wants)"
+# The agent holds every project's secret: no core file of it.
+grep -qx 'LimitCORE=0' "$unit" || fail "$unit has no LimitCORE=0"
 if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify "$unit" > "$work/verify.out" 2>&1 ||
         fail "systemd-analyze verify $unit: $(cat "$work/verify.out")"
@@ -423,7 +445,24 @@ note "ok: reinstall and upgrade kept the edited config"
 # --------------------------------------------------------------------------------------
 # remove keeps the config, purge removes it
 
-DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq libpam-truid >/dev/null
+# Removed while a stack still names the module (an administrator's own line): the prerm
+# names that file and says what to do (on its stderr, which apt passes on with dpkg's
+# output). On a private copy of /etc/pam.d: the host's is never written.
+mkdir -p "$work/rm/pam.d"
+cp -a /etc/pam.d/. "$work/rm/pam.d/"
+printf 'auth required pam_unix.so\nauth requisite pam_truid.so\n' > "$work/rm/pam.d/truid-test-svc"
+unshare --mount --propagation private bash -euc '
+    mount --bind "$1/rm/pam.d" /etc/pam.d
+    DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq libpam-truid > "$1/remove.err" 2>&1
+' _ "$work" || fail "apt-get remove: $(cat "$work/remove.err")"
+note "apt-get remove said:"
+sed 's/^/    /' "$work/remove.err"
+grep -q 'WARNING: these PAM stacks still use pam_truid.so' "$work/remove.err" || fail "remove: no warning about the stack still naming the module"
+grep -q '/etc/pam.d/truid-test-svc:2:auth requisite pam_truid.so' "$work/remove.err" || fail "remove: the warning does not name the stack"
+grep -q 'delete each pam_truid.so line' "$work/remove.err" || fail "remove: the warning does not say what to do"
+[ "$(grep -c 'pam_truid.so, which is being removed' "$work/remove.err")" = 1 ] || fail "remove: warned more than once"
+! grep -q 'common-auth' "$work/remove.err" || fail "remove: named common-auth, which pam-auth-update cleans"
+note "ok: removing the package while a stack names the module names that stack, loudly"
 [ ! -e "$module" ] || fail "remove left $module"
 [ ! -e /usr/bin/truid-pam ] || fail "remove left /usr/bin/truid-pam"
 [ "$(sha256sum < /etc/security/pam_truid.toml)" = "$edited" ] || fail "remove changed or deleted the config"

@@ -1,4 +1,4 @@
-//! `text::sanitize`: no control or invisible formatting character survives, quotes are
+//! `text::sanitize`: no control, format (Cf) or line/paragraph separator character survives, quotes are
 //! escaped, and the length is bounded by `max`.
 #![no_main]
 
@@ -13,7 +13,22 @@ fuzz_target!(|data: &[u8]| {
     let out = pam_truid::text::sanitize(&input, max);
     assert!(!out.chars().any(char::is_control), "{out:?}");
     assert!(
-        !out.chars().any(|c| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')),
+        // Bidi marks, embeddings, overrides and isolates, the Arabic letter mark, zero-width
+        // and invisible characters, tags, and the line and paragraph separators.
+        !out.chars().any(|c| matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )),
         "{out:?}"
     );
     // Every quote is escaped: after removing escaped pairs, no bare quote is left.

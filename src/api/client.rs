@@ -93,9 +93,12 @@ impl Client {
         http: Transport,
     ) -> Client {
         let cache = match (scope, &api.token_cache) {
-            (Scope::Authenticator, Some(dir)) => {
-                Some(TokenCache::new(dir, &api.base_url, client_id))
-            }
+            (Scope::Authenticator, Some(dir)) => Some(TokenCache::new(
+                dir,
+                &api.base_url,
+                client_id,
+                client_secret,
+            )),
             _ => None,
         };
         Client {

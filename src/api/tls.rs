@@ -1,13 +1,15 @@
-//! The rustls configuration: built once per process and per (roots, ca_file), then shared by
-//! every login the process runs (a display manager runs many).
+//! The rustls configuration: built once per process and per trust settings, then shared by
+//! every login the process runs (a display manager runs many, the agent all of them), until a
+//! file it was built from changes or the agent is told to reload (SIGHUP).
 
-use crate::cache::AnchorCache;
+use crate::cache::{AnchorCache, FileId};
 use crate::config::Roots;
 use base64::Engine as _;
 use once_cell::sync::Lazy;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Where distributions keep their CA bundle. Read directly: the `SSL_CERT_*` variables of the
@@ -19,26 +21,87 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
 ];
 
-type Key = (Roots, Option<PathBuf>);
-type Built = Vec<(Key, Arc<rustls::ClientConfig>)>;
-static CONFIGS: Lazy<Mutex<Built>> = Lazy::new(|| Mutex::new(Vec::new()));
+/// A configuration and what it was built from: the settings, and the identity of each file read
+/// (the system bundle, then `ca_file`) as it was just before the build.
+struct Built {
+    roots: Roots,
+    ca_file: Option<PathBuf>,
+    files: Files,
+    config: Arc<rustls::ClientConfig>,
+}
+
+type Files = [Option<(PathBuf, FileId)>; 2];
+
+static CONFIGS: Lazy<Mutex<Vec<Built>>> = Lazy::new(|| Mutex::new(Vec::new()));
+/// Set when a configuration is dropped for a changed file; taken by [`trust_changed`].
+static CHANGED: AtomicBool = AtomicBool::new(false);
+
+/// The files a configuration for these settings reads, as they are now. Taken before reading
+/// them: a file changed during the build only makes the next call build again.
+fn files_now(roots: Roots, ca_file: Option<&Path>) -> Files {
+    let bundle = (roots == Roots::System)
+        .then(system_bundle)
+        .flatten()
+        // The bundle may be a link (RHEL): its target is what counts.
+        .and_then(|p| Some((p.to_path_buf(), FileId::of(&std::fs::metadata(p).ok()?))));
+    let ca = ca_file.and_then(|p| {
+        Some((
+            p.to_path_buf(),
+            FileId::of(&std::fs::symlink_metadata(p).ok()?),
+        ))
+    });
+    [bundle, ca]
+}
+
+fn system_bundle() -> Option<&'static Path> {
+    SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file())
+}
 
 /// The client configuration for these trust settings. Errors say which file is wrong.
 /// `cache_dir` (the root-only cache folder) keeps the system bundle's decoded anchors between
-/// processes.
+/// processes. A changed `ca_file` or system bundle (replaced, rewritten, chmod-ed) gets a new
+/// configuration: the anchors and the checks on the file are never older than the file.
 pub fn client_config(
     roots: Roots,
     ca_file: Option<&Path>,
     cache_dir: Option<&Path>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let key = (roots, ca_file.map(Path::to_path_buf));
+    let files = files_now(roots, ca_file);
     let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, cfg)) = configs.iter().find(|(k, _)| *k == key) {
-        return Ok(cfg.clone());
+    let same = |b: &Built| b.roots == roots && b.ca_file.as_deref() == ca_file;
+    if let Some(b) = configs.iter().find(|b| same(b) && b.files == files) {
+        return Ok(b.config.clone());
     }
-    let cfg = Arc::new(build(roots, ca_file, cache_dir)?);
-    configs.push((key, cfg.clone()));
-    Ok(cfg)
+    let config = Arc::new(build(roots, ca_file, cache_dir)?);
+    let before = configs.len();
+    configs.retain(|b| !same(b));
+    if configs.len() != before {
+        CHANGED.store(true, Ordering::SeqCst);
+    }
+    configs.push(Built {
+        roots,
+        ca_file: ca_file.map(Path::to_path_buf),
+        files,
+        config: config.clone(),
+    });
+    Ok(config)
+}
+
+/// Whether a trust file changed since the last call: configurations built from a file that
+/// has changed since are dropped, and `true` tells a long-lived holder of connections (the
+/// agent) to drop those too, as they were verified with the old anchors.
+pub fn trust_changed() -> bool {
+    let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    let before = configs.len();
+    configs.retain(|b| files_now(b.roots, b.ca_file.as_deref()) == b.files);
+    let dropped = configs.len() != before;
+    CHANGED.swap(false, Ordering::SeqCst) || dropped
+}
+
+/// Drops every configuration (the agent's SIGHUP): the next connection reads the CA files anew.
+pub fn forget_trust() {
+    CONFIGS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    CHANGED.store(false, Ordering::SeqCst);
 }
 
 fn build(
@@ -50,19 +113,13 @@ fn build(
     match roots {
         Roots::Builtin => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Roots::System => {
-            let bundle = SYSTEM_BUNDLES
-                .iter()
-                .map(Path::new)
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    "no system CA bundle found (install ca-certificates, or set [api] roots = \"builtin\")"
-                        .to_string()
-                })?;
+            const NO_BUNDLE: &str = "no system CA bundle found (install ca-certificates, or set [api] roots = \"builtin\")";
+            let bundle = system_bundle().ok_or_else(|| NO_BUNDLE.to_string())?;
             let cache = cache_dir.and_then(|d| AnchorCache::new(d, bundle));
             match cache.as_ref().and_then(AnchorCache::load) {
                 Some(anchors) => store.roots = anchors,
                 None => {
-                    add_pem(&mut store, bundle)?;
+                    add_pem(&mut store, bundle, &read_bundle(bundle)?)?;
                     if let Some(c) = &cache {
                         c.store(&store.roots);
                     }
@@ -72,7 +129,10 @@ fn build(
         Roots::None => {}
     }
     if let Some(ca) = ca_file {
-        let added = add_pem(&mut store, ca)?;
+        // The file decides whom the module trusts: it gets the config's own checks.
+        let text = crate::config::read_trusted(ca, MAX_PEM_FILE)
+            .map_err(|e| format!("[api] ca_file {e}"))?;
+        let added = add_pem(&mut store, ca, &text)?;
         if added == 0 {
             return Err(format!(
                 "[api] ca_file {}: no certificate in it; give a PEM file",
@@ -89,8 +149,8 @@ fn build(
     Ok(cfg)
 }
 
-fn add_pem(store: &mut RootCertStore, path: &Path) -> Result<usize, String> {
-    let certs = read_pem_certificates(path)?;
+fn add_pem(store: &mut RootCertStore, path: &Path, text: &str) -> Result<usize, String> {
+    let certs = pem_certificates(path, text)?;
     let (added, _ignored) = store.add_parsable_certificates(certs);
     Ok(added)
 }
@@ -100,19 +160,24 @@ const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
 
-/// The `CERTIFICATE` sections of a PEM file, in order; other sections are skipped.
+/// The distribution's bundle: its own package's file (it may be a link, as on RHEL).
+fn read_bundle(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_FILE).read_to_string(&mut text))
+        .map_err(|e| format!("{}: cannot read certificates: {e}", path.display()))?;
+    Ok(text)
+}
+
+/// The `CERTIFICATE` sections of a PEM file's text, in order; other sections are skipped.
 ///
 /// Trust anchors are public, so this decodes with the fast (not constant-time) base64 decoder:
 /// `rustls-pki-types`' constant-time decoder, meant for private keys, spent about 6 M
 /// instructions (two thirds of a login) on Debian's 146-certificate bundle.
-fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    use std::io::Read;
+fn pem_certificates(path: &Path, text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let fail =
         |e: &dyn std::fmt::Display| format!("{}: cannot read certificates: {e}", path.display());
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PEM_FILE).read_to_string(&mut text))
-        .map_err(|e| fail(&e))?;
     let mut certs = Vec::new();
     let mut b64 = String::new();
     let mut inside = false;
@@ -146,7 +211,7 @@ mod tests {
 
     #[test]
     fn reads_the_same_certificates_as_rustls() {
-        let bundle = system_bundle();
+        let bundle = bundle();
         let ours = read_pem_certificates(bundle).unwrap();
         let theirs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
             .unwrap()
@@ -157,19 +222,19 @@ mod tests {
     }
 
     /// tests/setup.sh installs ca-certificates.
-    fn system_bundle() -> &'static Path {
-        SYSTEM_BUNDLES
-            .iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-            .expect("a system CA bundle (apt-get install ca-certificates)")
+    fn bundle() -> &'static Path {
+        system_bundle().expect("a system CA bundle (apt-get install ca-certificates)")
+    }
+
+    fn read_pem_certificates(p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+        pem_certificates(p, &read_bundle(p)?)
     }
 
     #[test]
     fn the_anchor_cache_gives_back_what_the_bundle_gives() {
-        let bundle = system_bundle();
+        let bundle = bundle();
         let mut parsed = RootCertStore::empty();
-        assert!(add_pem(&mut parsed, bundle).unwrap() > 50);
+        assert!(add_pem(&mut parsed, bundle, &read_bundle(bundle).unwrap()).unwrap() > 50);
         let dir = tempfile::tempdir().unwrap();
         let cache_dir = dir.path().join("cache");
         let cache = AnchorCache::new(&cache_dir, bundle).unwrap();

@@ -28,6 +28,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             "the agent must run as root: it reads the root-only token cache and serves root's PAM modules (run it from systemd: systemctl enable --now pam_truid-agent)".into(),
         ));
     }
+    keep_secrets_in()?;
     let socket = args.socket.as_path();
     let listener = bind(socket)?;
     let inode = std::fs::symlink_metadata(socket).map(|m| m.ino()).ok();
@@ -49,13 +50,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     }
     println!("truid-pam agent: listening on {}", socket.display());
     let _ = std::io::stdout().flush();
-    // SIGHUP, as for most daemons, is a reload: connections and tokens are dropped and made
-    // anew on the next call (after a CA or network change). The others stop the agent.
+    // SIGHUP, as for most daemons, is a reload: connections, tokens and the trust anchors (CA
+    // files re-read) are dropped and made anew on the next call (after a CA or network change).
+    // The others stop the agent.
     let signal = loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
                 projects.forget();
-                println!("truid-pam agent: SIGHUP: connections and tokens dropped");
+                pam_truid::api::forget_trust();
+                println!("truid-pam agent: SIGHUP: trust anchors re-read, connections and tokens dropped");
                 let _ = std::io::stdout().flush();
             }
             other => break other,
@@ -70,6 +73,24 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         signal.map_or("a signal".into(), |s| s.to_string())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent holds every project's client secret and token: no core dump may write them to
+/// disk (RLIMIT_CORE 0, here as well as in the unit, for an agent started by hand), and the
+/// process is not dumpable, so that neither a core pipe nor anyone without CAP_SYS_PTRACE can
+/// read its memory (/proc/PID/mem, ptrace), even a process of the same uid.
+fn keep_secrets_in() -> Result<(), Failure> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // Already 0 under the unit's LimitCORE=0 (whose seccomp filter may refuse setrlimit).
+    if getrlimit(Resource::RLIMIT_CORE) != Ok((0, 0)) {
+        setrlimit(Resource::RLIMIT_CORE, 0, 0)
+            .map_err(|e| Failure(format!("cannot turn core dumps off (RLIMIT_CORE): {e}")))?;
+    }
+    nix::sys::prctl::set_dumpable(false).map_err(|e| {
+        Failure(format!(
+            "cannot make the agent non-dumpable (PR_SET_DUMPABLE): {e}"
+        ))
+    })
 }
 
 fn work(listener: &UnixListener, projects: &Projects) {

@@ -70,6 +70,8 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
         }
     }
     let mut api = client(&cfg)?;
+    // Made before the factor, so that a bad path costs no PENDING factor.
+    let png_file = args.qr_png.as_deref().map(create_png).transpose()?;
     let factor = api.create_factor(&phone, &external)?;
     let id = factor.factor_id.clone();
     let uri = factor
@@ -87,8 +89,12 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     if let Some(secret) = otpauth_secret(uri.expose()) {
         println!("Or enter this key by hand: {}\n", secret.expose());
     }
-    if let Some(png) = &args.qr_png {
-        save_png(png, factor.data_url.as_ref().map(|d| d.expose()))?;
+    if let (Some(png), Some(file)) = (&args.qr_png, png_file) {
+        let saved = save_png(file, png, factor.data_url.as_ref().map(|d| d.expose()));
+        if saved.is_err() {
+            let _ = std::fs::remove_file(png);
+        }
+        saved?;
         println!("QR code saved to {}", png.display());
     }
     let _ = std::io::stdout().flush();
@@ -185,20 +191,35 @@ fn otpauth_secret(uri: &str) -> Option<pam_truid::secret::Secret> {
         .then(|| pam_truid::secret::Secret::new(secret))
 }
 
-fn save_png(path: &Path, data_url: Option<&str>) -> Result<(), Failure> {
+/// A new file for the PNG, mode 0600: it holds the secret, so it is never written through a
+/// link someone planted nor into a file that exists (and whose mode or owner may let others
+/// read it).
+fn create_png(path: &Path) -> Result<std::fs::File, Failure> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Failure(format!(
+                "{} exists (a file or a link): the QR code holds the secret, so it is only \
+                 written to a new file; remove it first or pick another path",
+                path.display()
+            )),
+            _ => Failure(format!("{}: cannot create the PNG: {e}", path.display())),
+        })
+}
+
+fn save_png(mut file: std::fs::File, path: &Path, data_url: Option<&str>) -> Result<(), Failure> {
     let b64 = data_url
         .and_then(|d| d.strip_prefix("data:image/png;base64,"))
         .ok_or_else(|| Failure("tru.ID gave no PNG QR code (data_url)".into()))?;
     let png = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| Failure(format!("the PNG QR code is not valid base64: {e}")))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(&png))
+    file.write_all(&png)
+        .and_then(|()| file.sync_all())
         .map_err(|e| Failure(format!("{}: cannot write the PNG: {e}", path.display())))
 }
 
