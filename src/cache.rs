@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A token is used only while more than this is left of it.
 pub const REFRESH_MARGIN_SECS: u64 = 60;
+/// The longest token lifetime the cache believes (tru.ID issues an hour).
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
 const MAX_FILE: u64 = 16 * 1024;
 
 /// A token is cached for the credentials that obtained it, secret included: a config with the
@@ -76,7 +78,7 @@ impl TokenCache {
     pub fn load(&self) -> Option<Secret> {
         let bytes = zeroize::Zeroizing::new(read_private(&self.dir, &self.file, MAX_FILE)?);
         let entry: Entry = serde_json::from_slice(&bytes).ok()?;
-        let fresh = entry.expires_at > now() + REFRESH_MARGIN_SECS;
+        let fresh = entry.expires_at > now().saturating_add(REFRESH_MARGIN_SECS);
         // The key is no secret to whoever can read the file (root): a plain comparison.
         (fresh && entry.key == self.key).then(|| Secret::new(entry.access_token.clone()))
     }
@@ -87,7 +89,9 @@ impl TokenCache {
         let entry = Entry {
             key: self.key.clone(),
             access_token: token.expose().to_string(),
-            expires_at: now() + expires_in,
+            // A lifetime tru.ID gives is believed up to a day: an absurd one (u64::MAX) must
+            // neither overflow nor keep a token past any real lifetime.
+            expires_at: now().saturating_add(expires_in.min(MAX_LIFETIME_SECS)),
         };
         if let Ok(text) = serde_json::to_string(&entry) {
             let text = zeroize::Zeroizing::new(text);
@@ -314,6 +318,18 @@ mod tests {
         assert!(text.contains("tok") && !text.contains("\"s\""), "{text}");
         c.forget();
         assert!(c.load().is_none());
+    }
+
+    #[test]
+    fn an_absurd_lifetime_neither_overflows_nor_outlives_a_day() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = TokenCache::new(&tmp.path().join("c"), "https://a", "id", &sec("s"));
+        c.store(&Secret::new("tok"), u64::MAX);
+        assert_eq!(c.load().unwrap().expose(), "tok");
+        let text = std::fs::read_to_string(c.path()).unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let at = entry["expires_at"].as_u64().unwrap();
+        assert!(at <= now() + MAX_LIFETIME_SECS, "{at}");
     }
 
     #[test]

@@ -97,8 +97,15 @@ fn work(listener: &UnixListener, projects: &Projects) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(why) = serve(stream, projects) {
-                    eprintln!("truid-pam agent: {why}");
+                // A panic in one call (a bug, an answer nobody foresaw) ends that call, whose
+                // module then goes direct, not this worker: the agent keeps all its workers.
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(stream, projects)
+                }));
+                match served {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => eprintln!("truid-pam agent: {why}"),
+                    Err(_) => eprintln!("truid-pam agent: a call failed inside the agent (a panic); the module went to tru.ID itself"),
                 }
             }
             Err(e) => eprintln!("truid-pam agent: accept failed: {e}"),
