@@ -2292,19 +2292,7 @@ fn sudo_stopped_by_its_caller_past_the_timeout_is_refused_under_safe() {
     set_password(user);
     let f = w.enroll(user);
     fm_config(&w, None, &[(user, &f)]);
-    let d = w.path("sudoers.d");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let rule = d.join("pam_truid_test");
-    std::fs::write(
-        &rule,
-        format!(
-            "Defaults:{user} timestamp_timeout=0, passwd_tries=1, lecture=never\n\
-             {user} ALL=(ALL:ALL) ALL\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rule, std::fs::Permissions::from_mode(0o440)).unwrap();
+    sudoers(&w, &[user]);
     let before = slow_create(&w);
     let wrong = w.wrong_code(&f);
     let stdin = if password_first("sudo") {
