@@ -236,7 +236,7 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
             None => break,
         }
     }
-    let shown = sanitize(&cause.to_string(), 200);
+    let shown = sanitize(&in_words(&cause.to_string()), 200);
     // This host ran out of something: an unprivileged user can cause that at will in their
     // own setuid process (rlimits), so it is never an outage.
     if let Some(errno) = local {
@@ -261,6 +261,21 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
     // Connected, then the exchange broke (a kept connection the server closed, a reset):
     // tru.ID or something in its place was reached, so it is no evidence of an outage.
     ApiError::Failed(format!("request failed: {shown}"))
+}
+
+/// A library's error text as a person reads it: the two ways a closed connection is reported
+/// said in words, and no link into a library's documentation (rustls adds one).
+fn in_words(text: &str) -> String {
+    if text.contains("close_notify") || text.contains("connection closed before message completed")
+    {
+        return "the server closed the connection before it answered".into();
+    }
+    text.split_whitespace()
+        .filter(|w| !w.starts_with("https://") && !w.starts_with("http://"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches(':')
+        .to_string()
 }
 
 /// Errors of this host's own resources, whatever layer reports them.
@@ -301,6 +316,23 @@ fn note_cause(cause: &(dyn std::error::Error + 'static), local: &mut Option<i32>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closed_connections_are_said_in_words_without_links() {
+        let rustls = "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
+        assert_eq!(
+            in_words(rustls),
+            "the server closed the connection before it answered"
+        );
+        assert_eq!(
+            in_words("see https://example.invalid/x: broken pipe"),
+            "see broken pipe"
+        );
+        assert_eq!(
+            in_words("Connection refused (os error 111)"),
+            "Connection refused (os error 111)"
+        );
+    }
 
     #[test]
     fn local_resource_and_tls_errors_are_found_anywhere_in_the_chain() {
