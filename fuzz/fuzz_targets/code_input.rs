@@ -1,6 +1,7 @@
 //! The code input path: whatever the person types (as the PAM conversation hands it over, bytes
 //! made UTF-8 lossily) and whatever tru.ID answers, only a well-formed code is ever sent, and
-//! only a verified code, or tru.ID unavailable under `failmode = "safe"`, lets the login in.
+//! only a verified code, or tru.ID unavailable under `failmode = "safe"` before any code was
+//! sent, lets the login in.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -39,6 +40,8 @@ struct TruId {
     flags: u8,
     calls: u32,
     verified: bool,
+    /// A code went out (a verify call was made): from then on no failure may let anyone in.
+    sent: bool,
 }
 
 impl TruId {
@@ -73,6 +76,7 @@ impl Authenticator for TruId {
             "a malformed code was sent: {:?}",
             code.expose()
         );
+        self.sent = true;
         if let Some(e) = self.fail(0x08) {
             return Err(e);
         }
@@ -138,17 +142,20 @@ fuzz_target!(|data: &[u8]| {
         flags,
         calls: 0,
         verified: false,
+        sent: false,
     };
     let outcome = flow::authenticate(&cfg, &login, &mut person, &mut truid);
     let success = pam_truid::pam::pam_code(&outcome) as i32 == 0;
     match &outcome {
         Outcome::Verified { .. } => assert!(truid.verified, "{outcome:?} without a verified code"),
-        Outcome::Unavailable { let_in, .. } => assert_eq!(*let_in, safe),
+        Outcome::Unavailable { let_in, .. } => {
+            assert!(!*let_in || (safe && !truid.sent), "{outcome:?} after a code was sent")
+        }
         _ => {}
     }
     if success {
         assert!(
-            truid.verified || (safe && matches!(outcome, Outcome::Unavailable { .. })),
+            truid.verified || (safe && !truid.sent && matches!(outcome, Outcome::Unavailable { .. })),
             "{outcome:?} let the login in"
         );
     }
