@@ -939,3 +939,87 @@ fn challenge_server(req: &Request, status: &str) -> Vec<u8> {
         &body.to_string(),
     )
 }
+
+/// A local user who binds every ephemeral port of the host makes the module's connect fail
+/// with EADDRNOTAVAIL, in sshd too (a root process no user controls). That is this host out of
+/// a resource, not tru.ID unreachable: a wrong code must not get in under `safe`. Run in a
+/// private network namespace with a narrowed port range, so the host's ports are untouched.
+#[test]
+fn a_local_user_holding_every_local_port_lets_nobody_in_under_safe() {
+    require_root();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(&exe)
+        .args(["--exact", "ports_driver", "--ignored", "--nocapture"])
+        .env("TRUID_PORTS_DRIVER", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("ports driver: done"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "run by a_local_user_holding_every_local_port_lets_nobody_in_under_safe, in a private network namespace"]
+fn ports_driver() {
+    if std::env::var_os("TRUID_PORTS_DRIVER").is_none() {
+        return;
+    }
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success(), "ip link set lo up");
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40015").unwrap();
+    let w = World::new();
+    let f = w.enroll("alice");
+    w.config("failmode = \"safe\"\ntries = 1", &[("alice", &f)]);
+    w.module_stack();
+    // Before: the ports are free, a wrong code is a wrong code.
+    let (rc, _) = w.login("alice", &[&w.wrong_code(&f)]);
+    let before = w.outcomes();
+    assert_eq!(rc, PAM_AUTH_ERR, "{before:?}");
+    assert!(before[0].contains("outcome=wrong_code"), "{before:?}");
+    // nobody binds every port left, then waits until its stdin closes.
+    let hold = "import socket,sys\n\
+                held=[]\n\
+                while True:\n\
+                \x20   s=socket.socket()\n\
+                \x20   try: s.bind(('0.0.0.0',0))\n\
+                \x20   except OSError: break\n\
+                \x20   held.append(s)\n\
+                print('held', len(held), flush=True)\n\
+                sys.stdin.read()\n";
+    let mut holder = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "/usr/bin/python3", "-c", hold])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("held "), "{line:?}");
+    let (rc, s) = w.login("alice", &[&w.wrong_code(&f)]);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let lines = w.outcomes();
+    assert_ne!(rc, PAM_SUCCESS, "let in: {:?} {lines:?}", s.seen);
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("outcome=unavailable_denied")
+            && lines[0].contains("ran out of a resource"),
+        "{lines:?}"
+    );
+    println!("ports driver: done");
+}

@@ -14,6 +14,7 @@ packages=(
   ca-certificates curl socat   # the demo: control endpoint, syslog listener
   binutils valgrind g++   # nm/readelf for tests/exports.rs; tests/valgrind.sh; libFuzzer for tests/fuzz.sh
   libnss-wrapper gcc  # tests/names.rs: NSS from files and a case-insensitive NSS module built there
+  iproute2 python3-minimal   # tests/faults.rs: a private network namespace where a user holds every local port
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -278,13 +278,16 @@ fn in_words(text: &str) -> String {
         .to_string()
 }
 
-/// Errors of this host's own resources, whatever layer reports them.
-const LOCAL_ERRNOS: [i32; 5] = [
+/// Errors of this host's own resources, whatever layer reports them. EADDRNOTAVAIL and
+/// EADDRINUSE are the local ports run out: any local user may bind them all.
+const LOCAL_ERRNOS: [i32; 7] = [
     libc::EMFILE,
     libc::ENFILE,
     libc::ENOMEM,
     libc::ENOBUFS,
     libc::EAGAIN,
+    libc::EADDRNOTAVAIL,
+    libc::EADDRINUSE,
 ];
 
 /// Records a local resource error or a TLS error found at one link of a source chain.
