@@ -631,12 +631,25 @@ fn check_base_url(url: &str) -> Result<String, String> {
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err("must not have a query or fragment".into());
     }
+    refuse_localhost(&parsed)?;
     match parsed.scheme() {
         "https" => {}
-        "http" if is_loopback(&parsed) => {}
+        // Nothing proves who answers plain http://. Only a port that only root may bind on a
+        // loopback address does: on any other port, a local user who listens first (while the
+        // relay restarts) is tru.ID for the module, and gets the secret and every code.
+        "http" if is_loopback(&parsed) => {
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let unprivileged = unprivileged_port_start();
+            if port >= unprivileged {
+                return Err(format!(
+                    "plain http:// on port {port} of a loopback address: any local user may listen \
+                     there; use https://, or a port below {unprivileged} (only root may bind those)"
+                ));
+            }
+        }
         "http" => {
             return Err(
-                "plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https://"
+                "plain http:// is only allowed to a loopback address (127.0.0.1, [::1]) on a port below 1024; use https://"
                     .into(),
             )
         }
@@ -645,9 +658,36 @@ fn check_base_url(url: &str) -> Result<String, String> {
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
+/// `localhost` names two addresses (127.0.0.1 and ::1): a relay or proxy listens on one, and a
+/// local user may listen on the other, which the client may try first.
+fn refuse_localhost(url: &reqwest::Url) -> Result<(), String> {
+    match url.host() {
+        Some(url::Host::Domain(d))
+            if d.eq_ignore_ascii_case("localhost")
+                || d.to_ascii_lowercase().ends_with(".localhost") =>
+        {
+            Err(
+                "name the address (127.0.0.1 or [::1]) instead of localhost: it stands for both, \
+                 and a local user may listen on the one your service does not"
+                    .into(),
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The first port an unprivileged user may bind (`net.ipv4.ip_unprivileged_port_start`,
+/// 1024 unless changed; it covers IPv6 too).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
 fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Domain(_)) => false,
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
@@ -656,6 +696,7 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 
 fn check_proxy(p: &str) -> Result<String, String> {
     let parsed = reqwest::Url::parse(p).map_err(|e| format!("not a URL ({e})"))?;
+    refuse_localhost(&parsed)?;
     match parsed.scheme() {
         "http" | "https" => Ok(p.to_string()),
         other => Err(format!(
@@ -871,16 +912,30 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
     }
 
     #[test]
-    fn loopback_http_is_allowed() {
-        for url in [
-            "http://127.0.0.1:8080",
-            "http://localhost:1",
-            "http://[::1]:9",
-        ] {
-            let text =
-                format!("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"{url}\"\n");
-            parse(&text).unwrap();
+    fn loopback_http_only_on_a_port_only_root_may_bind() {
+        let with = |key: &str, url: &str| {
+            parse(&format!(
+                "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n{key} = \"{url}\"\n"
+            ))
+        };
+        for url in ["http://127.0.0.1:80", "http://[::1]:9", "http://127.0.0.2"] {
+            with("base_url", url).unwrap();
         }
+        // A local user may listen on these: refused, saying why.
+        for url in ["http://127.0.0.1:8080", "http://[::1]:1024"] {
+            let e = with("base_url", url).unwrap_err().to_string();
+            assert!(e.contains("any local user may listen"), "{url}: {e}");
+        }
+        for (key, url) in [
+            ("base_url", "http://localhost:80"),
+            ("base_url", "https://localhost:8443"),
+            ("base_url", "https://relay.localhost"),
+            ("proxy", "http://localhost:3128"),
+        ] {
+            let e = with(key, url).unwrap_err().to_string();
+            assert!(e.contains("instead of localhost"), "{url}: {e}");
+        }
+        with("proxy", "http://127.0.0.1:3128").unwrap();
     }
 
     #[test]

@@ -210,6 +210,32 @@ fn every_key_with_a_wrong_type_or_value_denies_naming_it() {
             s("http://127.0.0.1.example.com"),
             "loopback",
         ),
+        // A local user may listen there (the relay restarting, or the other address of
+        // localhost), and nothing proves who answers plain http://.
+        (
+            "api",
+            "base_url",
+            s("http://127.0.0.1:8080"),
+            "any local user may listen",
+        ),
+        (
+            "api",
+            "base_url",
+            s("http://localhost:80"),
+            "instead of localhost",
+        ),
+        (
+            "api",
+            "base_url",
+            s("https://localhost:8443"),
+            "instead of localhost",
+        ),
+        (
+            "api",
+            "proxy",
+            s("http://localhost:3128"),
+            "instead of localhost",
+        ),
         ("api", "base_url", s("ftp://127.0.0.1"), "base_url"),
         ("api", "base_url", s("https://u:p@127.0.0.1"), "credentials"),
         ("api", "base_url", s("https://127.0.0.1/?x=1"), "query"),
