@@ -543,36 +543,47 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// A TOML error in words, with where it is (line, column, table and key), and never the
 /// file's text: toml's own rendering quotes the offending line, and that line may hold
-/// `client_secret`. Quoted words of the message are kept only when they look like a key or a
-/// setting's word; serde quotes values it cannot take, and the rule does not rely on a secret
-/// never being one of them.
+/// `client_secret`. Quoted words of the message, the key and the table are shown only when
+/// they look like a setting's word (a secret pasted alone on a line reads as a key, and serde
+/// quotes values it cannot take).
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
-    let mut message = String::new();
+    toml_error_in_words(text, e.message(), e.span())
+}
+
+/// `toml_problem` for any TOML parser's message and span (the CLI's toml_edit too).
+pub fn toml_error_in_words(
+    text: &str,
+    message: &str,
+    span: Option<std::ops::Range<usize>>,
+) -> String {
+    let mut said = String::new();
     let mut quote: Option<char> = None;
     let mut quoted = String::new();
-    for c in one_line(e.message()).chars() {
+    for c in one_line(message).chars() {
         match quote {
             None if c == '`' || c == '"' => quote = Some(c),
-            None => message.push(c),
+            None => said.push(c),
             Some(q) if c == q => {
-                let word = !quoted.is_empty()
-                    && quoted.len() <= 32
-                    && quoted
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.');
                 let punctuation =
                     quoted.len() == 1 && quoted.bytes().all(|b| b.is_ascii_punctuation());
-                let plain = word || punctuation;
-                message.push(q);
-                message.push_str(if plain { &quoted } else { "(value not shown)" });
-                message.push(q);
+                let plain = setting_word(&quoted) || punctuation;
+                said.push(q);
+                said.push_str(if plain { &quoted } else { "(value not shown)" });
+                said.push(q);
                 quoted.clear();
                 quote = None;
             }
             Some(_) => quoted.push(c),
         }
     }
-    let at = e.span().map(|span| {
+    let shown = |name: &str| {
+        if setting_word(name) {
+            name.to_string()
+        } else {
+            "(a name not shown)".to_string()
+        }
+    };
+    let at = span.map(|span| {
         let before = text.get(..span.start).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -582,30 +593,37 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
             .rev()
             .map(str::trim)
             .find(|l| l.starts_with('['))
-            .and_then(|l| l.split(']').next())
-            .map(|t| format!("{}] ", t.trim_start_matches('[')))
-            .map(|t| format!("[{t}"));
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim())
+            .map(|t| format!("[{}] ", shown(t)));
         let here = text.lines().nth(line - 1).unwrap_or("").trim();
         let key = here
             .split_once('=')
             .map(|(k, _)| k.trim())
-            .filter(|k| !k.is_empty() && !k.starts_with('['))
-            .map(|k| crate::text::sanitize(k, 64));
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
         let place = match key {
-            Some(k) => format!(" ({}{k})", table.unwrap_or_default()),
+            Some(k) => format!(" ({}{})", table.unwrap_or_default(), shown(k)),
             // A table header is a name too.
-            None if here.starts_with('[') && !here.contains('=') => {
-                format!(" (table {})", crate::text::sanitize(here, 64))
-            }
+            None if here.starts_with('[') && !here.contains('=') => format!(
+                " (table [{}])",
+                shown(here.trim_matches(|c| c == '[' || c == ']').trim())
+            ),
             None => String::new(),
         };
         format!("line {line}, column {column}{place}: ")
     });
     format!(
-        "{}{} (a TOML error; see pam_truid.toml(5) for the keys)",
-        at.unwrap_or_default(),
-        message
+        "{}{said} (a TOML error; see pam_truid.toml(5) for the keys)",
+        at.unwrap_or_default()
     )
+}
+
+/// A word of the config's own vocabulary: a key, a table, an enum value (`client_secret`,
+/// `login`, `secure`), or a short plain user name. Nothing random-looking passes.
+fn setting_word(w: &str) -> bool {
+    !w.is_empty()
+        && w.len() <= 32
+        && w.bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
 }
 
 fn one_line(s: &str) -> String {
@@ -954,6 +972,17 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
             let e = parse(&text).unwrap_err().to_string();
             assert!(!e.contains(secret) && !e.contains("PyCH"), "{e}");
             assert!(e.contains("line "), "{e}");
+        }
+        // A secret pasted alone on a line reads as a key; a multi-line string's line too.
+        for text in [
+            "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\ndGhpc2lzYXNlY3JldA==\n",
+            "[api]\nclient_id = \"a\"\nclient_secret = \"\"\"\nSecqretPart=Part2\"\"\"\nx\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                !e.contains("dGhpc2") && !e.contains("Secqret") && !e.contains("Part2"),
+                "{e}"
+            );
         }
         let e = parse(
             "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nfailmode = \"open\"\n",

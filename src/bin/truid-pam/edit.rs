@@ -50,7 +50,14 @@ pub fn update(
     let text = read_text(path)?;
     let mut doc: DocumentMut = text
         .parse()
-        .map_err(|e| Failure(format!("{}: not valid TOML: {e}", path.display())))?;
+        // In words, never toml_edit's own rendering: it quotes the line, which may be a secret's.
+        .map_err(|e: toml_edit::TomlError| {
+            Failure(format!(
+                "{}: {}",
+                path.display(),
+                pam_truid::config::toml_error_in_words(&text, e.message(), e.span())
+            ))
+        })?;
     change(&mut doc)?;
     let new_text = doc.to_string();
     // Never write a file the module would refuse.
