@@ -14,7 +14,8 @@
 # - nscd's socket folder, when there is one, is an empty folder: a running nscd answers from
 #   the host's files, so the copy's users would not be found (glibc then reads the files).
 # /home is left as it is (the checkout or cargo may live there): no home folder goes there.
-# Everything is removed when CMD ends, whatever its result; CMD's exit status is the script's.
+# All of it lives on a tmpfs of CMD's namespace, gone when CMD ends, whatever its result (even
+# if this script is killed); CMD's exit status is the script's.
 # Nested `unshare --mount` (the tests' own private PAM stacks) works inside.
 set -euo pipefail
 
@@ -32,37 +33,40 @@ if [ -n "${TRUID_PRIVATE_HOST:-}" ]; then
 fi
 
 root=$(mktemp -d /tmp/truid-private-host.XXXXXX)
-trap 'rm -rf --one-file-system "$root"' EXIT
+# Only an empty folder is the host's: everything goes on a tmpfs mounted over it inside CMD's
+# namespace, which disappears with the namespace however the run ends (kill -9 included).
+trap 'rmdir "$root" 2>/dev/null || true' EXIT
 # Other users must reach their home folders in there (sshd and su run as them).
 chmod 0755 "$root"
-cp -a /etc "$root/etc"
-mkdir -m 0755 "$root/home" "$root/nscd"
-mkdir -p "$root/mail" && chmod --reference=/var/mail "$root/mail" 2>/dev/null || true
-chown --reference=/var/mail "$root/mail" 2>/dev/null || true
-# useradd -m reads HOME= here; the last line wins.
-echo "HOME=$root/home" >>"$root/etc/default/useradd"
-records=()
-for f in /var/log/lastlog /var/log/faillog /var/log/wtmp /var/log/btmp; do
-  if [ -f "$f" ]; then
-    cp -a "$f" "$root/$(basename "$f")"
-    records+=("$root/$(basename "$f")" "$f")
-  fi
-done
 
 # CMD leads its own process group (setsid), so that a signal to this script (Ctrl-C, a CI
-# timeout) ends all of CMD before the copy is removed, not only its first process.
-TRUID_PRIVATE_HOST="$root" setsid unshare --mount --propagation private -- sh -c '
+# timeout) ends all of CMD, not only its first process; and it is sent SIGTERM if this script
+# dies without passing a signal on (setpriv --pdeathsig).
+TRUID_PRIVATE_HOST="$root" setsid setpriv --pdeathsig TERM \
+  unshare --mount --propagation private -- sh -c '
   set -e
-  mount --bind "$TRUID_PRIVATE_HOST/etc" /etc
-  if [ -d /var/mail ]; then mount --bind "$TRUID_PRIVATE_HOST/mail" /var/mail; fi
-  if [ -d /run/nscd ]; then mount --bind "$TRUID_PRIVATE_HOST/nscd" /run/nscd; fi
-  shift_records=$1; shift
-  while [ "$shift_records" -gt 0 ]; do
-    mount --bind "$1" "$2"; shift 2; shift_records=$((shift_records - 1))
+  root=$TRUID_PRIVATE_HOST
+  mount -t tmpfs -o mode=0755 truid-private-host "$root"
+  cp -a /etc "$root/etc"
+  mkdir -m 0755 "$root/home" "$root/nscd" "$root/mail"
+  if [ -d /var/mail ]; then
+    chmod --reference=/var/mail "$root/mail"
+    chown --reference=/var/mail "$root/mail"
+  fi
+  # useradd -m reads HOME= here; the last line wins.
+  echo "HOME=$root/home" >>"$root/etc/default/useradd"
+  for f in /var/log/lastlog /var/log/faillog /var/log/wtmp /var/log/btmp; do
+    if [ -f "$f" ]; then
+      cp -a "$f" "$root/${f##*/}"
+      mount --bind "$root/${f##*/}" "$f"
+    fi
   done
+  mount --bind "$root/etc" /etc
+  if [ -d /var/mail ]; then mount --bind "$root/mail" /var/mail; fi
+  if [ -d /run/nscd ]; then mount --bind "$root/nscd" /run/nscd; fi
   export TRUID_PRIVATE_HOST
   exec "$@"
-' sh "$(( ${#records[@]} / 2 ))" "${records[@]}" "$@" &
+' sh "$@" &
 child=$!
 trap 'kill -TERM -- "-$child" 2>/dev/null || true' INT TERM HUP
 status=0
