@@ -224,11 +224,7 @@ pub(crate) fn run(args: &[String]) -> Res<()> {
     let mut next_user = 0usize;
     let mut rows: Vec<Row> = Vec::new();
     for (i, sc) in first.iter().enumerate() {
-        eprintln!(
-            "truid-bench wan: RTT {} ms, {}",
-            sc.rtt_ms,
-            sc.mode.label()
-        );
+        eprintln!("truid-bench wan: RTT {} ms, {}", sc.rtt_ms, sc.mode.label());
         rows.extend(run_scenario(&ctx, sc, i, next_user)?);
         next_user += sc.steps.iter().map(|s| s.samples).sum::<usize>();
     }
@@ -266,7 +262,10 @@ pub(crate) fn run(args: &[String]) -> Res<()> {
         .collect();
     second_flat.sort_by_key(|r| {
         (
-            order.iter().position(|l| *l == r.label).unwrap_or(usize::MAX),
+            order
+                .iter()
+                .position(|l| *l == r.label)
+                .unwrap_or(usize::MAX),
             r.mode == Mode::Agent,
         )
     });
@@ -374,10 +373,7 @@ fn run_scenario(ctx: &Ctx, sc: &Scenario, idx: usize, first_user: usize) -> Res<
                 }
             }
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-                format!(
-                    "wanlogin: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
+                format!("wanlogin: {}", String::from_utf8_lossy(&out.stderr).trim())
             })?;
             let api = |s: &Stats| -> u64 {
                 s.requests
@@ -447,12 +443,14 @@ fn print_table(
         let n = r.samples.len();
         let prompts: Vec<f64> = r.samples.iter().filter_map(|s| s.prompt_ms).collect();
         let verdicts: Vec<f64> = r.samples.iter().map(|s| s.verdict_ms).collect();
-        let ok = r.samples.iter().filter(|s| s.rc == 0).count();
+        // Right: let in, and because the code verified (not a failmode letting it through).
+        let right = |s: &Sample| s.rc == 0 && s.outcome == "outcome=verified";
+        let ok = r.samples.iter().filter(|s| right(s)).count();
         lost += n - ok;
         let prompt = if prompts.is_empty() {
             "no prompt".to_string()
         } else {
-            format!("{:.0} ms", pct(&prompts, 50.0))
+            format!("{:.1} ms", pct(&prompts, 50.0))
         };
         let verdict = pct(&verdicts, 50.0);
         let rtt = r.rtt_ms as f64;
@@ -462,9 +460,16 @@ fn print_table(
             rtt + 30.0
         };
         let result = if ok == n {
-            format!("ok{}", if n > 1 { format!(" {ok}/{n}") } else { String::new() })
+            format!(
+                "ok{}",
+                if n > 1 {
+                    format!(" {ok}/{n}")
+                } else {
+                    String::new()
+                }
+            )
         } else {
-            let bad = r.samples.iter().find(|s| s.rc != 0);
+            let bad = r.samples.iter().find(|s| !right(s));
             let detail = bad.map_or(String::new(), |s| {
                 let mut d = rc_name(s.rc);
                 if !s.outcome.is_empty() {
@@ -476,16 +481,20 @@ fn print_table(
                 }
                 d
             });
-            format!("**refused** {}/{n} ({detail})", n - ok)
+            let what = if bad.is_some_and(|s| s.rc == 0) {
+                "**let in unchecked**"
+            } else {
+                "**refused**"
+            };
+            format!("{what} {}/{n} ({detail})", n - ok)
         };
-        let per = |f: fn(&Sample) -> u64| {
-            r.samples.iter().map(f).sum::<u64>() as f64 / n.max(1) as f64
-        };
+        let per =
+            |f: fn(&Sample) -> u64| r.samples.iter().map(f).sum::<u64>() as f64 / n.max(1) as f64;
         let mut misses = Vec::new();
         if prompts.is_empty() || pct(&prompts, 50.0) > 30.0 {
             misses.push("prompt");
         }
-        if !(verdict <= limit) {
+        if verdict.is_nan() || verdict > limit {
             misses.push("verdict");
         }
         if ok < n {
@@ -510,7 +519,7 @@ fn print_table(
     }
     println!();
     println!(
-        "- {pass} of {} rows meet every target; logins lost (a right code not let in): {lost}",
+        "- {pass} of {} rows meet every target; logins lost (a right code not let in as verified): {lost}",
         rows.len()
     );
     println!(
@@ -558,8 +567,8 @@ extern "C" fn wan_conv(
         // are malloc'ed, as libpam frees them.
         unsafe {
             let st = &mut *(appdata as *mut ConvState);
-            let out = libc::calloc(num as usize, std::mem::size_of::<PamResponse>())
-                as *mut PamResponse;
+            let out =
+                libc::calloc(num as usize, std::mem::size_of::<PamResponse>()) as *mut PamResponse;
             if out.is_null() {
                 return 19;
             }
@@ -573,8 +582,8 @@ extern "C" fn wan_conv(
                         }
                         // The person reads and types; the code is the one shown then.
                         std::thread::sleep(st.typing);
-                        let code = CString::new(totp::code(&st.secret, now_secs()))
-                            .unwrap_or_default();
+                        let code =
+                            CString::new(totp::code(&st.secret, now_secs())).unwrap_or_default();
                         (*out.add(i)).resp = libc::strdup(code.as_ptr());
                         st.answered_at = Some(Instant::now());
                     }
