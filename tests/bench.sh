@@ -12,7 +12,7 @@
 # pointed at emulators through truid-netem (RTT, idle FIN, silent drop), first/warm/idle logins,
 # typing times, link faults, against the targets (tests/emulator/src/bin/truid-bench/wan.rs):
 #
-#   sudo tests/bench.sh --wan [--rtts 0,30,100,300] [--quick]   (--quick: no 10 min idle, about 4 min)
+#   sudo tests/bench.sh --wan [--rtts 0,30,100,300] [--link-rtt 100] [--quick]   (--quick: no 10 min idle, about 3 min)
 #
 # Installs what it needs (pamtester, libpam-wrapper, libpam-google-authenticator, valgrind),
 # builds in release mode, prints a Markdown table. Everything it starts is killed by PID at exit.
