@@ -8,10 +8,19 @@
 #
 #   sudo tests/bench.sh [--logins N] [--concurrent N] [--no-callgrind]   (BENCH_KEEP=1 keeps the work folder)
 #
+# With --wan, the WAN table of issue 15 instead: the module on its own and through the agent,
+# pointed at emulators through truid-netem (RTT, idle FIN, silent drop), first/warm/idle logins,
+# typing times, link faults, against the issue's targets (tests/emulator/src/bin/truid-bench/wan.rs):
+#
+#   sudo tests/bench.sh --wan [--rtts 0,30,100,300] [--link-rtt 100] [--quick]   (--quick: no 10 min idle, about 3 min)
+#
 # Installs what it needs (pamtester, libpam-wrapper, libpam-google-authenticator, valgrind),
 # builds in release mode, prints a Markdown table. Everything it starts is killed by PID at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+wan=
+for a in "$@"; do [ "$a" = "--wan" ] && wan=1; done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench: run as root (sudo $0): configs must be root-owned, and it installs packages." >&2
@@ -57,14 +66,17 @@ install -m 0644 "$REL/libpam_truid.so" "$W/pam_truid.so"
 # Its direct client library beside it, where the module looks for it (src/direct.rs).
 install -m 0644 "$REL/libpam_truid_direct.so" "$W/libpam_truid_direct.so"
 
-"$REL/truid-emulator" --listen 127.0.0.1:0 --cert-dir "$W/certs" --latency-ms 0 \
-  >"$W/ready.json" 2>"$W/emulator.log" &
-emu_pid=$!
-for _ in $(seq 100); do
-  grep -q base_url "$W/ready.json" 2>/dev/null && break
-  sleep 0.1
-done
-grep -q base_url "$W/ready.json" || { echo "bench: the emulator did not start" >&2; cat "$W/emulator.log" >&2; exit 1; }
+# The WAN bench starts an emulator and a proxy per scenario itself (in its own process).
+if [ -z "$wan" ]; then
+  "$REL/truid-emulator" --listen 127.0.0.1:0 --cert-dir "$W/certs" --latency-ms 0 \
+    >"$W/ready.json" 2>"$W/emulator.log" &
+  emu_pid=$!
+  for _ in $(seq 100); do
+    grep -q base_url "$W/ready.json" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q base_url "$W/ready.json" || { echo "bench: the emulator did not start" >&2; cat "$W/emulator.log" >&2; exit 1; }
+fi
 
 # The local agent (truid-pam agent), as systemd would run it; its socket in the work folder.
 # AGENT_WRAPPER (e.g. "valgrind --tool=callgrind") runs it under a profiler.
@@ -77,6 +89,14 @@ done
 grep -q "listening on" "$W/agent.out" || { echo "bench: the agent did not start" >&2; cat "$W/agent.log" >&2; exit 1; }
 
 echo "bench: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
+if [ -n "$wan" ]; then
+  args=()
+  for a in "$@"; do [ "$a" = "--wan" ] || args+=("$a"); done
+  "$REL/truid-bench" wan --module "$W/pam_truid.so" --work "$W" --agent "$W/agent/agent.sock" "${args[@]}"
+  echo
+  echo "command: sudo tests/bench.sh $*"
+  exit 0
+fi
 SECDIR=$(dirname "$(dpkg -L libpam-modules | grep '/pam_permit\.so$' | head -n 1)")
 "$REL/truid-bench" all --ready "$W/ready.json" --module "$W/pam_truid.so" --work "$W" \
   --secdir "$SECDIR" --agent "$W/agent/agent.sock" --agent-pid "$agent_pid" "$@"

@@ -5,6 +5,8 @@
 //! `pam_permit.so` alone and `pam_google_authenticator.so`, pairwise in one run, and prints the
 //! table. The other subcommands are the pieces it runs in fresh processes:
 //! `dlopen PATH`, `floor READY.json TOKEN FACTOR N`, `leak CONFDIR SERVICE USER:CODE...`.
+//! `truid-bench wan --module pam_truid.so --work DIR --agent SOCKET [--rtts 0,30,100,300]
+//! [--quick]` is the WAN table of issue 15 (`wan.rs`; its logins run as `wanlogin ...`).
 //!
 //! Every process it starts is waited for; every loop is bounded.
 
@@ -24,6 +26,10 @@ use truid_emulator::{totp, ReadyInfo, Stats};
 
 type Res<T> = Result<T, String>;
 
+// In a folder without main.rs, so that Cargo does not take it for a binary of its own.
+#[path = "truid-bench/wan.rs"]
+mod wan;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
@@ -31,7 +37,9 @@ fn main() {
         Some("dlopen") => dlopen_once(&args[1..]),
         Some("floor") => floor(&args[1..]),
         Some("leak") => leak(&args[1..]),
-        _ => Err("usage: truid-bench all|dlopen|floor|leak ... (see tests/bench.sh)".into()),
+        Some("wan") => wan::run(&args[1..]),
+        Some("wanlogin") => wan::login_child(&args[1..]),
+        _ => Err("usage: truid-bench all|wan|dlopen|floor|leak ... (see tests/bench.sh)".into()),
     };
     if let Err(e) = r {
         eprintln!("truid-bench: {e}");
