@@ -287,7 +287,7 @@ note "ok: the shipped config is refused until filled in"
 # The sshd login test against the installed module
 
 t=$(date +%s)
-PAM_TRUID_MODULE="$module" cargo test --locked --test real_logins ssh_key_then_code -- --nocapture
+PAM_TRUID_MODULE="$module" tests/private-host.sh cargo test --locked --test real_logins ssh_key_then_code -- --nocapture
 note "ok: sshd key + code login through $module ($(secs "$t") s)"
 
 # --------------------------------------------------------------------------------------
