@@ -507,24 +507,33 @@ fn a_wrong_code_asks_libpam_for_a_delay() {
     let f = w.enroll("alice");
     w.config("tries = 1", &[("alice", &f)]);
     w.module_stack();
+    // The PAM result, the wait asked for, and the outcome logged.
     let delay = |user: &str, answers: &[&str]| {
         let (rc, s) = w.login(user, answers);
-        (rc, s.fail_delay.map(|(_, usec)| usec).unwrap_or(0))
+        let line = w.outcomes().pop().unwrap_or_default();
+        (rc, s.fail_delay.map(|(_, usec)| usec).unwrap_or(0), line)
     };
-    let (rc, usec) = delay("alice", &[&w.wrong_code(&f)]);
+    let (rc, usec, line) = delay("alice", &[&w.wrong_code(&f)]);
     assert_eq!(rc, PAM_AUTH_ERR);
+    assert!(line.contains("outcome=wrong_code"), "{line}");
     assert!(usec >= 1_500_000, "wrong code: {usec} µs");
-    let (rc, usec) = delay("mallory", &["123456"]);
+    // mallory is a user NSS knows (tests/common), without a factor.
+    let (rc, usec, line) = delay("mallory", &["123456"]);
     assert_eq!(rc, PAM_AUTH_ERR);
+    assert!(line.contains("outcome=not_enrolled_denied"), "{line}");
     assert!(usec >= 1_500_000, "not enrolled: {usec} µs");
-    let (rc, usec) = delay("alice", &[&w.code(&f)]);
+    let (rc, usec, line) = delay("nobody-such-user", &["123456"]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert!(line.contains("outcome=unknown_user"), "{line}");
+    assert!(usec >= 1_500_000, "unknown user: {usec} µs");
+    let (rc, usec, _) = delay("alice", &[&w.code(&f)]);
     assert_eq!((rc, usec), (PAM_SUCCESS, 0), "verified");
     w.emu.set_fault(Fault {
         route: Route::ChallengeCreate,
         kind: FaultKind::Status(503),
         times: None,
     });
-    let (rc, usec) = delay("alice", &[&w.code(&f)]);
+    let (rc, usec, _) = delay("alice", &[&w.code(&f)]);
     assert_eq!((rc, usec), (PAM_AUTHINFO_UNAVAIL, 0), "tru.ID down");
 
     // Without an application that takes the wait over (pamtester, su, sudo), libpam waits.

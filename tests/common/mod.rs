@@ -460,7 +460,7 @@ impl World {
 pub fn test_user_names() -> Vec<String> {
     let mut names: Vec<String> = [
         "alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana", "ivan", "judy", "kim",
-        "lee", "mallory", "max", "ned", "oli",
+        "lee", "lena", "mallory", "max", "ned", "oli",
     ]
     .iter()
     .map(|s| s.to_string())
