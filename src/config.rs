@@ -124,6 +124,10 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct LoginConfig {
     pub failmode: FailMode,
+    /// Why a local user could hold the port tru.ID is reached through (a loopback `base_url` or
+    /// `proxy` on a port anyone may bind), if one could: `failmode = "safe"` then acts as
+    /// `secure`, since that user could make every call fail at will.
+    pub endpoint_bindable: Option<String>,
     pub unenrolled: Unenrolled,
     pub tries: u32,
     pub prompt: String,
@@ -202,6 +206,7 @@ struct RawApi {
     proxy: Option<String>,
     token_cache: Option<String>,
     agent: Option<String>,
+    trust_loopback_port: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -316,6 +321,22 @@ impl Config {
         let proxy = match api.proxy {
             None => None,
             Some(p) => Some(check_proxy(&p).map_err(|e| err("[api] proxy", e))?),
+        };
+        if proxy.is_some() && base_url.starts_with("http://") {
+            return Err(err(
+                "[api] proxy",
+                "a proxy would see the plain http:// requests, client secret and codes included; \
+                 use an https:// base_url, or no proxy"
+                    .into(),
+            ));
+        }
+        let endpoint_bindable = if api.trust_loopback_port == Some(true) {
+            None
+        } else {
+            [Some(base_url.as_str()), proxy.as_deref()]
+                .into_iter()
+                .flatten()
+                .find_map(bindable_loopback)
         };
         let token_cache = match api.token_cache.as_deref() {
             None => Some(PathBuf::from(DEFAULT_TOKEN_CACHE)),
@@ -495,6 +516,7 @@ impl Config {
             },
             login: LoginConfig {
                 failmode: login.failmode.unwrap_or(FailMode::Secure),
+                endpoint_bindable,
                 unenrolled: login.unenrolled.unwrap_or(Unenrolled::Deny),
                 tries,
                 prompt,
@@ -556,26 +578,28 @@ pub fn toml_error_in_words(
     message: &str,
     span: Option<std::ops::Range<usize>>,
 ) -> String {
+    // Word by word, never by pairing quotes (a quote inside a value would throw a pairing off):
+    // a token that stands in the file is shown only when it is a setting's word; what is not
+    // in the file is the parser's own wording.
     let mut said = String::new();
-    let mut quote: Option<char> = None;
-    let mut quoted = String::new();
+    let mut token = String::new();
+    let flush = |token: &mut String, said: &mut String| {
+        let tiny = token.len() == 1 && token.bytes().all(|b| b.is_ascii_punctuation())
+            || (token.len() <= 4 && token.bytes().all(|b| b.is_ascii_digit()));
+        let hide =
+            !token.is_empty() && text.contains(token.as_str()) && !setting_word(token) && !tiny;
+        said.push_str(if hide { "(value not shown)" } else { token });
+        token.clear();
+    };
     for c in one_line(message).chars() {
-        match quote {
-            None if c == '`' || c == '"' => quote = Some(c),
-            None => said.push(c),
-            Some(q) if c == q => {
-                let punctuation =
-                    quoted.len() == 1 && quoted.bytes().all(|b| b.is_ascii_punctuation());
-                let plain = setting_word(&quoted) || punctuation;
-                said.push(q);
-                said.push_str(if plain { &quoted } else { "(value not shown)" });
-                said.push(q);
-                quoted.clear();
-                quote = None;
-            }
-            Some(_) => quoted.push(c),
+        if c.is_whitespace() || matches!(c, '`' | '"' | '\'' | ',' | '(' | ')' | ';') {
+            flush(&mut token, &mut said);
+            said.push(c);
+        } else {
+            token.push(c);
         }
     }
+    flush(&mut token, &mut said);
     let shown = |name: &str| {
         if setting_word(name) {
             name.to_string()
@@ -679,11 +703,13 @@ fn check_base_url(url: &str) -> Result<String, String> {
 /// `localhost` names two addresses (127.0.0.1 and ::1): a relay or proxy listens on one, and a
 /// local user may listen on the other, which the client may try first.
 fn refuse_localhost(url: &reqwest::Url) -> Result<(), String> {
+    if url.port() == Some(0) {
+        return Err("port 0 is no port anything listens on".into());
+    }
+    // `localhost.` (the absolute name) resolves the same.
+    let name = |d: &str| d.trim_end_matches('.').to_ascii_lowercase();
     match url.host() {
-        Some(url::Host::Domain(d))
-            if d.eq_ignore_ascii_case("localhost")
-                || d.to_ascii_lowercase().ends_with(".localhost") =>
-        {
+        Some(url::Host::Domain(d)) if name(d) == "localhost" || name(d).ends_with(".localhost") => {
             Err(
                 "name the address (127.0.0.1 or [::1]) instead of localhost: it stands for both, \
                  and a local user may listen on the one your service does not"
@@ -692,6 +718,24 @@ fn refuse_localhost(url: &reqwest::Url) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// `host:port` of a loopback URL on a port any local user may bind, saying so; `None` for any
+/// other URL (another host, or a port only root may bind).
+fn bindable_loopback(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = match parsed.host()? {
+        url::Host::Ipv4(ip) if ip.is_loopback() => ip.to_string(),
+        url::Host::Ipv6(ip) if ip.is_loopback() => format!("[{ip}]"),
+        _ => return None,
+    };
+    let port = parsed.port_or_known_default()?;
+    (port >= unprivileged_port_start()).then(|| {
+        format!(
+            "{host}:{port} is a loopback port any local user may bind ([api] \
+             trust_loopback_port = true if only your service can hold it)"
+        )
+    })
 }
 
 /// The first port an unprivileged user may bind (`net.ipv4.ip_unprivileged_port_start`,
@@ -954,6 +998,53 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
             assert!(e.contains("instead of localhost"), "{url}: {e}");
         }
         with("proxy", "http://127.0.0.1:3128").unwrap();
+        for (key, url) in [
+            ("base_url", "https://localhost.:8443"),
+            ("base_url", "https://LOCALHOST."),
+            ("proxy", "http://foo.localhost.:3128"),
+        ] {
+            let e = with(key, url).unwrap_err().to_string();
+            assert!(e.contains("instead of localhost"), "{url}: {e}");
+        }
+        let e = with("base_url", "http://127.0.0.1:0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port 0"), "{e}");
+        // A proxy would read plain http:// requests, the secret with them.
+        let e = parse(
+            "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nbase_url = \"http://127.0.0.1:80\"\nproxy = \"http://127.0.0.1:3128\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[api] proxy") && e.contains("plain http://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_loopback_port_anyone_may_bind_takes_safe_away_unless_vouched_for() {
+        let with = |lines: &str| {
+            parse(&format!(
+                "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n{lines}\n"
+            ))
+            .unwrap()
+            .login
+            .endpoint_bindable
+        };
+        let why = with("base_url = \"https://127.0.0.1:8443\"").unwrap();
+        assert!(
+            why.contains("127.0.0.1:8443") && why.contains("any local user"),
+            "{why}"
+        );
+        assert!(with("base_url = \"https://[::1]:8443\"").is_some());
+        assert!(with("proxy = \"http://127.0.0.1:3128\"").is_some());
+        assert_eq!(with("base_url = \"https://127.0.0.1:443\""), None);
+        assert_eq!(with("region = \"eu\""), None);
+        assert_eq!(
+            with("base_url = \"https://127.0.0.1:8443\"\ntrust_loopback_port = true"),
+            None
+        );
     }
 
     #[test]
@@ -983,6 +1074,14 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
                 !e.contains("dGhpc2") && !e.contains("Secqret") && !e.contains("Part2"),
                 "{e}"
             );
+        }
+        // A quote inside a value must not throw the hiding off.
+        for text in [
+            "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nfailmode = \"sa`Zx9Qw7Lm\"\n",
+            "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\n\"ok`Zx9Qw7Lm\" = 1\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(!e.contains("Zx9Q"), "{e}");
         }
         let e = parse(
             "[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nfailmode = \"open\"\n",

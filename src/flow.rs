@@ -591,6 +591,7 @@ fn api_failure(
                 login
                     .controlled_by
                     .as_ref()
+                    .or(cfg.login.endpoint_bindable.as_ref())
                     .map(|c| format!("{c}, so a local user could cause this failure"))
             };
             let let_in = cfg.login.failmode == FailMode::Safe && why_not.is_none();

@@ -356,7 +356,7 @@ fn config_text(w: &World, base_url: &str, ca_file: &Path, failmode: &str, factor
     let i = w.emu.info();
     format!(
         "[api]\nbase_url = \"{base_url}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
-         ca_file = \"{}\"\nroots = \"none\"\ntimeout = {}\ntoken_cache = \"{}\"\nagent = \"\"\n\n\
+         ca_file = \"{}\"\nroots = \"none\"\ntimeout = {}\ntoken_cache = \"{}\"\nagent = \"\"\n{TRUST_LOOPBACK}\n\
          [login]\nfailmode = \"{failmode}\"\ntries = 1\n\n[users]\nalice = \"{factor}\"\n",
         i.client_id,
         i.client_secret,

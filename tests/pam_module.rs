@@ -545,3 +545,39 @@ fn a_wrong_code_asks_libpam_for_a_delay() {
     assert_eq!(rc, PAM_AUTH_ERR);
     assert!(took >= Duration::from_millis(1400), "{took:?}");
 }
+
+/// tru.ID reached through a loopback port any local user may bind (a relay on 127.0.0.1:8443,
+/// or this test's emulator): the user who binds it first (the relay restarting, or at boot)
+/// can answer or close every connection, so its failures are no outage that `safe` may let in.
+/// Only `[api] trust_loopback_port = true` (the administrator vouching that nobody else can
+/// hold the port) gives `safe` back.
+#[test]
+fn safe_does_not_apply_through_a_loopback_port_anyone_may_bind() {
+    let w = World::new();
+    let f = w.enroll("alice");
+    w.module_stack();
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Status(503),
+        times: None,
+    });
+    for (trust, want_rc, want) in [
+        ("", PAM_AUTHINFO_UNAVAIL, "outcome=unavailable_denied"),
+        (TRUST_LOOPBACK, PAM_SUCCESS, "outcome=unavailable_allowed"),
+    ] {
+        let api = w.api_table().replace(TRUST_LOOPBACK, trust);
+        w.write_config(&format!(
+            "{api}\n[login]\nfailmode = \"safe\"\n[users]\nalice = \"{f}\"\n"
+        ));
+        let (rc, _) = w.login("alice", &[&w.code(&f)]);
+        let line = w.outcomes().pop().unwrap_or_default();
+        assert_eq!(rc, want_rc, "{trust:?}: {line}");
+        assert!(line.contains(want), "{trust:?}: {line}");
+        if trust.is_empty() {
+            assert!(
+                line.contains("is a loopback port any local user may bind"),
+                "{line}"
+            );
+        }
+    }
+}

@@ -353,15 +353,19 @@ impl World {
     }
 
     /// The `[api]` table for this emulator; the token cache lives in the test's folder.
+    /// The emulator listens on a loopback port anyone may bind; the tests vouch for it, so
+    /// that `failmode = "safe"` is tested as on a host whose endpoint no local user can hold
+    /// (tests/pam_module.rs checks what happens without it).
     pub fn api_table(&self) -> String {
         let i = self.emu.info();
         format!(
-            "[api]\nbase_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nca_file = \"{}\"\nroots = \"none\"\ntimeout = 5\ntoken_cache = \"{}\"\nagent = \"\"\n",
+            "[api]\nbase_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nca_file = \"{}\"\nroots = \"none\"\ntimeout = 5\ntoken_cache = \"{}\"\nagent = \"\"\n{}",
             i.base_url,
             i.client_id,
             i.client_secret,
             i.ca_file.as_deref().unwrap_or(""),
-            self.path("cache").display()
+            self.path("cache").display(),
+            TRUST_LOOPBACK
         )
     }
 
@@ -469,6 +473,10 @@ pub fn test_user_names() -> Vec<String> {
     names.extend((0..100).map(|i| format!("user{i}")));
     names
 }
+
+/// The line with which a test's `[api]` vouches that only its emulator can hold its loopback
+/// port (see `api_table`).
+pub const TRUST_LOOPBACK: &str = "trust_loopback_port = true\n";
 
 /// The GID of the tests' users' group (`truid-tests`), far from any distribution's range.
 pub const TEST_GID: u32 = 64000;
