@@ -997,22 +997,31 @@ fn ports_driver() {
                 \x20   held.append(s)\n\
                 print('held', len(held), flush=True)\n\
                 sys.stdin.read()\n";
-    let mut holder = std::process::Command::new("runuser")
-        .args(["-u", "nobody", "--", "/usr/bin/python3", "-c", hold])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Ends the port holder by its PID, also when an assertion fails first.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut holder = Holder(
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "/usr/bin/python3", "-c", hold])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
     assert!(line.starts_with("held "), "{line:?}");
     let (rc, s) = w.login("alice", &[&w.wrong_code(&f)]);
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    drop(holder);
     let lines = w.outcomes();
     assert_ne!(rc, PAM_SUCCESS, "let in: {:?} {lines:?}", s.seen);
     assert!(
