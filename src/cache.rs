@@ -61,7 +61,7 @@ impl TokenCache {
             client_id.len()
         );
         let tag = ring::hmac::sign(&hmac_key, message.as_bytes());
-        let key: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let key = crate::text::hex(tag.as_ref());
         let name = key.get(..24).unwrap_or(&key);
         TokenCache {
             dir: dir.to_path_buf(),

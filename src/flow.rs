@@ -336,9 +336,9 @@ pub fn authenticate(
     }
     let phone = cfg.phones.get(user);
     let maybe_push = matches!(cfg.login.method, Method::Auto | Method::Push) && phone.is_some();
-    // The lookup waits for the code, unless its answer decides the prompt (a push user) or
-    // whether there is one at all (`ignore` shows a user without a factor none).
-    // The external user ID tru.ID holds for this user, for `lookup = true`.
+    // The external user ID tru.ID holds for this user, for `lookup = true`. The lookup waits
+    // for the code, unless its answer decides the prompt (a push user) or whether there is one
+    // at all (`ignore` shows a user without a factor none).
     let lookup_name = format!("{}{user}", cfg.login.lookup_prefix);
     let mut who = match cfg.users.get(user) {
         _ if unknown.is_some() => Who::Nobody,

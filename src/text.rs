@@ -58,6 +58,11 @@ fn is_invisible_format(c: char) -> bool {
     )
 }
 
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Lowercase hex of random bytes from the operating system.
 pub fn random_hex(bytes: usize) -> String {
     use ring::rand::SecureRandom;
@@ -65,7 +70,7 @@ pub fn random_hex(bytes: usize) -> String {
     // SystemRandom reads getrandom(2); on the impossible failure the zero bytes still give a
     // well-formed (if not unique) identifier, which only labels a challenge.
     let _ = ring::rand::SystemRandom::new().fill(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&buf)
 }
 
 #[cfg(test)]

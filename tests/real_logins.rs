@@ -1765,16 +1765,23 @@ fn polkit_confdir(w: &World, name: &str, text: &str) -> PathBuf {
 /// conf/pam.d/polkit-1: the password, then the code; a wrong code or password is refused; a
 /// user the module stands aside for is asked the password only. And the hole it closes:
 /// Debian's own polkit-1 (common-auth only) lets an enrolled admin in on the password alone.
-#[test]
-fn polkit_stack_asks_the_password_then_the_code() {
-    let (enrolled, aside) = ("truidpl1", "truidpl2");
-    let w = World::new();
+/// Two users with Unix passwords and factors, of whom only `enrolled` is in `[users]`; each
+/// test then says how the module stands aside for `aside` (`stand_aside_config`). Their factors.
+fn enrolled_and_aside(w: &World, enrolled: &str, aside: &str) -> (String, String) {
     for u in [enrolled, aside] {
         ensure_user(u);
         set_password(u);
     }
     let (fe, fa) = (w.enroll(enrolled), w.enroll(aside));
     w.config("", &[(enrolled, &fe)]);
+    (fe, fa)
+}
+
+#[test]
+fn polkit_stack_asks_the_password_then_the_code() {
+    let (enrolled, aside) = ("truidpl1", "truidpl2");
+    let w = World::new();
+    let (fe, fa) = enrolled_and_aside(&w, enrolled, aside);
 
     // Debian's file (polkitd's, or the host's override in /etc/pam.d).
     let host_file = ["/etc/pam.d/polkit-1", "/usr/lib/pam.d/polkit-1"]
@@ -1969,12 +1976,7 @@ fn polkit_helper(w: &World, polkit_1: &str, user: &str, answers: &[&str]) -> (Ve
 fn polkit_helper_asks_the_code_with_the_shipped_stack() {
     let (enrolled, aside) = ("truidpl3", "truidpl4");
     let w = World::new();
-    for u in [enrolled, aside] {
-        ensure_user(u);
-        set_password(u);
-    }
-    let (fe, fa) = (w.enroll(enrolled), w.enroll(aside));
-    w.config("", &[(enrolled, &fe)]);
+    let (fe, fa) = enrolled_and_aside(&w, enrolled, aside);
     let debian = std::fs::read_to_string("/usr/lib/pam.d/polkit-1")
         .expect("/usr/lib/pam.d/polkit-1: install polkitd (tests/setup.sh does)");
     let shipped = std::fs::read_to_string(snippet_stack(&w, "polkit-1")).unwrap();

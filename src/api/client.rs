@@ -207,7 +207,8 @@ impl Client {
                         "tru.ID refused a freshly issued token (401)".into(),
                     ))
                 }
-                408 | 429 | 500..=599 => return Err(status_error(&ans)),
+                // Of the 4xx, 408 and 429 are no refusal of the request (`status_error` says).
+                408 | 429 => return Err(status_error(&ans)),
                 400..=499 => return Err(ApiError::Refused(status_text(&ans))),
                 _ => return Err(status_error(&ans)),
             }
