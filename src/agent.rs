@@ -15,18 +15,18 @@
 //! Wire: one JSON object per line each way, one call per connection.
 
 use crate::api::{
-    timed_out_error, ApiError, ChallengeStatus, Client, FactorKind, Scope, Transport,
+    timed_out_error, ApiError, ChallengeStatus, Client, FactorKind, HeldToken, Scope, Transport,
 };
 use crate::config::{ApiConfig, FactorId, Roots};
 use crate::deadline::Deadline;
 use crate::direct::Direct;
-use crate::flow::Authenticator;
+use crate::flow::{Ahead, Authenticator};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -42,9 +42,8 @@ pub(crate) const MESSAGE_ROOM: usize = 8 * 1024;
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Projects (API settings) the agent keeps connections for; the oldest goes first.
 const MAX_PROJECTS: usize = 8;
-/// Idle transports (each with its open connection) kept per project: at least the most workers
-/// an agent runs (32 by default), so a burst of concurrent logins does not leave connections
-/// to be closed and made again.
+/// Idle connections kept per project: at least the most workers an agent runs (32 by default),
+/// so a burst of concurrent logins does not leave connections to be closed and made again.
 const IDLE_PER_PROJECT: usize = 64;
 /// Past the module's deadline, time left for the agent's own answer to arrive.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
@@ -217,42 +216,133 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 /// Each call connects anew, so a login that waits minutes for a person holds no connection,
 /// and an agent restarted mid-login costs nothing: the next call finds the new one, or goes
 /// direct.
-pub struct AgentOrDirect<'a, D: Direct> {
-    api: &'a ApiConfig,
+///
+/// What the flow asks for ahead (`Authenticator::prepare`: the challenge, and the lookup before
+/// it) runs on a thread of its own while the person reads the prompt and types; the call that
+/// needs it then waits for that thread and takes its answer. The thread ends before any other
+/// call, and before this value is dropped, so none outlives the login.
+pub struct AgentOrDirect<D: Direct + Send + 'static> {
+    /// `None` while the calls ahead run (they have it), or if their thread died.
+    calls: Option<Calls<D>>,
+    ahead: Option<AheadThread<D>>,
+    prepared: Prepared,
+}
+
+/// The thread of the calls made ahead: it gives back the calls and their answers (none if it
+/// could not take the calls).
+type AheadThread<D> = std::thread::JoinHandle<Option<(Calls<D>, Prepared)>>;
+
+/// What makes the calls, whichever thread runs them.
+struct Calls<D: Direct> {
+    api: ApiConfig,
     /// `None` once a connect found no agent: the rest of the login goes direct.
-    socket: Option<&'a Path>,
+    socket: Option<PathBuf>,
     direct: D,
     deadline: Deadline,
     requests: u32,
     agent_answers: u32,
 }
 
-impl<'a, D: Direct> AgentOrDirect<'a, D> {
-    pub fn new(api: &'a ApiConfig, direct: D) -> Self {
+/// Answers got ahead, each for the arguments it was asked with.
+#[derive(Default)]
+struct Prepared {
+    lookup: Option<(String, Result<Option<FactorId>, ApiError>)>,
+    challenge: Option<PreparedChallenge>,
+}
+
+struct PreparedChallenge {
+    factor: FactorId,
+    reference_id: String,
+    id: Result<String, ApiError>,
+    made: std::time::Instant,
+}
+
+/// A challenge made ahead is used for a code typed within this long; one older is left unused
+/// (tru.ID's challenge lifetime is not documented; the emulator's is 5 min), and the code gets
+/// a fresh one.
+const PREPARED_FOR: Duration = Duration::from_secs(120);
+
+impl<D: Direct + Send + 'static> AgentOrDirect<D> {
+    pub fn new(api: &ApiConfig, direct: D) -> Self {
         AgentOrDirect {
-            api,
-            socket: api.agent.as_deref(),
-            direct,
-            deadline: Deadline::new(api.timeout),
-            requests: 0,
-            agent_answers: 0,
+            calls: Some(Calls {
+                api: api.clone(),
+                socket: api.agent.clone(),
+                direct,
+                deadline: Deadline::new(api.timeout),
+                requests: 0,
+                agent_answers: 0,
+            }),
+            ahead: None,
+            prepared: Prepared::default(),
         }
     }
 
     /// HTTP requests this login sent to tru.ID, through the agent or not.
-    pub fn requests(&self) -> u32 {
-        self.requests
+    pub fn requests(&mut self) -> u32 {
+        self.calls().map_or(0, |c| c.requests)
     }
 
     /// Whether any call went through the agent (the debug line says so).
-    pub fn used_agent(&self) -> bool {
-        self.agent_answers > 0
+    pub fn used_agent(&mut self) -> bool {
+        self.calls().is_ok_and(|c| c.agent_answers > 0)
     }
 
+    /// The calls, once those ahead are done (their answers then wait in `prepared`).
+    fn calls(&mut self) -> Result<&mut Calls<D>, ApiError> {
+        if let Some(ahead) = self.ahead.take() {
+            // A panic there is a bug: the login denies (no calls are left to make).
+            if let Ok(Some((calls, prepared))) = ahead.join() {
+                self.calls = Some(calls);
+                self.prepared = prepared;
+            }
+        }
+        self.calls
+            .as_mut()
+            .ok_or_else(|| ApiError::Failed("the calls made ahead failed inside the module".into()))
+    }
+
+    /// Runs `job` on a thread of its own, with the calls. A thread that cannot start (limits
+    /// the caller of a setuid program can set) is no failure: the calls are then made as they
+    /// are needed.
+    fn run_ahead(&mut self, job: impl FnOnce(&mut Calls<D>, &mut Prepared) + Send + 'static) {
+        if self.calls().is_err() {
+            return;
+        }
+        let (hand, take) = std::sync::mpsc::channel::<Calls<D>>();
+        // The calls go to the thread only once it runs: if it cannot start, they stay here.
+        let started = std::thread::Builder::new()
+            .name("pam_truid-ahead".into())
+            .spawn(move || {
+                let mut calls = take.recv().ok()?;
+                let mut prepared = Prepared::default();
+                job(&mut calls, &mut prepared);
+                Some((calls, prepared))
+            });
+        let Ok(thread) = started else { return };
+        if let Some(calls) = self.calls.take() {
+            if let Err(back) = hand.send(calls) {
+                self.calls = Some(back.0);
+            }
+        }
+        self.ahead = Some(thread);
+    }
+}
+
+impl<D: Direct + Send + 'static> Drop for AgentOrDirect<D> {
+    fn drop(&mut self) {
+        // No thread of the module outlives the login (the module may be unloaded after it).
+        if let Some(ahead) = self.ahead.take() {
+            let _ = ahead.join();
+        }
+    }
+}
+
+impl<D: Direct> Calls<D> {
     /// Sends `call` to the agent; `None` when the call must go direct: no agent of root listens,
     /// it speaks another protocol version, or it failed to answer.
     fn via_agent(&mut self, call: &impl Fn() -> Call) -> Option<Result<Option<String>, ApiError>> {
-        let path = self.socket?;
+        let path = self.socket.as_deref()?;
         let Some(left) = self.deadline.remaining() else {
             return Some(Err(timed_out_error(self.api.timeout)));
         };
@@ -262,7 +352,7 @@ impl<'a, D: Direct> AgentOrDirect<'a, D> {
         };
         let request = Request {
             v: PROTOCOL,
-            api: WireApi::new(self.api),
+            api: WireApi::new(&self.api),
             spent_ms: millis(self.deadline.spent()),
             call: call(),
         };
@@ -293,7 +383,7 @@ impl<'a, D: Direct> AgentOrDirect<'a, D> {
             return Err(timed_out_error(self.api.timeout));
         }
         let spent = self.deadline.spent();
-        let (api, direct) = (self.api, &mut self.direct);
+        let (api, direct) = (&self.api, &mut self.direct);
         let reply = self.deadline.charge(|| direct.call(api, spent, call));
         self.requests += reply.requests;
         reply.answer.into_result()
@@ -310,6 +400,46 @@ impl<'a, D: Direct> AgentOrDirect<'a, D> {
             None => self.via_direct(call()),
         };
         read(answer?)
+    }
+
+    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
+        self.ask(
+            || Call::FindFactor { user: user.into() },
+            |v| match v {
+                None => Ok(None),
+                Some(id) => FactorId::parse(&id).map(Some).ok_or_else(|| {
+                    ApiError::Refused(
+                        "a malformed factor ID came back from the agent or the direct client"
+                            .into(),
+                    )
+                }),
+            },
+        )
+    }
+
+    fn create_challenge(
+        &mut self,
+        factor: &FactorId,
+        reference_id: &str,
+    ) -> Result<String, ApiError> {
+        self.ask(
+            || Call::CreateChallenge {
+                factor: factor.as_str().into(),
+                reference_id: reference_id.into(),
+            },
+            want_value,
+        )
+    }
+
+    /// A challenge made now, kept for the code to come.
+    fn prepare_challenge(&mut self, factor: FactorId, reference_id: String, into: &mut Prepared) {
+        let id = self.create_challenge(&factor, &reference_id);
+        into.challenge = Some(PreparedChallenge {
+            factor,
+            reference_id,
+            id,
+            made: std::time::Instant::now(),
+        });
     }
 }
 
@@ -380,19 +510,45 @@ fn want_status(v: Option<String>) -> Result<ChallengeStatus, ApiError> {
     Ok(ChallengeStatus::from_name(&want_value(v)?))
 }
 
-impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
+impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
+    fn prepare(&mut self, ahead: Ahead<'_>) {
+        match ahead {
+            Ahead::Challenge {
+                factor,
+                reference_id,
+            } => {
+                let (factor, reference_id) = (factor.clone(), reference_id.to_string());
+                self.run_ahead(move |calls, into| {
+                    calls.prepare_challenge(factor, reference_id, into)
+                });
+            }
+            Ahead::LookupThenChallenge { user, reference_id } => {
+                let (user, reference_id) = (user.to_string(), reference_id.to_string());
+                self.run_ahead(move |calls, into| {
+                    let found = calls.find_factor(&user);
+                    if let Ok(Some(factor)) = &found {
+                        calls.prepare_challenge(factor.clone(), reference_id, into);
+                    }
+                    into.lookup = Some((user, found));
+                });
+            }
+        }
+    }
+
     fn create_challenge(
         &mut self,
         factor: &FactorId,
         reference_id: &str,
     ) -> Result<String, ApiError> {
-        self.ask(
-            || Call::CreateChallenge {
-                factor: factor.as_str().into(),
-                reference_id: reference_id.into(),
-            },
-            want_value,
-        )
+        // Settled first: the calls ahead may still be running.
+        self.calls()?;
+        let ready = self.prepared.challenge.take().filter(|p| {
+            p.factor == *factor && p.reference_id == reference_id && p.made.elapsed() < PREPARED_FOR
+        });
+        match ready {
+            Some(p) => p.id,
+            None => self.calls()?.create_challenge(factor, reference_id),
+        }
     }
 
     fn verify(
@@ -401,7 +557,7 @@ impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
         challenge_id: &str,
         code: &Secret,
     ) -> Result<ChallengeStatus, ApiError> {
-        self.ask(
+        self.calls()?.ask(
             || Call::Verify {
                 factor: factor.as_str().into(),
                 challenge_id: challenge_id.into(),
@@ -412,22 +568,15 @@ impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
     }
 
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
-        self.ask(
-            || Call::FindFactor { user: user.into() },
-            |v| match v {
-                None => Ok(None),
-                Some(id) => FactorId::parse(&id).map(Some).ok_or_else(|| {
-                    ApiError::Refused(
-                        "a malformed factor ID came back from the agent or the direct client"
-                            .into(),
-                    )
-                }),
-            },
-        )
+        self.calls()?;
+        match self.prepared.lookup.take().filter(|(u, _)| u == user) {
+            Some((_, found)) => found,
+            None => self.calls()?.find_factor(user),
+        }
     }
 
     fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError> {
-        self.ask(
+        self.calls()?.ask(
             || Call::FactorKind {
                 factor: factor.as_str().into(),
             },
@@ -442,7 +591,7 @@ impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
         phone: &str,
         message: Option<&str>,
     ) -> Result<String, ApiError> {
-        self.ask(
+        self.calls()?.ask(
             || Call::StartPush {
                 factor: factor.as_str().into(),
                 reference_id: reference_id.into(),
@@ -458,7 +607,7 @@ impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
         factor: &FactorId,
         challenge_id: &str,
     ) -> Result<ChallengeStatus, ApiError> {
-        self.ask(
+        self.calls()?.ask(
             || Call::ChallengeStatus {
                 factor: factor.as_str().into(),
                 challenge_id: challenge_id.into(),
@@ -476,31 +625,50 @@ impl<D: Direct> Authenticator for AgentOrDirect<'_, D> {
 // ---------------------------------------------------------------------------------------------
 // The agent's side (the socket, threads and signals are `truid-pam agent`'s).
 
-/// What the agent keeps per project: idle transports, each with its open connection, and the
-/// last bearer token.
+/// What the agent keeps per project: its HTTP client (whose pool holds the kept connections)
+/// and the last bearer token.
 struct Project {
     settings: WireApi,
-    idle: Mutex<Vec<Transport>>,
-    token: Mutex<Option<Secret>>,
+    http: Transport,
+    token: Mutex<Option<HeldToken>>,
 }
 
 /// The agent's projects, by all their `[api]` settings (secret included, so a changed secret is
-/// a new project, never a reused token).
-#[derive(Default)]
+/// a new project, never a reused token), and the runtime their connections live on.
 pub struct Projects {
     known: Mutex<Vec<Arc<Project>>>,
+    /// Kept running for the agent's life: connections' tasks run between calls, so one that a
+    /// front end closed while idle is dropped from the pool at once, never handed to a call.
+    runtime: tokio::runtime::Runtime,
+    /// Wakes the token refresher when a token arrives (its due time may be sooner).
+    tokens_changed: Condvar,
 }
 
 impl Projects {
+    /// The agent's projects, with a runtime of one thread for their connections.
+    pub fn new() -> Result<Projects, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("truid-pam-agent-io")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the agent's HTTP runtime: {e}"))?;
+        Ok(Projects {
+            known: Mutex::new(Vec::new()),
+            runtime,
+            tokens_changed: Condvar::new(),
+        })
+    }
+
     fn get(&self, wire: WireApi, api: &ApiConfig) -> Result<Arc<Project>, String> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = known.iter().find(|p| p.settings == wire) {
             return Ok(p.clone());
         }
-        // The first transport is made here, so a project the agent cannot set up is never kept.
+        // Made here, so a project the agent cannot set up is never kept.
         let project = Arc::new(Project {
             settings: wire,
-            idle: Mutex::new(vec![Transport::local(api, 1)?]),
+            http: Transport::shared(api, IDLE_PER_PROJECT, self.runtime.handle())?,
             token: Mutex::new(None),
         });
         if known.len() >= MAX_PROJECTS {
@@ -517,10 +685,6 @@ impl Projects {
 
     /// Runs one call for a root client and answers it.
     pub fn answer(&self, request: Request) -> Reply {
-        let fail = |answer| Reply {
-            requests: 0,
-            answer,
-        };
         let api = request.api.config();
         // A changed ca_file or system bundle: connections verified with the old anchors go.
         if crate::api::trust_changed() {
@@ -530,37 +694,116 @@ impl Projects {
             Ok(p) => p,
             // The agent's own setup, not the module's: the module may well manage on its own
             // (and denies, as for any local setup problem, if it cannot either).
-            Err(why) => return fail(Answer::GoDirect(why)),
+            Err(why) => {
+                return Reply {
+                    requests: 0,
+                    answer: Answer::GoDirect(why),
+                }
+            }
         };
-        let token = project.token.lock().map(|t| t.clone()).unwrap_or(None);
-        // A transport of its own for this call: its runtime is driven by this thread alone.
-        let idle = project.idle.lock().ok().and_then(|mut v| v.pop());
-        let transport = match idle.map_or_else(|| Transport::local(&api, 1), Ok) {
-            Ok(t) => t,
-            Err(why) => return fail(Answer::GoDirect(why)),
-        };
-        let mut client = Client::with_http(
-            &api,
-            Scope::Authenticator,
-            &api.client_id,
-            &api.client_secret,
-            transport,
-        );
-        client.hold_token(token);
+        let mut client = project.client(&api);
         let reply = reply_on(
             &mut client,
             Duration::from_millis(request.spent_ms),
             request.call,
         );
-        if let Ok(mut t) = project.token.lock() {
-            *t = client.held_token();
-        }
-        if let Ok(mut idle) = project.idle.lock() {
-            if idle.len() < IDLE_PER_PROJECT {
-                idle.push(client.into_transport());
-            }
+        if project.keep_token(client.held_token()) {
+            self.tokens_changed.notify_all();
         }
         reply
+    }
+
+    /// Gets each project a new token before its token runs out, so that no login waits for
+    /// one (1 token request per project per token lifetime, and no other request). Runs until
+    /// the process ends: the agent's refresher thread.
+    pub fn refresh_tokens(&self) -> ! {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let projects: Vec<Arc<Project>> = known.clone();
+            drop(known);
+            let mut next = REFRESH_IDLE;
+            for p in projects {
+                // A token too short-lived for any client to take (`Client::hold_token`) is
+                // not renewed ahead: each call gets its own.
+                let left = p
+                    .token_left()
+                    .filter(|_| p.lifetime() > refresh_before(Duration::ZERO) * 2);
+                match left.map(|l| l.checked_sub(refresh_before(p.lifetime()))) {
+                    // Due: renewed now. A failure is retried at the next round; the logins
+                    // meanwhile use the old token while it lasts, then get one themselves.
+                    Some(None) => {
+                        let api = p.settings.config();
+                        let mut client = p.client(&api);
+                        if client.renew_token().is_ok() {
+                            p.keep_token(client.held_token());
+                        } else {
+                            next = next.min(REFRESH_RETRY);
+                        }
+                    }
+                    Some(Some(wait)) => next = next.min(wait),
+                    None => {}
+                }
+            }
+            known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            known = self
+                .tokens_changed
+                .wait_timeout(known, next.max(Duration::from_millis(50)))
+                .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        }
+    }
+}
+
+/// With no token to renew, the refresher still looks this often.
+const REFRESH_IDLE: Duration = Duration::from_secs(60);
+/// After a failed renewal, the next try.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
+/// How long before its end a token is renewed: a fifth of what was left when it came (12 min
+/// of tru.ID's hour), at least the margin under which a client no longer takes it.
+fn refresh_before(lifetime: Duration) -> Duration {
+    (lifetime / 5).max(Duration::from_secs(crate::cache::REFRESH_MARGIN_SECS + 5))
+}
+
+impl Project {
+    /// A client for one call, on the project's connections and token.
+    fn client(&self, api: &ApiConfig) -> Client {
+        let mut client = Client::with_http(
+            api,
+            Scope::Authenticator,
+            &api.client_id,
+            &api.client_secret,
+            self.http.clone(),
+        );
+        client.hold_token(self.token.lock().map(|t| t.clone()).unwrap_or(None));
+        client
+    }
+
+    /// Keeps `token` if it is another than the one held; whether it was.
+    fn keep_token(&self, token: Option<HeldToken>) -> bool {
+        let Ok(mut held) = self.token.lock() else {
+            return false;
+        };
+        let changed = match (&*held, &token) {
+            (Some(a), Some(b)) => !a.same(b),
+            (None, None) => false,
+            _ => true,
+        };
+        if changed {
+            *held = token;
+        }
+        changed
+    }
+
+    fn token_left(&self) -> Option<Duration> {
+        self.token.lock().ok()?.as_ref().map(HeldToken::left)
+    }
+
+    fn lifetime(&self) -> Duration {
+        self.token
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(HeldToken::lifetime))
+            .unwrap_or_default()
     }
 }
 
@@ -746,7 +989,7 @@ pub(crate) mod tests {
         let mut extra = good.clone();
         extra["api"]["s3cr3t_field"] = serde_json::json!("s3cr3t-value");
         for line in [good.to_string(), extra.to_string(), "not json".into()] {
-            let reply = reply_to(line.as_bytes(), &Projects::default());
+            let reply = reply_to(line.as_bytes(), &Projects::new().unwrap());
             let text = serde_json::to_string(&reply).unwrap();
             assert!(matches!(reply.answer, Answer::GoDirect(_)), "{text}");
             for value in ["987654", "s3cr3t"] {
@@ -781,7 +1024,7 @@ pub(crate) mod tests {
             spent_ms: 0,
             call: Call::FindFactor { user: "a".into() },
         };
-        let reply = reply_to(&other_version.to_line().unwrap(), &Projects::default());
+        let reply = reply_to(&other_version.to_line().unwrap(), &Projects::new().unwrap());
         assert!(
             matches!(reply.answer, Answer::GoDirect(ref w) if w.contains("protocol")),
             "{reply:?}"
@@ -798,7 +1041,7 @@ pub(crate) mod tests {
         let mut hidden = api();
         hidden.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
         hidden.roots = Roots::None;
-        let reply = Projects::default().answer(Request {
+        let reply = Projects::new().unwrap().answer(Request {
             v: PROTOCOL,
             api: WireApi::new(&hidden),
             spent_ms: 0,
@@ -809,7 +1052,7 @@ pub(crate) mod tests {
             "{reply:?}"
         );
         // A malformed ID is never sent on: the agent refuses it like the config would.
-        let reply = Projects::default().answer(r);
+        let reply = Projects::new().unwrap().answer(r);
         assert!(matches!(reply.answer, Answer::Refused(_)), "{reply:?}");
         assert_eq!(reply.requests, 0);
     }

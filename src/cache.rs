@@ -74,13 +74,20 @@ impl TokenCache {
         &self.file
     }
 
-    /// The cached token, if it is for these credentials and has more than a minute left.
-    pub fn load(&self) -> Option<Secret> {
+    /// The cached token, if it is for these credentials and has more than a minute left, with
+    /// what is left of it.
+    pub fn load(&self) -> Option<(Secret, std::time::Duration)> {
         let bytes = zeroize::Zeroizing::new(read_private(&self.dir, &self.file, MAX_FILE)?);
         let entry: Entry = serde_json::from_slice(&bytes).ok()?;
         let fresh = entry.expires_at > now().saturating_add(REFRESH_MARGIN_SECS);
+        let left = std::time::Duration::from_secs(
+            entry
+                .expires_at
+                .saturating_sub(now())
+                .min(MAX_LIFETIME_SECS),
+        );
         // The key is no secret to whoever can read the file (root): a plain comparison.
-        (fresh && entry.key == self.key).then(|| Secret::new(entry.access_token.clone()))
+        (fresh && entry.key == self.key).then(|| (Secret::new(entry.access_token.clone()), left))
     }
 
     /// Writes the token atomically: readers see the old token or the new one, never half of
@@ -299,7 +306,7 @@ mod tests {
         let c = TokenCache::new(&dir, "https://a", "id", &sec("s"));
         assert!(c.load().is_none());
         c.store(&Secret::new("tok"), 3600);
-        assert_eq!(c.load().unwrap().expose(), "tok");
+        assert_eq!(c.load().unwrap().0.expose(), "tok");
         let m = std::fs::metadata(c.path()).unwrap();
         assert_eq!(m.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
@@ -325,7 +332,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let c = TokenCache::new(&tmp.path().join("c"), "https://a", "id", &sec("s"));
         c.store(&Secret::new("tok"), u64::MAX);
-        assert_eq!(c.load().unwrap().expose(), "tok");
+        assert_eq!(c.load().unwrap().0.expose(), "tok");
         let text = std::fs::read_to_string(c.path()).unwrap();
         let entry: serde_json::Value = serde_json::from_str(&text).unwrap();
         let at = entry["expires_at"].as_u64().unwrap();

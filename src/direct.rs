@@ -94,6 +94,11 @@ pub struct Loaded {
 /// A session of the library: its HTTP client for one login.
 struct Session(*mut c_void);
 
+// SAFETY: a session is the library's `InProcess` (an HTTP client, which is `Send`), and it is
+// used by one thread at a time: the one that holds this `Loaded` (a login's calls made ahead
+// take it to their thread and give it back).
+unsafe impl Send for Session {}
+
 impl Direct for Loaded {
     fn call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Reply {
         self.try_call(api, spent, call).unwrap_or_else(refused)

@@ -56,6 +56,26 @@ pub trait Authenticator {
     ) -> Result<ChallengeStatus, ApiError>;
     /// Waits between two polls of a push (a fake records it instead).
     fn pause(&mut self, wait: Duration);
+    /// Starts, without waiting for it, what the next code will need, so that it is there once
+    /// the person has typed the code (which then goes to tru.ID in one round trip). The calls
+    /// that need it take it; they must give the same answers as without it. By default nothing
+    /// is done ahead.
+    fn prepare(&mut self, _ahead: Ahead<'_>) {}
+}
+
+/// What a code will need, asked for while the person reads the prompt and types.
+#[derive(Debug, Clone, Copy)]
+pub enum Ahead<'a> {
+    /// A challenge on the factor, for `create_challenge(factor, reference_id)`.
+    Challenge {
+        factor: &'a FactorId,
+        reference_id: &'a str,
+    },
+    /// `find_factor(user)` (`lookup = true`), then a challenge on the factor it finds.
+    LookupThenChallenge {
+        user: &'a str,
+        reference_id: &'a str,
+    },
 }
 
 /// The login as PAM describes it.
@@ -400,6 +420,11 @@ pub fn authenticate(
     };
 
     let reference = reference_id(login, user);
+    // The challenge (and the lookup) is made while the person reads the prompt and types.
+    // Nothing is asked for a user without a factor; their prompt comes as fast.
+    if !push {
+        prepare_next(api, &who, &lookup_name, &reference);
+    }
     // Set once a code or a push has gone to tru.ID: from then on a failure may hide a wrong
     // code, so it denies under both failmodes.
     let mut sent: Option<&'static str> = None;
@@ -435,7 +460,15 @@ pub fn authenticate(
                 )
             }
             _ if push && cfg.login.method == Method::Push => Round::Failed(MSG_PUSH_ONLY),
-            _ => code_round(api, &lookup_name, &mut who, &reference, &answer, &mut sent),
+            _ => {
+                let round = code_round(api, &lookup_name, &mut who, &reference, &answer, &mut sent);
+                // A wrong code used its challenge up: the next try's is made while the person
+                // types again.
+                if !last && round.used_challenge && matches!(round.end, Round::Failed(_)) {
+                    prepare_next(api, &who, &lookup_name, &reference);
+                }
+                round.end
+            }
         };
         match round {
             Round::Verified => return Outcome::Verified { tries: attempt },
@@ -460,6 +493,36 @@ pub fn authenticate(
     }
 }
 
+/// Asks ahead for what the next code needs: its factor's challenge, or the lookup first.
+fn prepare_next(api: &mut impl Authenticator, who: &Who, lookup_name: &str, reference: &str) {
+    match who {
+        Who::Found(factor) => api.prepare(Ahead::Challenge {
+            factor,
+            reference_id: reference,
+        }),
+        Who::Later => api.prepare(Ahead::LookupThenChallenge {
+            user: lookup_name,
+            reference_id: reference,
+        }),
+        Who::Nobody => {}
+    }
+}
+
+/// A code's try: how it ended, and whether its code went to a challenge (which it used up).
+struct CodeRound {
+    end: Round,
+    used_challenge: bool,
+}
+
+impl From<Round> for CodeRound {
+    fn from(end: Round) -> CodeRound {
+        CodeRound {
+            end,
+            used_challenge: false,
+        }
+    }
+}
+
 /// How one try ended.
 enum Round {
     Verified,
@@ -478,38 +541,42 @@ fn code_round(
     reference: &str,
     code: &Secret,
     sent: &mut Option<&'static str>,
-) -> Round {
+) -> CodeRound {
     if !code_is_well_formed(code.expose()) {
-        return Round::Failed(MSG_MALFORMED);
+        return Round::Failed(MSG_MALFORMED).into();
     }
     if let Who::Later = who {
         *who = match api.find_factor(lookup_name) {
             Ok(Some(f)) => Who::Found(f),
             Ok(None) => Who::Nobody,
-            Err(e) => return Round::Api(e),
+            Err(e) => return Round::Api(e).into(),
         };
     }
     let Who::Found(factor) = who else {
-        return Round::Failed(MSG_TRY_AGAIN);
+        return Round::Failed(MSG_TRY_AGAIN).into();
     };
     let challenge = match get_challenge(api, factor, reference) {
         Ok(c) => c,
-        Err(e) => return Round::Api(e),
+        Err(e) => return Round::Api(e).into(),
     };
     // Marked before the call: a code in flight may have reached tru.ID.
     *sent = Some("a code was sent, so this failure could hide a wrong code");
-    match api.verify(factor, &challenge, code) {
+    let end = match api.verify(factor, &challenge, code) {
         Ok(ChallengeStatus::Verified) => Round::Verified,
         Ok(ChallengeStatus::Expired) => Round::Failed(MSG_EXPIRED),
         // FAILED, still PENDING, or a status this version does not know: not verified.
         // A 4xx about the code is tru.ID saying no: a wrong code, never a service failure.
         Ok(_) | Err(ApiError::Refused(_)) => Round::Failed(MSG_TRY_AGAIN),
         Err(e) => Round::Api(e),
+    };
+    CodeRound {
+        end,
+        used_challenge: true,
     }
 }
 
-/// The challenge a code is sent on: the one place that gets one, so that creating it while the
-/// person types (ahead of the code) changes only this.
+/// The challenge a code is sent on: the one asked for ahead (`prepare_next`), which the
+/// Authenticator hands over, or one made now.
 fn get_challenge(
     api: &mut impl Authenticator,
     factor: &FactorId,
@@ -634,7 +701,11 @@ mod tests {
         answers: VecDeque<&'static str>,
         seen: Vec<String>,
         fail_prompt: bool,
+        /// Shared with a FakeApi: what both saw, in the order it happened.
+        journal: Journal,
     }
+
+    type Journal = std::rc::Rc<std::cell::RefCell<Vec<String>>>;
 
     impl Script {
         fn answering(answers: &[&'static str]) -> Self {
@@ -648,6 +719,7 @@ mod tests {
     impl Conversation for Script {
         fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError> {
             self.seen.push(format!("prompt:{text}"));
+            self.journal.borrow_mut().push("prompt".into());
             if self.fail_prompt {
                 return Err(ConvError("conversation failed".into()));
             }
@@ -678,11 +750,19 @@ mod tests {
         push_answers: VecDeque<ChallengeStatus>,
         fail_poll: Option<ApiError>,
         paused: Duration,
+        journal: Journal,
     }
 
     impl Authenticator for FakeApi {
+        fn prepare(&mut self, ahead: Ahead<'_>) {
+            self.journal.borrow_mut().push(match ahead {
+                Ahead::Challenge { factor, .. } => format!("prepare challenge {factor}"),
+                Ahead::LookupThenChallenge { user, .. } => format!("prepare lookup {user}"),
+            });
+        }
         fn create_challenge(&mut self, f: &FactorId, r: &str) -> Result<String, ApiError> {
             self.calls.push(format!("create {f} {r}"));
+            self.journal.borrow_mut().push("create".into());
             match &self.fail_create {
                 Some(e) => Err(e.clone()),
                 None => Ok(format!("ch{}", self.calls.len())),
@@ -776,6 +856,39 @@ mod tests {
             right_code: code,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_challenge_is_asked_for_ahead_of_each_code_that_will_need_one() {
+        let run = |cfg: &Config, user: &str, answers: &[&'static str], lookup: bool| {
+            let mut conv = Script::answering(answers);
+            let mut api = fake("123456");
+            if lookup {
+                api.lookup = Some(FACTOR);
+            }
+            api.journal = conv.journal.clone();
+            let out = authenticate(cfg, &login(user), &mut conv, &mut api);
+            let journal = conv.journal.borrow().clone();
+            (out, journal)
+        };
+        // Before the first prompt; again after a wrong code used the challenge up; not after a
+        // malformed one (its challenge is still unused), nor after the last try.
+        let (out, journal) = run(&config(""), "alice", &["111111", "12", "123456"], false);
+        assert_eq!(out, Outcome::Verified { tries: 3 });
+        let ahead = format!("prepare challenge {FACTOR}");
+        assert_eq!(
+            journal,
+            [&ahead, "prompt", "create", &ahead, "prompt", "prompt", "create"]
+        );
+        let (_, journal) = run(&config("tries = 1"), "alice", &["111111"], false);
+        assert_eq!(journal, [&ahead, "prompt", "create"]);
+        // lookup = true: the lookup too, before the prompt.
+        let (out, journal) = run(&config("lookup = true"), "carol", &["123456"], true);
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(journal, ["prepare lookup carol", "prompt", "create"]);
+        // No factor: nothing is asked for, the prompts come all the same.
+        let (_, journal) = run(&config(""), "mallory", &["1", "2", "3"], false);
+        assert_eq!(journal, ["prompt", "prompt", "prompt"]);
     }
 
     #[test]

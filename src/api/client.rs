@@ -1,11 +1,11 @@
 //! HTTP to tru.ID over one kept-alive connection, within one `Deadline`.
 
-use super::transport::{timed_out_error, Answer, Outgoing, Transport};
+use super::transport::{timed_out_error, Answer, Failure, Outgoing, Transport};
 use super::types::{
     Challenge, ChallengeStatus, Factor, FactorKind, FactorList, PhoneCheck, Problem, TokenAnswer,
 };
 use super::ApiError;
-use crate::cache::TokenCache;
+use crate::cache::{TokenCache, REFRESH_MARGIN_SECS};
 use crate::config::{ApiConfig, FactorId};
 use crate::deadline::Deadline;
 use crate::flow::Authenticator;
@@ -14,7 +14,7 @@ use base64::Engine as _;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 const JSON_PATCH: &str = "application/json-patch+json";
@@ -48,7 +48,7 @@ pub struct Client {
     client_id: String,
     client_secret: Secret,
     scope: Scope,
-    token: Option<Secret>,
+    token: Option<HeldToken>,
     cache: Option<TokenCache>,
     pub deadline: Deadline,
     /// HTTP requests sent, for `truid-pam test` and the benchmarks.
@@ -115,12 +115,20 @@ impl Client {
     }
 
     /// The bearer token this client holds, to hand to the next client of the same project.
-    pub fn held_token(&self) -> Option<Secret> {
+    pub fn held_token(&self) -> Option<HeldToken> {
         self.token.clone()
     }
 
-    pub fn hold_token(&mut self, token: Option<Secret>) {
-        self.token = token;
+    /// Takes a token another client of the same project got; one with less than a minute
+    /// left is not taken (this client then gets a new one).
+    pub fn hold_token(&mut self, token: Option<HeldToken>) {
+        self.token = token.filter(|t| t.left() > Duration::from_secs(REFRESH_MARGIN_SECS));
+    }
+
+    /// Gets a new token now, whatever this client holds (the agent's refresh before expiry).
+    pub fn renew_token(&mut self) -> Result<(), ApiError> {
+        self.token = Some(self.fetch_token()?);
+        Ok(())
     }
 
     /// Ends this client, giving back its transport (and so its open connection) for the next.
@@ -130,19 +138,20 @@ impl Client {
 
     /// A bearer token: this client's, the cache's, or a new one.
     fn token(&mut self) -> Result<Secret, ApiError> {
-        if let Some(t) = &self.token {
-            return Ok(t.clone());
+        if let Some(t) = self.token.as_ref().filter(|t| !t.left().is_zero()) {
+            return Ok(t.value.clone());
         }
-        if let Some(t) = self.cache.as_ref().and_then(TokenCache::load) {
-            self.token = Some(t.clone());
-            return Ok(t);
+        if let Some((value, left)) = self.cache.as_ref().and_then(TokenCache::load) {
+            self.token = Some(HeldToken::new(value.clone(), left));
+            return Ok(value);
         }
         let t = self.fetch_token()?;
-        self.token = Some(t.clone());
-        Ok(t)
+        let value = t.value.clone();
+        self.token = Some(t);
+        Ok(value)
     }
 
-    fn fetch_token(&mut self) -> Result<Secret, ApiError> {
+    fn fetch_token(&mut self) -> Result<HeldToken, ApiError> {
         let url = format!("{}/oauth2/v1/token", self.base);
         let body = format!(
             "grant_type=client_credentials&scope={}",
@@ -153,6 +162,8 @@ impl Client {
             url: &url,
             authorization: basic(&self.client_id, &self.client_secret)?,
             body: Some(("application/x-www-form-urlencoded", body.as_bytes())),
+            // A second token is no harm: the first simply goes unused.
+            twice_is_harmless: true,
         })?;
         match ans.status {
             200..=299 => {
@@ -162,10 +173,14 @@ impl Client {
                         "token answer has an empty access_token".into(),
                     ));
                 }
+                let lifetime = t.expires_in.unwrap_or(3600);
                 if let Some(c) = &self.cache {
-                    c.store(&t.access_token, t.expires_in.unwrap_or(3600));
+                    c.store(&t.access_token, lifetime);
                 }
-                Ok(t.access_token)
+                Ok(HeldToken::new(
+                    t.access_token.clone(),
+                    Duration::from_secs(lifetime.min(MAX_TOKEN_LIFETIME)),
+                ))
             }
             // The project's credentials refused: a configuration error, which denies whatever
             // failmode says (a typo in the secret must not open the door).
@@ -178,11 +193,16 @@ impl Client {
     }
 
     /// One authorised call, refreshing the token once if tru.ID refuses it.
+    ///
+    /// After a 401 the request goes again with the new token, a code's verify included: tru.ID
+    /// refused it for its token, before it looked at what it carried, so the code was not
+    /// checked and sending it again is its first check.
     fn call(
         &mut self,
         method: Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
+        twice_is_harmless: bool,
     ) -> Result<Vec<u8>, ApiError> {
         let url = format!("{}{}", self.base, path);
         for refreshed in [false, true] {
@@ -192,6 +212,7 @@ impl Client {
                 url: &url,
                 authorization: bearer(&token)?,
                 body: body.as_ref().map(|(ct, b)| (*ct, b.as_slice())),
+                twice_is_harmless,
             })?;
             match ans.status {
                 200..=299 => return Ok(ans.body),
@@ -233,10 +254,27 @@ impl Client {
         }
     }
 
+    /// Sends a request once, or twice where that is harmless: a request that broke on its
+    /// connection before any answer came (a kept connection the server closed under it) goes
+    /// again on a fresh one, within what is left of the deadline. A code is never sent twice
+    /// this way: it may have reached tru.ID and been counted, and its answer lost.
     fn send(&mut self, out: &Outgoing) -> Result<Answer, ApiError> {
+        let mut again = out.twice_is_harmless;
+        loop {
+            match self.send_once(out) {
+                Err(Failure {
+                    broke_unanswered: true,
+                    ..
+                }) if again && self.deadline.remaining().is_some() => again = false,
+                done => return done.map_err(|f| f.error),
+            }
+        }
+    }
+
+    fn send_once(&mut self, out: &Outgoing) -> Result<Answer, Failure> {
         let budget = self.deadline.budget();
         let Some(left) = self.deadline.remaining() else {
-            return Err(timed_out_error(budget));
+            return Err(timed_out_error(budget).into());
         };
         self.requests += 1;
         let http = &self.http;
@@ -245,7 +283,7 @@ impl Client {
 
     /// GET a factor.
     pub fn get_factor(&mut self, factor: &str) -> Result<Factor, ApiError> {
-        let body = self.call(Method::GET, &factor_path(factor), None)?;
+        let body = self.call(Method::GET, &factor_path(factor), None, true)?;
         decode(&body)
     }
 
@@ -267,7 +305,7 @@ impl Client {
             "/authenticator/v0.1/factors?search={}&page=1&size={SEARCH_PAGE}",
             percent_encode(&rsql_equals("external_user_id", external_id))
         );
-        let body = self.call(Method::GET, &path, None)?;
+        let body = self.call(Method::GET, &path, None, true)?;
         let list: FactorList = decode(&body)?;
         Ok(list.factors().to_vec())
     }
@@ -279,7 +317,7 @@ impl Client {
         external_user_id: &str,
     ) -> Result<Factor, ApiError> {
         let body = serde_json::json!({"phone_number": phone, "external_user_id": external_user_id});
-        let b = self.post_json("/authenticator/v0.1/factors", &body)?;
+        let b = self.post_json("/authenticator/v0.1/factors", &body, false)?;
         decode(&b)
     }
 
@@ -293,6 +331,7 @@ impl Client {
             Method::PATCH,
             &factor_path(factor),
             Some((JSON_PATCH, patch.to_string().into_bytes())),
+            false,
         )?;
         decode(&b)
     }
@@ -304,29 +343,39 @@ impl Client {
         path: &str,
         patch: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, ApiError> {
+        let harmless = method == Method::GET;
         let body = patch.map(|p| (JSON_PATCH, p.to_string().into_bytes()));
-        let b = self.call(method, path, body)?;
+        let b = self.call(method, path, body, harmless)?;
         decode(&b)
     }
 }
 
 impl Client {
-    fn post_json(&mut self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, ApiError> {
+    fn post_json(
+        &mut self,
+        path: &str,
+        body: &serde_json::Value,
+        twice_is_harmless: bool,
+    ) -> Result<Vec<u8>, ApiError> {
         self.call(
             Method::POST,
             path,
             Some(("application/json", body.to_string().into_bytes())),
+            twice_is_harmless,
         )
     }
 
-    /// Creates a challenge (code or push, as the body says) and returns its ID.
+    /// Creates a challenge (code or push, as the body says) and returns its ID. Only a code's
+    /// challenge may be created twice: a second one is never used, where a second push would
+    /// ask the phone twice.
     fn post_challenge(
         &mut self,
         factor: &FactorId,
         body: &serde_json::Value,
+        twice_is_harmless: bool,
     ) -> Result<String, ApiError> {
         let path = format!("{}/challenges", factor_path(factor.as_str()));
-        checked_challenge_id(decode(&self.post_json(&path, body)?)?)
+        checked_challenge_id(decode(&self.post_json(&path, body, twice_is_harmless)?)?)
     }
 }
 
@@ -336,7 +385,11 @@ impl Authenticator for Client {
         factor: &FactorId,
         reference_id: &str,
     ) -> Result<String, ApiError> {
-        self.post_challenge(factor, &serde_json::json!({ "reference_id": reference_id }))
+        self.post_challenge(
+            factor,
+            &serde_json::json!({ "reference_id": reference_id }),
+            true,
+        )
     }
 
     fn verify(
@@ -353,6 +406,7 @@ impl Authenticator for Client {
             Method::PATCH,
             &challenge_path(factor, challenge_id),
             Some((JSON_PATCH, patch.as_bytes().to_vec())),
+            false,
         )?;
         status_of(&b, challenge_id)
     }
@@ -369,7 +423,8 @@ impl Authenticator for Client {
         message: Option<&str>,
     ) -> Result<String, ApiError> {
         let body = serde_json::json!({ "phone_number": phone });
-        let check: PhoneCheck = decode(&self.post_json("/phone_check/v0.2/checks", &body)?)?;
+        let check: PhoneCheck =
+            decode(&self.post_json("/phone_check/v0.2/checks", &body, false)?)?;
         let mut body = serde_json::json!({
             "reference_id": reference_id,
             "check_id": check.check_id,
@@ -382,7 +437,7 @@ impl Authenticator for Client {
                 b.remove("message");
             }
         }
-        self.post_challenge(factor, &body)
+        self.post_challenge(factor, &body, false)
     }
 
     fn challenge_status(
@@ -390,7 +445,12 @@ impl Authenticator for Client {
         factor: &FactorId,
         challenge_id: &str,
     ) -> Result<ChallengeStatus, ApiError> {
-        let b = self.call(Method::GET, &challenge_path(factor, challenge_id), None)?;
+        let b = self.call(
+            Method::GET,
+            &challenge_path(factor, challenge_id),
+            None,
+            true,
+        )?;
         status_of(&b, challenge_id)
     }
 
@@ -418,6 +478,43 @@ impl Authenticator for Client {
         Ok(found)
     }
 }
+
+/// A bearer token and when it runs out (as far as tru.ID's `expires_in` said).
+#[derive(Clone)]
+pub struct HeldToken {
+    value: Secret,
+    until: Instant,
+    /// What was left of it when this process got it.
+    lifetime: Duration,
+}
+
+impl HeldToken {
+    fn new(value: Secret, left: Duration) -> HeldToken {
+        HeldToken {
+            value,
+            until: Instant::now() + left,
+            lifetime: left,
+        }
+    }
+
+    /// What is left of its lifetime.
+    pub fn left(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Whether both are the same token (got at the same moment).
+    pub fn same(&self, other: &HeldToken) -> bool {
+        self.until == other.until
+    }
+}
+
+/// The longest lifetime believed (as the cache does): an absurd `expires_in` must not
+/// overflow an `Instant`.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
 
 /// Factors asked for per search. An external user ID is unique at tru.ID, so an exact search
 /// finds at most one; a page this small also stays far below the answer size limit when a

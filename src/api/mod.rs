@@ -5,7 +5,7 @@ mod tls;
 mod transport;
 mod types;
 
-pub use client::{Client, Scope};
+pub use client::{Client, HeldToken, Scope};
 pub use tls::{client_config, forget_trust, trust_changed};
 pub(crate) use transport::timed_out_error;
 pub use transport::Transport;

@@ -1,11 +1,11 @@
 //! How a request reaches tru.ID: reqwest's blocking client in the module, or reqwest's async
-//! client on a runtime the calling thread drives, in the agent.
+//! client on the agent's runtime.
 //!
-//! Why two: the blocking client runs its own runtime thread, which a login process wants (it
-//! ends with the login) but which costs the agent a crossing to that thread and back on every
-//! request, for a worker that does nothing meanwhile. The agent's workers drive their own
-//! current-thread runtime instead. Everything above the transport (token, retries, deadline,
-//! what an answer means) is `Client`'s, and the same for both.
+//! Both keep their connections' tasks running between requests (the blocking client on its own
+//! thread, the agent on a runtime it keeps alive), so a connection a front end closed while
+//! idle is seen closed at once and never handed to the next request. Everything above the
+//! transport (token, retries, deadline, what an answer means) is `Client`'s, and the same for
+//! both.
 
 use super::ApiError;
 use crate::config::ApiConfig;
@@ -28,6 +28,27 @@ pub(crate) struct Outgoing<'a> {
     /// The whole `Authorization` value, marked sensitive so no debug output shows it.
     pub authorization: HeaderValue,
     pub body: Option<(&'static str, &'a [u8])>,
+    /// Whether tru.ID may get this request twice: a read, a token, a TOTP challenge (a spare
+    /// challenge is never used). Never a code, nor anything that reaches the phone.
+    pub twice_is_harmless: bool,
+}
+
+/// A request that got no usable answer. `broke_unanswered`: the connection broke after it was
+/// made and before any byte of an answer, which is what a kept connection closed under the
+/// request looks like (a front end's keep-alive timeout racing it); a fresh connection may
+/// well succeed.
+pub(crate) struct Failure {
+    pub error: ApiError,
+    pub broke_unanswered: bool,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Failure {
+        Failure {
+            error,
+            broke_unanswered: false,
+        }
+    }
 }
 
 pub(crate) struct Answer {
@@ -36,18 +57,27 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
 }
 
+#[derive(Clone)]
 pub enum Transport {
     /// reqwest's blocking client: one runtime thread, ended when the client drops.
     Blocking(reqwest::blocking::Client),
-    /// reqwest's async client on a current-thread runtime driven only by the thread that
-    /// sends (one per agent worker at a time).
-    Local(Box<Local>),
+    /// reqwest's async client on the agent's runtime, shared by all its workers (and so its
+    /// pool of kept connections). Each worker drives its own request (`Handle::block_on`).
+    Shared {
+        runtime: tokio::runtime::Handle,
+        http: reqwest::Client,
+    },
 }
 
-pub struct Local {
-    runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
+/// How long a connection is kept idle: as long as a person may type without it being made
+/// again (the code then goes out in one round trip), below the 60 s after which common front
+/// ends (AWS ALB) close one, so that the server does not close it just as a request goes out.
+pub const KEPT_IDLE: Duration = Duration::from_secs(55);
+/// TCP keepalive on every connection: a probe after this long without traffic, and again at
+/// this interval, so that a NAT or firewall that forgets connections idle for 10 s or more
+/// keeps this one while the person types; and three unanswered probes (20 s) end a dead one.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// The same settings on either client builder.
 macro_rules! configure {
@@ -56,10 +86,11 @@ macro_rules! configure {
             .use_preconfigured_tls($tls)
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
+            .tcp_keepalive(KEEPALIVE)
+            .tcp_keepalive_interval(KEEPALIVE)
+            .tcp_keepalive_retries(KEEPALIVE_PROBES)
             .pool_max_idle_per_host($idle)
-            // Below the idle limits of common front ends (60 s and more), so a kept
-            // connection is not closed by the server just as a request goes out on it.
-            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(KEPT_IDLE)
             .connect_timeout($api.timeout)
             .user_agent(concat!("pam_truid/", env!("CARGO_PKG_VERSION")));
         // The config alone decides where the module connects: the host process's *_proxy
@@ -96,21 +127,23 @@ impl Transport {
         Ok(Transport::Blocking(http))
     }
 
-    /// The agent's: no thread of its own.
-    pub fn local(api: &ApiConfig, idle: usize) -> Result<Transport, String> {
+    /// The agent's: on `runtime`, which the agent keeps running.
+    pub fn shared(
+        api: &ApiConfig,
+        idle: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Transport, String> {
         let tls = (*tls(api)?).clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+        // reqwest's async client starts its resolver and connections on the runtime it is
+        // used from: built inside this one.
+        let _inside = runtime.enter();
+        let http = configure!(reqwest::Client::builder(), api, idle, tls)
             .build()
             .map_err(|e| format!("HTTP client setup failed: {e}"))?;
-        // reqwest's async client starts its resolver and connections on the runtime it is
-        // used from: built and used inside this one.
-        let http = runtime.block_on(async {
-            configure!(reqwest::Client::builder(), api, idle, tls)
-                .build()
-                .map_err(|e| format!("HTTP client setup failed: {e}"))
-        })?;
-        Ok(Transport::Local(Box::new(Local { runtime, http })))
+        Ok(Transport::Shared {
+            runtime: runtime.clone(),
+            http,
+        })
     }
 
     /// Sends `out` and reads the answer, all within `left`; `budget` names the configured
@@ -120,7 +153,7 @@ impl Transport {
         out: &Outgoing,
         left: Duration,
         budget: Duration,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, Failure> {
         let fail = |e: reqwest::Error| transport_error(&e, budget);
         match self {
             Transport::Blocking(http) => {
@@ -133,10 +166,10 @@ impl Transport {
                     .map_err(|e| {
                         body_error(e.kind() == std::io::ErrorKind::TimedOut, &e, budget)
                     })?;
-                finish(status, retry_after, body)
+                Ok(finish(status, retry_after, body)?)
             }
-            Transport::Local(l) => l.runtime.block_on(async {
-                let mut resp = request!(l.http, out, left).send().await.map_err(fail)?;
+            Transport::Shared { runtime, http } => runtime.block_on(async {
+                let mut resp = request!(http, out, left).send().await.map_err(fail)?;
                 let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
                 check_length(resp.headers())?;
                 let mut body = Vec::new();
@@ -150,7 +183,7 @@ impl Transport {
                         break;
                     }
                 }
-                finish(status, retry_after, body)
+                Ok(finish(status, retry_after, body)?)
             }),
         }
     }
@@ -224,7 +257,7 @@ pub(crate) fn timed_out_error(budget: Duration) -> ApiError {
 
 /// What a failed send means. Only a connection that could not be made, or no answer in time,
 /// is tru.ID being unreachable; the rest deny under every failmode (see `ApiError`).
-fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
+fn transport_error(e: &reqwest::Error, budget: Duration) -> Failure {
     // The innermost cause says what failed (refused, DNS, certificate).
     let mut cause: &dyn std::error::Error = e;
     let mut local = None;
@@ -246,21 +279,25 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> ApiError {
         } else {
             format!(" ({shown})")
         };
-        return ApiError::Failed(format!("this host ran out of a resource: {what}{detail}"));
+        return ApiError::Failed(format!("this host ran out of a resource: {what}{detail}")).into();
     }
     // Someone answered who cannot prove to be tru.ID: an attack or a misconfiguration.
     if tls {
-        return ApiError::Failed(format!("TLS: {shown}"));
+        return ApiError::Failed(format!("TLS: {shown}")).into();
     }
     if e.is_timeout() {
-        return timed_out_error(budget);
+        return timed_out_error(budget).into();
     }
     if e.is_connect() {
-        return ApiError::Unavailable(format!("cannot connect: {shown}"));
+        return ApiError::Unavailable(format!("cannot connect: {shown}")).into();
     }
-    // Connected, then the exchange broke (a kept connection the server closed, a reset):
-    // tru.ID or something in its place was reached, so it is no evidence of an outage.
-    ApiError::Failed(format!("request failed: {shown}"))
+    // Connected, then the exchange broke before an answer (a kept connection the server
+    // closed, a reset): tru.ID or something in its place was reached, so it is no evidence of
+    // an outage. A fresh connection may succeed (`Client::send`).
+    Failure {
+        error: ApiError::Failed(format!("request failed: {shown}")),
+        broke_unanswered: true,
+    }
 }
 
 /// A library's error text as a person reads it: the two ways a closed connection is reported

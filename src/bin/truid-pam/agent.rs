@@ -40,7 +40,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     signals
         .thread_block()
         .map_err(|e| Failure(format!("cannot block signals: {e}")))?;
-    let projects = Arc::new(Projects::default());
+    let projects = Arc::new(Projects::new().map_err(Failure)?);
+    {
+        let projects = projects.clone();
+        std::thread::Builder::new()
+            .name("token-refresh".into())
+            .spawn(move || projects.refresh_tokens())
+            .map_err(|e| Failure(format!("cannot start the token refresher: {e}")))?;
+    }
     for _ in 0..args.workers {
         let listener = listener
             .try_clone()
