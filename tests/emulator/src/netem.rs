@@ -26,16 +26,23 @@
 //!   once, FIN to the client `d` later. Bytes the client sends after that reach a closed socket
 //!   and draw a reset, which arrives 1 RTT after they were sent.
 //! - **`idle_drop`** (a NAT or firewall that forgot the connection: no FIN, no reset): after
-//!   that long without a byte either way, every byte in either direction is dropped and nothing
-//!   is closed, until the client closes; then the proxy closes both sides. Limit: the proxy's
-//!   own kernel still acknowledges what the client sends (it is read and thrown away), so TCP
-//!   keepalive probes and `TCP_USER_TIMEOUT` on the client do not notice the dead link; only an
-//!   application deadline does.
+//!   that long without traffic, every byte in either direction is dropped and nothing is
+//!   closed, until the client closes; then the proxy closes both sides. Traffic is a byte
+//!   either way or any TCP segment from the client: as at a real NAT, the client's TCP
+//!   keepalive probes keep the connection alive. The proxy never sees a probe (its kernel
+//!   answers it), so it reads the client socket's segment counter (Linux `tcpi_segs_in`) every
+//!   250 ms: a probe restarts the clock when seen, so a drop after a probe comes up to 250 ms
+//!   late (without probes it comes on time). The server's probes are not watched. Limit: once
+//!   dead, the proxy's own kernel still acknowledges what the client sends (bytes are read and
+//!   thrown away, probes answered), so neither keepalive nor `TCP_USER_TIMEOUT` on the client
+//!   notices the dead link; only an application deadline does.
 //! - Whichever idle limit comes first applies; a dead link is never closed by `idle_fin`.
+//!   Keepalive probes do not postpone `idle_fin`: a front end counts HTTP bytes only.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +93,8 @@ pub struct NetemStats {
     pub closed_idle_fin: u64,
     /// Connections gone silently dead by `idle_drop`.
     pub blackholed: u64,
+    /// Connections that TCP keepalive probes kept alive past `idle_drop` (counted once each).
+    pub keepalive_kept: u64,
     /// Connections whose upstream connect failed.
     pub upstream_failed: u64,
     /// Connections open now.
@@ -97,6 +106,7 @@ struct Counters {
     accepted: AtomicU64,
     idle_fin: AtomicU64,
     blackholed: AtomicU64,
+    keepalive_kept: AtomicU64,
     upstream_failed: AtomicU64,
     open: AtomicU64,
 }
@@ -114,6 +124,7 @@ impl Shared {
             connections_accepted: g(&c.accepted),
             closed_idle_fin: g(&c.idle_fin),
             blackholed: g(&c.blackholed),
+            keepalive_kept: g(&c.keepalive_kept),
             upstream_failed: g(&c.upstream_failed),
             open: g(&c.open),
         }
@@ -281,6 +292,8 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, id: u64, accepted: In
         }
     };
     let _ = upstream.set_nodelay(true);
+    // Read before the split borrows `client`; `client` outlives the watchdog that uses it.
+    let client_fd = client.as_raw_fd();
 
     let link = Link {
         born: accepted,
@@ -292,7 +305,14 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, id: u64, accepted: In
         let (mut ur, mut uw) = upstream.split();
         let up = forward(&mut cr, &mut uw, accepted + rtt, d, &link);
         let down = forward(&mut ur, &mut cw, accepted + rtt + d, d, &link);
-        let idle = watchdog(&link, opts.idle_fin, opts.idle_drop);
+        let kept = || {
+            shared
+                .counters
+                .keepalive_kept
+                .fetch_add(1, Ordering::Relaxed);
+            shared.event(id, "keepalive_kept");
+        };
+        let idle = watchdog(&link, client_fd, opts.idle_fin, opts.idle_drop, kept);
         tokio::pin!(up, down, idle);
         let (mut up_done, mut down_done) = (false, false);
         loop {
@@ -381,22 +401,129 @@ async fn blackhole(client: &mut TcpStream) {
     }
 }
 
-/// Resolves when the link has been idle for the first limit reached.
-async fn watchdog(link: &Link, fin: Option<Duration>, dead: Option<Duration>) -> Idle {
-    let limits = [(fin, Idle::Fin), (dead, Idle::Drop)];
-    let Some((limit, what)) = limits
-        .iter()
-        .filter_map(|(l, w)| l.map(|l| (l, *w)))
-        .min_by_key(|(l, _)| *l)
-    else {
-        return std::future::pending().await;
+/// How often the idle-drop clock reads the client socket's segment counter while it runs.
+const PROBE_POLL: Duration = Duration::from_millis(250);
+
+/// Segment counters of a TCP socket, from Linux's `tcp_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segs {
+    /// Segments received, pure ACKs and keepalive probes included.
+    segs_in: u32,
+    /// Our segments not acknowledged yet.
+    unacked: u32,
+}
+
+/// The counters of TCP socket `fd`; None if the kernel has none (not TCP, or Linux < 4.2).
+fn tcp_segs(fd: RawFd) -> Option<Segs> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes, the size of `info`, and sets `len` to
+    // what it wrote. Any fd is sound: a closed or foreign one makes the call fail or describe
+    // another socket, never write out of bounds.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
-    loop {
-        let deadline = link.last() + limit;
-        if Instant::now() >= deadline {
-            return what;
+    let need = std::mem::offset_of!(libc::tcp_info, tcpi_segs_in) + std::mem::size_of::<u32>();
+    if rc != 0 || (len as usize) < need {
+        return None;
+    }
+    // SAFETY: tcp_info is plain integers, so the zeroed-then-partly-written bytes are valid.
+    let info = unsafe { info.assume_init() };
+    Some(Segs {
+        segs_in: info.tcpi_segs_in,
+        unacked: info.tcpi_unacked,
+    })
+}
+
+/// Segments from the client that carried no byte (keepalive probes): what a NAT sees as
+/// traffic although the proxy reads nothing.
+struct Probes {
+    fd: RawFd,
+    /// The byte clock and the counters at the last look.
+    bytes: Instant,
+    segs: Option<Segs>,
+    /// When the last probe was seen.
+    seen: Option<Instant>,
+}
+
+impl Probes {
+    fn new(fd: RawFd, bytes: Instant) -> Probes {
+        Probes {
+            fd,
+            bytes,
+            segs: tcp_segs(fd),
+            seen: None,
         }
-        sleep_until(deadline).await;
+    }
+
+    /// Looks at the counters; returns the last traffic a NAT saw: a byte or a probe.
+    fn look(&mut self, bytes: Instant, now: Instant) -> Instant {
+        let segs = tcp_segs(self.fd);
+        // A segment came in while no byte moved. Not the ACK of our own data: that is owed
+        // only while some is unacknowledged, and our data counted already. (A segment that
+        // brings bytes not yet read counts early, by the time the proxy takes to read it.)
+        if let (Some(old), Some(new)) = (self.segs, segs) {
+            if bytes == self.bytes && new.segs_in != old.segs_in && old.unacked == 0 {
+                self.seen = Some(now);
+            }
+        }
+        self.bytes = bytes;
+        self.segs = segs;
+        self.seen.map_or(bytes, |p| p.max(bytes))
+    }
+}
+
+/// Resolves when the link has been idle for the first limit reached: `fin` counts bytes only
+/// (a front end), `dead` counts the client's keepalive probes too (a NAT). Calls `kept` once
+/// if probes keep the link alive past `dead`.
+async fn watchdog(
+    link: &Link,
+    client: RawFd,
+    fin: Option<Duration>,
+    dead: Option<Duration>,
+    kept: impl FnOnce(),
+) -> Idle {
+    if fin.is_none() && dead.is_none() {
+        return std::future::pending().await;
+    }
+    let mut probes = dead.map(|_| Probes::new(client, link.last()));
+    let mut kept = Some(kept);
+    loop {
+        let now = Instant::now();
+        let bytes = link.last();
+        let fin_at = fin.map(|l| bytes + l);
+        let mut drop_at = None;
+        if let (Some(limit), Some(p)) = (dead, probes.as_mut()) {
+            let at = p.look(bytes, now) + limit;
+            if bytes + limit <= now && now < at {
+                if let Some(k) = kept.take() {
+                    k();
+                }
+            }
+            drop_at = Some(at);
+        }
+        // On a tie the front end closes first, as before.
+        let first = match (fin_at, drop_at) {
+            (Some(f), Some(d)) if d < f => (d, Idle::Drop),
+            (Some(f), _) => (f, Idle::Fin),
+            (None, Some(d)) => (d, Idle::Drop),
+            (None, None) => return std::future::pending().await,
+        };
+        if now >= first.0 {
+            return first.1;
+        }
+        // While probes are watched, look again soon: a probe's time is known only to that.
+        let wake = match probes {
+            Some(_) => first.0.min(now + PROBE_POLL),
+            None => first.0,
+        };
+        sleep_until(wake).await;
     }
 }
 

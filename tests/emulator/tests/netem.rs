@@ -1,7 +1,7 @@
-//! The delaying proxy: its round trip, connection setup, order, idle FIN, silent drop, a refused
-//! upstream, and the binary. Timings are functional properties of the proxy, measured on
-//! loopback: lower bounds exact, upper bounds half a round trip above (an error of half a
-//! round trip in the model fails them).
+//! The delaying proxy: its round trip, connection setup, order, idle FIN, silent drop (and TCP
+//! keepalive keeping it off), a refused upstream, and the binary. Timings are functional
+//! properties of the proxy, measured on loopback: lower bounds exact, upper bounds half a round
+//! trip above (an error of half a round trip in the model fails them).
 
 mod common;
 
@@ -314,6 +314,89 @@ fn idle_drop_goes_silent_until_the_client_closes() {
     assert!(poll(Duration::from_secs(5), || (netem.stats().open == 0)
         .then_some(()))
     .is_some());
+}
+
+/// Turns on TCP keepalive: the first probe after `idle_secs` without traffic, then one every
+/// `interval_secs`.
+fn keepalive(s: &TcpStream, idle_secs: libc::c_int, interval_secs: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: `value` is a live c_int and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    };
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_secs);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval_secs);
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+}
+
+/// A client of a proxy with idle_drop = 2 s, after one exchange and then 4 s idle (the idle
+/// time under test, not a synchronisation).
+fn idle_4s_behind_idle_drop_2s(echo: &Echo, keep: bool) -> (Netem, TcpStream) {
+    let netem = proxy(echo.addr, |o| o.idle_drop = Some(Duration::from_secs(2)));
+    let mut s = TcpStream::connect(netem.addr()).unwrap();
+    if keep {
+        keepalive(&s, 1, 1);
+    }
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    exchange(&mut s, b"hello");
+    assert_eq!(echo.next(Duration::from_secs(1)), Some(Seen::Data(5)));
+    std::thread::sleep(Duration::from_secs(4));
+    (netem, s)
+}
+
+#[test]
+fn idle_drop_is_kept_off_by_tcp_keepalive_probes_as_at_a_nat() {
+    let echo = Echo::start();
+    let (netem, mut s) = idle_4s_behind_idle_drop_2s(&echo, true);
+    // No byte for 4 s, but a probe every second: the NAT kept the mapping.
+    exchange(&mut s, b"still there?");
+    assert_eq!(echo.next(Duration::from_secs(1)), Some(Seen::Data(12)));
+    assert_eq!(netem.stats().blackholed, 0);
+    assert_eq!(netem.stats().keepalive_kept, 1);
+}
+
+#[test]
+fn idle_drop_without_keepalive_goes_dead() {
+    let echo = Echo::start();
+    let (netem, mut s) = idle_4s_behind_idle_drop_2s(&echo, false);
+    s.write_all(b"still there?").unwrap();
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "no answer within 2 s: {r:?}"
+    );
+    assert_eq!(echo.next(Duration::ZERO), None, "upstream saw nothing");
+    assert_eq!(netem.stats().blackholed, 1);
+    assert_eq!(netem.stats().keepalive_kept, 0);
+}
+
+#[test]
+fn idle_fin_is_not_kept_off_by_keepalive_probes() {
+    let echo = Echo::start();
+    let netem = proxy(echo.addr, |o| o.idle_fin = Some(Duration::from_secs(2)));
+    let mut s = TcpStream::connect(netem.addr()).unwrap();
+    keepalive(&s, 1, 1);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    exchange(&mut s, b"hello");
+    let last = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).expect("a FIN, not a timeout");
+    let idle = last.elapsed();
+    assert_eq!(n, 0, "end of stream");
+    // A front end counts bytes only: the probes at 1 s and 2 s do not postpone its FIN.
+    assert!((2000..2300).contains(&ms(idle)), "FIN after {idle:?}");
+    assert_eq!(netem.stats().closed_idle_fin, 1);
+    assert_eq!(netem.stats().keepalive_kept, 0);
 }
 
 #[test]

@@ -18,8 +18,9 @@ When ready it prints ONE JSON line on stdout:
    \"rtt_ms\":N,\"upstream\":\"...\"}
 then serves until SIGTERM or SIGINT (exit status 0). Each connection event is one JSON line
 on stderr, with the counters so far:
-  {\"event\":\"accept|idle_fin|blackhole|upstream_failed|close\",\"conn\":N,
-   \"stats\":{\"connections_accepted\",\"closed_idle_fin\",\"blackholed\",\"upstream_failed\",\"open\"}}
+  {\"event\":\"accept|idle_fin|blackhole|keepalive_kept|upstream_failed|close\",\"conn\":N,
+   \"stats\":{\"connections_accepted\",\"closed_idle_fin\",\"blackholed\",\"keepalive_kept\",
+   \"upstream_failed\",\"open\"}}
 
 USAGE: truid-netem --upstream ADDR [FLAGS]
 
@@ -32,8 +33,10 @@ USAGE: truid-netem --upstream ADDR [FLAGS]
                        ways, as a front end's keep-alive timeout does (Apache 5, ALB 60)
   --idle-drop SECS     a connection idle for SECS goes silently dead: every byte either way
                        is dropped, nothing is closed, until the client closes (a NAT or
-                       firewall that forgot it). The proxy's kernel still acknowledges the
-                       client's bytes: TCP keepalive does not see the loss.
+                       firewall that forgot it). The client's TCP keepalive probes count as
+                       traffic, as at a NAT (seen within 250 ms). Once dead, the proxy's kernel
+                       still acknowledges the client's bytes and probes: keepalive does not see
+                       the loss.
   --quiet              no event lines on stderr
   -h, --help           this text
 
