@@ -9,6 +9,10 @@
 //! the code deny under both, and a wrong code never gets in.
 //!
 //! Rows run in parallel threads, each with its own emulator, to keep the file fast.
+//!
+//! The link rows (`link_faults_under_both_failmodes`) put the project's netem proxy between the
+//! module and a healthy emulator: a front end closing idle connections, a middlebox forgetting
+//! them, a token running out during a login, a slow link. There only a verified code gets in.
 
 mod common;
 use common::*;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use truid_emulator::{Netem, NetemOptions};
 
 /// `[api] timeout` of every row.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -661,6 +666,414 @@ fn a_wrong_client_secret_denies_under_both_failmodes() {
         let (rc, _) = w.login("alice", &[&code]);
         assert_ne!(rc, PAM_SUCCESS, "failmode = {failmode}: {:?}", w.outcomes());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link faults (issue 15): the road to tru.ID as it is in the field, made by the project's own
+// netem proxy in front of the emulator. tru.ID itself is up in every row, so every row must end
+// as if the link were perfect: the right code verified, a wrong code a wrong code, under both
+// failmodes, on the module's own and through the agent. A PAM_SUCCESS that is not a verified
+// code is wrongful here (safe applies only when tru.ID is down, and it is not).
+
+/// `[api] timeout` of the link rows.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a link row's login may take beyond its typing and `timeout` (TLS setup, PAM, a loaded
+/// 2-core machine running every row at once).
+const LINK_MARGIN: Duration = Duration::from_secs(2);
+const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
+
+/// What shows that a row's fault did happen; without it a row could pass without meaning
+/// anything.
+#[derive(Clone, Copy, Debug)]
+enum Proof {
+    /// A slow link is the whole fault.
+    Nothing,
+    /// The front end closed at least one idle connection. `own_too`: also on the module's own,
+    /// whose connections live for one login only (so a close between two logins meets only the
+    /// agent's kept connection).
+    FinClosed { own_too: bool },
+    /// Nothing crossed the link for at least this long between the two logins.
+    QuietBetween(Duration),
+    /// The measured login took at least this long (the person typing).
+    QuietDuring(Duration),
+    /// The person typed for longer than the token lives, and a new token was issued.
+    TokenOutlived(Duration),
+}
+
+#[derive(Clone, Debug)]
+struct LinkRow {
+    name: &'static str,
+    rtt: Duration,
+    idle_fin: Option<Duration>,
+    idle_drop: Option<Duration>,
+    /// The emulator's token lifetime (default an hour).
+    token_ttl: Option<Duration>,
+    /// Between the end of the warm-up login and the start of the measured one.
+    idle: Duration,
+    /// How long the person takes to type the code in the measured login.
+    typing: Duration,
+    proof: Proof,
+}
+
+/// The rows of issue 15.
+fn link_rows() -> Vec<LinkRow> {
+    let s = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let base = LinkRow {
+        name: "",
+        rtt: ms(50),
+        idle_fin: None,
+        idle_drop: None,
+        token_ttl: None,
+        idle: Duration::ZERO,
+        typing: ms(200),
+        proof: Proof::Nothing,
+    };
+    vec![
+        LinkRow {
+            name: "FIN after 1 s idle, between logins",
+            idle_fin: Some(s(1)),
+            idle: s(2),
+            proof: Proof::FinClosed { own_too: false },
+            ..base.clone()
+        },
+        LinkRow {
+            name: "FIN after 1 s idle, while the person types",
+            idle_fin: Some(s(1)),
+            typing: ms(2500),
+            proof: Proof::FinClosed { own_too: true },
+            ..base.clone()
+        },
+        LinkRow {
+            name: "silent drop after 10 s idle, between logins",
+            idle_drop: Some(s(10)),
+            idle: s(12),
+            proof: Proof::QuietBetween(s(10)),
+            ..base.clone()
+        },
+        LinkRow {
+            name: "silent drop after 10 s idle, while the person types",
+            idle_drop: Some(s(10)),
+            typing: s(12),
+            proof: Proof::QuietDuring(s(10)),
+            ..base.clone()
+        },
+        LinkRow {
+            name: "token lifetime 2 s, the person types 3 s",
+            token_ttl: Some(s(2)),
+            typing: s(3),
+            proof: Proof::TokenOutlived(s(2)),
+            ..base.clone()
+        },
+        LinkRow {
+            name: "RTT 300 ms, no idle limit",
+            rtt: ms(300),
+            typing: s(1),
+            ..base
+        },
+    ]
+}
+
+/// A `truid-pam agent` of one row, killed by its PID when the row ends, pass or fail.
+struct Agent {
+    child: std::process::Child,
+    /// Its stdout, kept open so that it can go on writing there.
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Agent {
+    /// Starts the agent and returns once it says it listens (read from its stdout, no sleep).
+    fn start(socket: &Path) -> Agent {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(CLI)
+            .args(["agent", "--workers", "2", "--socket"])
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        // The guard first: a panic below still ends the agent.
+        let mut agent = Agent { child, out };
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if agent.out.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("the agent ended before it listened");
+            }
+            if line.contains("listening on") {
+                return agent;
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The config of a link row: the emulator's credentials, tru.ID at the proxy's address, the
+/// agent at `agent` (or none), the row's token cache.
+fn link_config_text(
+    w: &World,
+    proxy: SocketAddr,
+    failmode: &str,
+    factor: &str,
+    agent: Option<&Path>,
+) -> String {
+    let i = w.emu.info();
+    format!(
+        "[api]\nbase_url = \"https://{proxy}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+         ca_file = \"{}\"\nroots = \"none\"\ntimeout = {}\ntoken_cache = \"{}\"\nagent = \"{}\"\n{TRUST_LOOPBACK}\n\
+         [login]\nfailmode = \"{failmode}\"\ntries = 1\n\n[users]\nalice = \"{factor}\"\n",
+        i.client_id,
+        i.client_secret,
+        i.ca_file.as_deref().unwrap_or(""),
+        LINK_TIMEOUT.as_secs(),
+        w.path("cache").display(),
+        agent.map(|p| p.display().to_string()).unwrap_or_default(),
+    )
+}
+
+/// One job of the link test: a row, on the module's own or through the agent, a failmode,
+/// the right or a wrong code in the measured login.
+#[derive(Clone, Debug)]
+struct LinkJob {
+    row: LinkRow,
+    via_agent: bool,
+    failmode: &'static str,
+    wrong_code: bool,
+}
+
+impl LinkJob {
+    fn label(&self) -> String {
+        format!(
+            "[{} / {} / {} / {}]",
+            self.row.name,
+            if self.via_agent { "agent" } else { "own" },
+            self.failmode,
+            if self.wrong_code {
+                "wrong code"
+            } else {
+                "right code"
+            }
+        )
+    }
+}
+
+/// The outcome lines and the `debug` lines of one login, apart.
+fn split_lines(w: &World) -> (Vec<String>, Vec<String>) {
+    w.outcomes()
+        .into_iter()
+        .partition(|l| !l.contains("debug:"))
+}
+
+/// Runs one job; returns what is wrong, if anything.
+fn run_link_job(job: &LinkJob) -> Vec<String> {
+    let r = &job.row;
+    let mut bad = Vec::new();
+    let w = World::with_options(Options {
+        token_ttl: r.token_ttl.unwrap_or(Duration::from_secs(3600)),
+        ..Options::default()
+    });
+    let f = w.enroll("alice");
+    let upstream: SocketAddr = w
+        .emu
+        .info()
+        .base_url
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut nopts = NetemOptions::new(upstream);
+    nopts.rtt = r.rtt;
+    nopts.idle_fin = r.idle_fin;
+    nopts.idle_drop = r.idle_drop;
+    let netem = Netem::start(nopts).unwrap();
+    let socket = w.path("agent").join("agent.sock");
+    let _agent = job.via_agent.then(|| Agent::start(&socket));
+    w.write_config(&link_config_text(
+        &w,
+        netem.addr(),
+        job.failmode,
+        &f,
+        job.via_agent.then_some(socket.as_path()),
+    ));
+    // `debug` says whether the agent carried the login's calls.
+    w.stack("auth required {module} {args} debug\n");
+    let via = format!("via_agent={}", job.via_agent);
+
+    // The warm-up: the right code, verified, leaving whatever the module keeps (the agent's
+    // connection and token) for the measured login.
+    let (rc, s) = w.login("alice", &[&w.code(&f)]);
+    let (lines, debug) = split_lines(&w);
+    if rc != PAM_SUCCESS || !lines.iter().any(|l| l.contains("outcome=verified")) {
+        bad.push(format!(
+            "warm-up: PAM result {rc} (want {PAM_SUCCESS}, verified): {lines:?} {:?}",
+            s.seen
+        ));
+    }
+    if !debug.iter().all(|l| l.contains(&via)) || debug.is_empty() {
+        bad.push(format!(
+            "warm-up did not go the row's way ({via}): {debug:?}"
+        ));
+    }
+    let warmed = std::time::Instant::now();
+    // The idle time is the scenario: the link's idle limits act on it.
+    std::thread::sleep(r.idle);
+    let gap = warmed.elapsed();
+
+    let before = w.emu.stats();
+    // The next step's code: the warm-up used this step's, and a step's code is accepted once.
+    // It stays valid at the verify however long the person types (one step either way).
+    let code = if job.wrong_code {
+        w.wrong_code(&f)
+    } else {
+        w.emu.code(&f, 1).unwrap()
+    };
+    let ((rc, s), took) = timed(|| w.login_typing("alice", &[&code], r.typing));
+    let (lines, debug) = split_lines(&w);
+    let after = w.emu.stats();
+    let net = netem.stats();
+    eprintln!(
+        "link {}: PAM {rc} in {took:.1?} (idle before {gap:.1?}); netem: accepted={} \
+         closed_idle_fin={} blackholed={}; emulator: +{} handshakes, +{} tokens, +{} codes \
+         sent; {:?} {:?}",
+        job.label(),
+        net.connections_accepted,
+        net.closed_idle_fin,
+        net.blackholed,
+        after.tls_handshakes - before.tls_handshakes,
+        after.tokens_issued - before.tokens_issued,
+        after.verification_attempts - before.verification_attempts,
+        lines,
+        debug
+    );
+
+    let (want_rc, want_outcome) = if job.wrong_code {
+        (PAM_AUTH_ERR, "outcome=wrong_code")
+    } else {
+        (PAM_SUCCESS, "outcome=verified")
+    };
+    if rc != want_rc {
+        bad.push(format!("PAM result {rc} (want {want_rc})"));
+    }
+    match lines.as_slice() {
+        [line] if line.contains(want_outcome) => {}
+        other => bad.push(format!("want one {want_outcome} line, got {other:?}")),
+    }
+    // The one rule: tru.ID is up, so only a verified code gets in, whatever the failmode.
+    let verified = lines.iter().any(|l| l.contains("outcome=verified"));
+    if rc == PAM_SUCCESS && (job.wrong_code || !verified) {
+        bad.push(format!("WRONGFUL PAM_SUCCESS: {lines:?}"));
+    }
+    if !debug.iter().all(|l| l.contains(&via)) || debug.is_empty() {
+        bad.push(format!(
+            "the login did not go the row's way ({via}): {debug:?}"
+        ));
+    }
+    if s.prompts() != ["tru.ID code: "] {
+        bad.push(format!("conversation showed {:?}", s.seen));
+    }
+    // A code is sent to tru.ID once: a verify that broke is never sent again.
+    let sent = after.verification_attempts - before.verification_attempts;
+    if sent > 1 {
+        bad.push(format!("the code was sent {sent} times"));
+    }
+    let at_most = r.typing + LINK_TIMEOUT + LINK_MARGIN;
+    if took >= at_most {
+        bad.push(format!("took {took:?} (want < {at_most:?})"));
+    }
+    match r.proof {
+        Proof::Nothing => {}
+        Proof::FinClosed { own_too } => {
+            if (job.via_agent || own_too) && net.closed_idle_fin == 0 {
+                bad.push(
+                    "the fault did not happen: the front end closed no idle connection \
+                     (closed_idle_fin = 0)"
+                        .into(),
+                );
+            }
+        }
+        Proof::QuietBetween(limit) => {
+            if gap < limit {
+                bad.push(format!("the link was idle only {gap:?} (want {limit:?})"));
+            }
+        }
+        Proof::QuietDuring(limit) => {
+            if took < limit {
+                bad.push(format!("the login took only {took:?} (want {limit:?})"));
+            }
+        }
+        Proof::TokenOutlived(ttl) => {
+            if took <= ttl || after.tokens_issued == before.tokens_issued {
+                bad.push(format!(
+                    "the token did not run out: the login took {took:?} (token {ttl:?}), \
+                     {} new tokens",
+                    after.tokens_issued - before.tokens_issued
+                ));
+            }
+        }
+    }
+    bad
+}
+
+/// Issue 15: the link faults of the field (a front end closing idle connections, a middlebox
+/// silently forgetting them, a token running out during a login, a slow link), each on the
+/// module's own and through the agent, under both failmodes, with the right code (verified)
+/// and a wrong one (a wrong code). Each job: a warm-up login, an idle time, the measured login
+/// with a typing time. Jobs run at once in threads (they mostly wait), each with its own
+/// emulator, proxy and agent: one agent for all would evict the kept connections of some
+/// (it keeps those of 8 configs), which the rows are about.
+#[test]
+fn link_faults_under_both_failmodes() {
+    require_root();
+    let _alone = serial();
+    let mut jobs = Vec::new();
+    for row in link_rows() {
+        for via_agent in [false, true] {
+            for failmode in ["secure", "safe"] {
+                for wrong_code in [false, true] {
+                    jobs.push(LinkJob {
+                        row: row.clone(),
+                        via_agent,
+                        failmode,
+                        wrong_code,
+                    });
+                }
+            }
+        }
+    }
+    let workers: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            std::thread::spawn(move || {
+                let label = job.label();
+                run_link_job(&job)
+                    .into_iter()
+                    .map(|p| format!("{label} {p}"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(bad) => failures.extend(bad),
+            Err(_) => failures.push("a job panicked (see its output above)".to_string()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

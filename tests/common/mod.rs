@@ -89,6 +89,9 @@ pub struct Script {
     /// The wait libpam asked this application to make after the login (`PAM_FAIL_DELAY`): the
     /// longest `pam_fail_delay` of the stack, in microseconds, as (PAM result, wait).
     pub fail_delay: Option<(i32, u32)>,
+    /// How long the person takes to type each echo-off answer (slept before it is given):
+    /// the time a login spends at the prompt, which the link faults are about.
+    pub typing: Duration,
 }
 
 impl Script {
@@ -131,6 +134,8 @@ extern "C" fn scripted_conv(
         let answer = match m.msg_style {
             PAM_PROMPT_ECHO_OFF => {
                 script.seen.push(Seen::Prompt(text));
+                // The scenario itself (the person typing), not a wait for anything.
+                std::thread::sleep(script.typing);
                 match script.answers.pop_front() {
                     Some(a) => Some(a),
                     None => {
@@ -415,7 +420,13 @@ impl World {
 
     /// Logs in through real libpam; returns the PAM result and what the person saw.
     pub fn login(&self, user: &str, answers: &[&str]) -> (i32, Script) {
+        self.login_typing(user, answers, Duration::ZERO)
+    }
+
+    /// `login` by a person who takes `typing` over each code.
+    pub fn login_typing(&self, user: &str, answers: &[&str], typing: Duration) -> (i32, Script) {
         let mut s = Script::answering(answers);
+        s.typing = typing;
         let rc = pam_login(
             &self.path("pam.d"),
             "svc",
