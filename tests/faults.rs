@@ -698,6 +698,8 @@ enum Proof {
     QuietDuring(Duration),
     /// The person typed for longer than the token lives, and a new token was issued.
     TokenOutlived(Duration),
+    /// A kept connection went silently dead (through the agent: the one kept between logins).
+    Blackholed,
 }
 
 #[derive(Clone, Debug)]
@@ -756,6 +758,16 @@ fn link_rows() -> Vec<LinkRow> {
             idle_drop: Some(s(10)),
             typing: s(12),
             proof: Proof::QuietDuring(s(10)),
+            ..base.clone()
+        },
+        // Sooner than TCP keepalive's first probe (5 s), so nothing keeps the agent's kept
+        // connection alive: its request gets no answer, and goes again on a fresh connection.
+        // A timeout there must not count as an outage (safe would let a wrong code in).
+        LinkRow {
+            name: "silent drop after 2 s idle (before any keepalive probe), between logins",
+            idle_drop: Some(s(2)),
+            idle: s(3),
+            proof: Proof::Blackholed,
             ..base.clone()
         },
         LinkRow {
@@ -1008,6 +1020,11 @@ fn run_link_job(job: &LinkJob) -> Vec<String> {
         Proof::QuietDuring(limit) => {
             if took < limit {
                 bad.push(format!("the login took only {took:?} (want {limit:?})"));
+            }
+        }
+        Proof::Blackholed => {
+            if job.via_agent && net.blackholed == 0 {
+                bad.push("the fault did not happen: no connection went silently dead".into());
             }
         }
         Proof::TokenOutlived(ttl) => {

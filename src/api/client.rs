@@ -254,31 +254,39 @@ impl Client {
         }
     }
 
-    /// Sends a request once, or twice where that is harmless: a request that broke on its
-    /// connection before any answer came (a kept connection the server closed under it) goes
-    /// again on a fresh one, within what is left of the deadline. A code is never sent twice
-    /// this way: it may have reached tru.ID and been counted, and its answer lost.
+    /// Sends a request once, or twice where that is harmless: a request that got no answer on
+    /// its connection (one that broke under it, as a kept one a front end closed; or one that
+    /// stayed silent, as a kept one a middlebox forgot) goes again on a fresh one. Its first
+    /// try gets half of what is left of the deadline, so the second has time too; only the
+    /// second try's failure counts, and so an outage still shows as one, and a dead kept
+    /// connection never does. A code is never sent twice this way: it may have reached tru.ID
+    /// and been counted, and its answer lost.
     fn send(&mut self, out: &Outgoing) -> Result<Answer, ApiError> {
-        let mut again = out.twice_is_harmless;
-        loop {
-            match self.send_once(out) {
-                Err(Failure {
-                    broke_unanswered: true,
-                    ..
-                }) if again && self.deadline.remaining().is_some() => again = false,
-                done => return done.map_err(|f| f.error),
+        if !out.twice_is_harmless {
+            return self.send_once(out, 1).map_err(|f| f.error);
+        }
+        match self.send_once(out, 2) {
+            Err(Failure {
+                unanswered: true, ..
+            }) if self.deadline.remaining().is_some() => {
+                // The request future was dropped with its connection: the pool gives another
+                // connection, or makes a fresh one.
+                self.send_once(out, 1).map_err(|f| f.error)
             }
+            done => done.map_err(|f| f.error),
         }
     }
 
-    fn send_once(&mut self, out: &Outgoing) -> Result<Answer, Failure> {
+    /// One try, within `1 / share` of what is left of the deadline.
+    fn send_once(&mut self, out: &Outgoing, share: u32) -> Result<Answer, Failure> {
         let budget = self.deadline.budget();
         let Some(left) = self.deadline.remaining() else {
             return Err(timed_out_error(budget).into());
         };
         self.requests += 1;
         let http = &self.http;
-        self.deadline.charge(|| http.exchange(out, left, budget))
+        self.deadline
+            .charge(|| http.exchange(out, left / share, budget))
     }
 
     /// GET a factor.

@@ -33,20 +33,20 @@ pub(crate) struct Outgoing<'a> {
     pub twice_is_harmless: bool,
 }
 
-/// A request that got no usable answer. `broke_unanswered`: the connection broke after it was
-/// made and before any byte of an answer, which is what a kept connection closed under the
-/// request looks like (a front end's keep-alive timeout racing it); a fresh connection may
-/// well succeed.
+/// A request that got no usable answer. `unanswered`: no byte of an answer came, because the
+/// connection broke after it was made or stayed silent until the time given. That is what a
+/// kept connection looks like that a front end closed under the request, or that a middlebox
+/// forgot; a fresh connection may well succeed.
 pub(crate) struct Failure {
     pub error: ApiError,
-    pub broke_unanswered: bool,
+    pub unanswered: bool,
 }
 
 impl From<ApiError> for Failure {
     fn from(error: ApiError) -> Failure {
         Failure {
             error,
-            broke_unanswered: false,
+            unanswered: false,
         }
     }
 }
@@ -286,7 +286,10 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> Failure {
         return ApiError::Failed(format!("TLS: {shown}")).into();
     }
     if e.is_timeout() {
-        return timed_out_error(budget).into();
+        return Failure {
+            error: timed_out_error(budget),
+            unanswered: true,
+        };
     }
     if e.is_connect() {
         return ApiError::Unavailable(format!("cannot connect: {shown}")).into();
@@ -296,7 +299,7 @@ fn transport_error(e: &reqwest::Error, budget: Duration) -> Failure {
     // an outage. A fresh connection may succeed (`Client::send`).
     Failure {
         error: ApiError::Failed(format!("request failed: {shown}")),
-        broke_unanswered: true,
+        unanswered: true,
     }
 }
 
