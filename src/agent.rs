@@ -708,6 +708,7 @@ impl Projects {
             request.call,
         );
         if project.keep_token(client.held_token()) {
+            let _looked_at = self.known.lock();
             self.tokens_changed.notify_all();
         }
         reply
@@ -717,38 +718,50 @@ impl Projects {
     /// one (1 token request per project per token lifetime, and no other request). Runs until
     /// the process ends: the agent's refresher thread.
     pub fn refresh_tokens(&self) -> ! {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = lock();
         loop {
-            let projects: Vec<Arc<Project>> = known.clone();
-            drop(known);
+            // Looked at under the lock, which `answer` takes to wake this: no wake is missed.
             let mut next = REFRESH_IDLE;
-            for p in projects {
-                // A token too short-lived for any client to take (`Client::hold_token`) is
-                // not renewed ahead: each call gets its own.
-                let left = p
-                    .token_left()
-                    .filter(|_| p.lifetime() > refresh_before(Duration::ZERO) * 2);
-                match left.map(|l| l.checked_sub(refresh_before(p.lifetime()))) {
-                    // Due: renewed now. A failure is retried at the next round; the logins
-                    // meanwhile use the old token while it lasts, then get one themselves.
-                    Some(None) => {
-                        let api = p.settings.config();
-                        let mut client = p.client(&api);
-                        if client.renew_token().is_ok() {
-                            p.keep_token(client.held_token());
-                        } else {
-                            next = next.min(REFRESH_RETRY);
-                        }
+            let mut due = Vec::new();
+            for p in known.iter() {
+                if let Some(t) = p.token() {
+                    match t.left().checked_sub(refresh_before(&t)) {
+                        None => due.push((p.clone(), t)),
+                        Some(wait) => next = next.min(wait),
                     }
-                    Some(Some(wait)) => next = next.min(wait),
-                    None => {}
                 }
             }
-            known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            known = self
-                .tokens_changed
-                .wait_timeout(known, next.max(Duration::from_millis(50)))
-                .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+            if due.is_empty() {
+                known = self
+                    .tokens_changed
+                    .wait_timeout(known, next.max(Duration::from_millis(50)))
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+                continue;
+            }
+            drop(known);
+            let mut failed = false;
+            for (p, old) in due {
+                let api = p.settings.config();
+                let mut client = p.client(&api);
+                if client.renew_token().is_ok() {
+                    p.keep_token(client.held_token());
+                } else {
+                    // Tried again shortly while the old token lasts; then dropped, so that
+                    // nothing asks tru.ID until a login does (it then gets its own).
+                    failed = true;
+                    if !old.usable() {
+                        p.keep_token(None);
+                    }
+                }
+            }
+            known = lock();
+            if failed {
+                known = self
+                    .tokens_changed
+                    .wait_timeout(known, REFRESH_RETRY)
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+            }
         }
     }
 }
@@ -758,10 +771,10 @@ const REFRESH_IDLE: Duration = Duration::from_secs(60);
 /// After a failed renewal, the next try.
 const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
-/// How long before its end a token is renewed: a fifth of what was left when it came (12 min
-/// of tru.ID's hour), at least the margin under which a client no longer takes it.
-fn refresh_before(lifetime: Duration) -> Duration {
-    (lifetime / 5).max(Duration::from_secs(crate::cache::REFRESH_MARGIN_SECS + 5))
+/// How long before its end a token is renewed: a fifth of its lifetime (12 min of tru.ID's
+/// hour), and before it gets too short for a login to take (`HeldToken::usable`).
+fn refresh_before(t: &HeldToken) -> Duration {
+    (t.lifetime() / 5).max(t.margin() + t.lifetime() / 20)
 }
 
 impl Project {
@@ -794,16 +807,8 @@ impl Project {
         changed
     }
 
-    fn token_left(&self) -> Option<Duration> {
-        self.token.lock().ok()?.as_ref().map(HeldToken::left)
-    }
-
-    fn lifetime(&self) -> Duration {
-        self.token
-            .lock()
-            .ok()
-            .and_then(|t| t.as_ref().map(HeldToken::lifetime))
-            .unwrap_or_default()
+    fn token(&self) -> Option<HeldToken> {
+        self.token.lock().ok()?.clone()
     }
 }
 

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
 
@@ -533,6 +534,11 @@ fn the_agent_stays_flat_over_many_logins() {
         stats2.verification_attempts - stats.verification_attempts,
         400
     );
+    eprintln!(
+        "handshakes: {} in the first 50 logins, {} in the next 400",
+        stats.tls_handshakes,
+        stats2.tls_handshakes - stats.tls_handshakes
+    );
     assert_eq!(
         stats2.tls_handshakes, stats.tls_handshakes,
         "a new connection"
@@ -751,4 +757,50 @@ fn the_agent_cannot_be_dumped_or_read() {
         err.contains("cannot open") && err.contains("Permission denied"),
         "the agent's memory can be opened: {err:?}"
     );
+}
+
+/// Issue 15: the agent renews its token before it runs out, so no login waits for one, and it
+/// asks for one token per token lifetime, no more (a 4 s lifetime here, tru.ID's is an hour).
+#[test]
+fn the_agent_renews_its_token_before_it_runs_out() {
+    let w = World::with_options(Options {
+        token_ttl: Duration::from_secs(4),
+        ..Options::default()
+    });
+    let sock = agent_socket(&w);
+    let _agent = start_agent(&sock);
+    let users: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            let u = format!("user{i}");
+            let f = w.enroll(&u);
+            (u, f)
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, f)| (u.as_str(), f.as_str()))
+        .collect();
+    config_with_agent(&w, &sock, "", &pairs);
+    debug_stack(&w);
+    let login = |i: usize| {
+        let (u, f) = &users[i];
+        let (rc, s) = w.login(u, &[&w.code(f)]);
+        assert_eq!(rc, PAM_SUCCESS, "{u}: {:?} {:?}", s.seen, w.outcomes());
+    };
+    login(0);
+    let first = w.emu.stats().tokens_issued;
+    // 10 s: two and a half token lifetimes (the wait is the scenario).
+    std::thread::sleep(Duration::from_secs(10));
+    let renewed = w.emu.stats().tokens_issued - first;
+    assert!(
+        (2..=4).contains(&renewed),
+        "{renewed} tokens in 10 s of 4 s tokens: the agent should renew each once"
+    );
+    // The next logins find a token ready: 2 requests each, no token request.
+    login(1);
+    login(2);
+    let debug = debug_lines(&w);
+    for d in &debug[1..] {
+        assert!(d.contains("http_requests=2 via_agent=true"), "{debug:?}");
+    }
 }

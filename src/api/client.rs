@@ -119,10 +119,10 @@ impl Client {
         self.token.clone()
     }
 
-    /// Takes a token another client of the same project got; one with less than a minute
-    /// left is not taken (this client then gets a new one).
+    /// Takes a token another client of the same project got, unless it is about to run out
+    /// (this client then gets a new one).
     pub fn hold_token(&mut self, token: Option<HeldToken>) {
-        self.token = token.filter(|t| t.left() > Duration::from_secs(REFRESH_MARGIN_SECS));
+        self.token = token.filter(HeldToken::usable);
     }
 
     /// Gets a new token now, whatever this client holds (the agent's refresh before expiry).
@@ -512,6 +512,17 @@ impl HeldToken {
 
     pub fn lifetime(&self) -> Duration {
         self.lifetime
+    }
+
+    /// Whether a login may still start on it: more is left than a minute (as in the token
+    /// cache), or than a quarter of its lifetime for one shorter than four minutes.
+    pub fn usable(&self) -> bool {
+        self.left() > self.margin()
+    }
+
+    /// Under this much left, a token is no longer taken.
+    pub fn margin(&self) -> Duration {
+        (self.lifetime / 4).min(Duration::from_secs(REFRESH_MARGIN_SECS))
     }
 
     /// Whether both are the same token (got at the same moment).
