@@ -630,6 +630,9 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
 struct Project {
     settings: WireApi,
     http: Transport,
+    /// The trust its connections were verified with (`client_config` gives another once a
+    /// CA file changes).
+    trust: Arc<rustls::ClientConfig>,
     token: Mutex<Option<HeldToken>>,
 }
 
@@ -661,15 +664,29 @@ impl Projects {
     }
 
     fn get(&self, wire: WireApi, api: &ApiConfig) -> Result<Arc<Project>, String> {
+        let trust = crate::api::client_config(
+            api.roots,
+            api.ca_file.as_deref(),
+            api.token_cache.as_deref(),
+        )?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = known.iter().find(|p| p.settings == wire) {
-            return Ok(p.clone());
+        let mut token = None;
+        if let Some(i) = known.iter().position(|p| p.settings == wire) {
+            let old = known.remove(i);
+            if Arc::ptr_eq(&old.trust, &trust) {
+                known.insert(i, old.clone());
+                return Ok(old);
+            }
+            // A changed CA file: this project's connections were verified with the old
+            // anchors, and go (its token stays good). Other projects keep theirs.
+            token = old.token();
         }
         // Made here, so a project the agent cannot set up is never kept.
         let project = Arc::new(Project {
             settings: wire,
             http: Transport::shared(api, IDLE_PER_PROJECT, self.runtime.handle())?,
-            token: Mutex::new(None),
+            trust,
+            token: Mutex::new(token),
         });
         if known.len() >= MAX_PROJECTS {
             known.remove(0);
@@ -686,10 +703,6 @@ impl Projects {
     /// Runs one call for a root client and answers it.
     pub fn answer(&self, request: Request) -> Reply {
         let api = request.api.config();
-        // A changed ca_file or system bundle: connections verified with the old anchors go.
-        if crate::api::trust_changed() {
-            self.forget();
-        }
         let project = match self.get(request.api, &api) {
             Ok(p) => p,
             // The agent's own setup, not the module's: the module may well manage on its own

@@ -804,3 +804,37 @@ fn the_agent_renews_its_token_before_it_runs_out() {
         assert!(d.contains("http_requests=2 via_agent=true"), "{debug:?}");
     }
 }
+
+/// A CA file that changes drops the connections verified with it, and only those: the other
+/// projects the agent serves keep theirs (before, any change dropped every project's, so a
+/// config whose CA was rewritten cost every other login on the host a new handshake).
+#[test]
+fn a_changed_ca_file_drops_only_its_own_projects_connections() {
+    let (w1, w2) = (World::new(), World::new());
+    let sock = agent_socket(&w1);
+    let _agent = start_agent(&sock);
+    let (f1, f2) = (w1.enroll("alice"), w2.enroll("alice"));
+    for (w, f) in [(&w1, &f1), (&w2, &f2)] {
+        config_with_agent(w, &sock, "", &[("alice", f)]);
+        debug_stack(w);
+        let (rc, _) = w.login("alice", &[&w.code(f)]);
+        assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    }
+    let handshakes = w1.emu.stats().tls_handshakes;
+    // The second project's CA rewritten in place (another mtime and ctime).
+    let ca2 = w2.emu.info().ca_file.clone().unwrap();
+    let pem = std::fs::read(&ca2).unwrap();
+    std::fs::write(&ca2, pem).unwrap();
+    let (rc, _) = w2.login("alice", &[&w2.emu.code(&f2, 1).unwrap()]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w2.outcomes());
+    let (rc, _) = w1.login("alice", &[&w1.emu.code(&f1, 1).unwrap()]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w1.outcomes());
+    assert_eq!(
+        w1.emu.stats().tls_handshakes,
+        handshakes,
+        "the first project lost its kept connection to another project's CA change"
+    );
+    assert!(debug_lines(&w1)
+        .iter()
+        .all(|d| d.contains("via_agent=true")));
+}

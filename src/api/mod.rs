@@ -6,7 +6,7 @@ mod transport;
 mod types;
 
 pub use client::{Client, HeldToken, Scope};
-pub use tls::{client_config, forget_trust, trust_changed};
+pub use tls::{client_config, forget_trust};
 pub(crate) use transport::timed_out_error;
 pub use transport::Transport;
 pub use types::{Challenge, ChallengeStatus, Factor, FactorKind, FactorList, Problem};

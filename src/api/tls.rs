@@ -9,7 +9,6 @@ use once_cell::sync::Lazy;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Where distributions keep their CA bundle. Read directly: the `SSL_CERT_*` variables of the
@@ -33,8 +32,6 @@ struct Built {
 type Files = [Option<(PathBuf, FileId)>; 2];
 
 static CONFIGS: Lazy<Mutex<Vec<Built>>> = Lazy::new(|| Mutex::new(Vec::new()));
-/// Set when a configuration is dropped for a changed file; taken by [`trust_changed`].
-static CHANGED: AtomicBool = AtomicBool::new(false);
 
 /// The files a configuration for these settings reads, as they are now. Taken before reading
 /// them: a file changed during the build only makes the next call build again.
@@ -57,7 +54,9 @@ fn system_bundle() -> Option<&'static Path> {
     SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file())
 }
 
-/// The client configuration for these trust settings. Errors say which file is wrong.
+/// The client configuration for these trust settings. Errors say which file is wrong. The same
+/// `Arc` comes back until a file it was built from changes: a holder of connections made with
+/// an older one (the agent) knows them verified with the old anchors.
 /// `cache_dir` (the root-only cache folder) keeps the system bundle's decoded anchors between
 /// processes. A changed `ca_file` or system bundle (replaced, rewritten, chmod-ed) gets a new
 /// configuration: the anchors and the checks on the file are never older than the file.
@@ -73,11 +72,9 @@ pub fn client_config(
         return Ok(b.config.clone());
     }
     let config = Arc::new(build(roots, ca_file, cache_dir)?);
-    let before = configs.len();
-    configs.retain(|b| !same(b));
-    if configs.len() != before {
-        CHANGED.store(true, Ordering::SeqCst);
-    }
+    // The old one for these settings goes, and any other whose files changed since (a
+    // long-lived process, the agent, would otherwise keep one per CA file it ever saw).
+    configs.retain(|b| !same(b) && files_now(b.roots, b.ca_file.as_deref()) == b.files);
     configs.push(Built {
         roots,
         ca_file: ca_file.map(Path::to_path_buf),
@@ -87,21 +84,9 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Whether a trust file changed since the last call: configurations built from a file that
-/// has changed since are dropped, and `true` tells a long-lived holder of connections (the
-/// agent) to drop those too, as they were verified with the old anchors.
-pub fn trust_changed() -> bool {
-    let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
-    let before = configs.len();
-    configs.retain(|b| files_now(b.roots, b.ca_file.as_deref()) == b.files);
-    let dropped = configs.len() != before;
-    CHANGED.swap(false, Ordering::SeqCst) || dropped
-}
-
 /// Drops every configuration (the agent's SIGHUP): the next connection reads the CA files anew.
 pub fn forget_trust() {
     CONFIGS.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    CHANGED.store(false, Ordering::SeqCst);
 }
 
 fn build(
