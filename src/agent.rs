@@ -241,6 +241,10 @@ struct Calls<D: Direct> {
     deadline: Deadline,
     requests: u32,
     agent_answers: u32,
+    /// Set when the agent took time and gave no answer (hung, died mid-call, or busy past the
+    /// deadline): then no later failure is an outage, since a local user can make the agent
+    /// busy (their own wrong codes draw 429s whose `Retry-After` it waits out).
+    agent_stalled: bool,
 }
 
 /// Answers got ahead, each for the arguments it was asked with.
@@ -272,6 +276,7 @@ impl<D: Direct + Send + 'static> AgentOrDirect<D> {
                 deadline: Deadline::new(api.timeout),
                 requests: 0,
                 agent_answers: 0,
+                agent_stalled: false,
             }),
             ahead: None,
             prepared: Prepared::default(),
@@ -313,6 +318,9 @@ impl<D: Direct + Send + 'static> AgentOrDirect<D> {
         // The calls go to the thread only once it runs: if it cannot start, they stay here.
         let started = std::thread::Builder::new()
             .name("pam_truid-ahead".into())
+            // Set, so that RUST_MIN_STACK in the environment (su keeps its caller's) cannot
+            // give the thread a stack too small for a TLS handshake.
+            .stack_size(crate::THREAD_STACK)
             .spawn(move || {
                 let mut calls = take.recv().ok()?;
                 let mut prepared = Prepared::default();
@@ -367,7 +375,10 @@ impl<D: Direct> Calls<D> {
             // The agent broke (died mid-call, hung, answered nonsense): tru.ID is asked
             // directly with what is left of the budget. That is safe even for a code: one the
             // agent did get through has spent its challenge, and tru.ID refuses it again.
-            None => Answer::GoDirect(String::new()),
+            None => {
+                self.agent_stalled = true;
+                Answer::GoDirect(String::new())
+            }
         };
         if let Answer::GoDirect(_) = answer {
             self.socket = None;
@@ -398,6 +409,15 @@ impl<D: Direct> Calls<D> {
         let answer = match self.via_agent(&call) {
             Some(answer) => answer,
             None => self.via_direct(call()),
+        };
+        let answer = match answer {
+            Err(ApiError::Unavailable(why)) if self.agent_stalled => {
+                Err(ApiError::Failed(format!(
+                    "{why}, after the local agent gave no answer (which a local user can \
+                     cause: no outage of tru.ID)"
+                )))
+            }
+            other => other,
         };
         read(answer?)
     }
@@ -542,8 +562,13 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
     ) -> Result<String, ApiError> {
         // Settled first: the calls ahead may still be running.
         self.calls()?;
+        // Only a challenge made: a failure ahead (a 503 while the person typed) says nothing
+        // of tru.ID now, and is asked again.
         let ready = self.prepared.challenge.take().filter(|p| {
-            p.factor == *factor && p.reference_id == reference_id && p.made.elapsed() < PREPARED_FOR
+            p.factor == *factor
+                && p.reference_id == reference_id
+                && p.made.elapsed() < PREPARED_FOR
+                && p.id.is_ok()
         });
         match ready {
             Some(p) => p.id,
@@ -569,7 +594,13 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
 
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
         self.calls()?;
-        match self.prepared.lookup.take().filter(|(u, _)| u == user) {
+        // As for the challenge: only an answer is taken, a failure ahead is asked again.
+        match self
+            .prepared
+            .lookup
+            .take()
+            .filter(|(u, r)| u == user && r.is_ok())
+        {
             Some((_, found)) => found,
             None => self.calls()?.find_factor(user),
         }
@@ -653,6 +684,7 @@ impl Projects {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("truid-pam-agent-io")
+            .thread_stack_size(crate::THREAD_STACK)
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the agent's HTTP runtime: {e}"))?;

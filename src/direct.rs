@@ -45,7 +45,7 @@ impl Direct for InProcess {
     fn call(&mut self, api: &ApiConfig, spent: Duration, call: Call) -> Reply {
         let client = match &mut self.client {
             Some(c) => c,
-            None => match Client::new(api) {
+            None => match Client::for_login(api) {
                 Ok(c) => self.client.insert(c),
                 // A local setup failure (unreadable ca_file) is the administrator's to fix and
                 // denies whatever failmode says: it is not tru.ID being down.

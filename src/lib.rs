@@ -25,5 +25,9 @@ pub mod pam;
 pub mod secret;
 pub mod text;
 
+/// The stack of every thread pam_truid starts: set, never left to `RUST_MIN_STACK`, which the
+/// caller of a setuid program controls (a tiny one crashed su in a TLS handshake).
+pub(crate) const THREAD_STACK: usize = 2 * 1024 * 1024;
+
 use crate::pam::TruId;
 ::pam::pam_hooks!(TruId);

@@ -1,6 +1,6 @@
 //! HTTP to tru.ID over one kept-alive connection, within one `Deadline`.
 
-use super::transport::{timed_out_error, Answer, Failure, Outgoing, Transport};
+use super::transport::{timed_out_error, Answer, Outgoing, Transport};
 use super::types::{
     Challenge, ChallengeStatus, Factor, FactorKind, FactorList, PhoneCheck, Problem, TokenAnswer,
 };
@@ -56,8 +56,22 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client with the project's credentials. Errors are local setup problems (an unreadable
-    /// `ca_file`, a bad proxy) and deny like config errors.
+    /// A login's client (the direct client library's, `truid-pam test`'s): the project's
+    /// credentials, on a runtime of its own that keeps its connection's task running while the
+    /// person types. Errors are local setup problems (an unreadable `ca_file`, a bad proxy)
+    /// and deny like config errors.
+    pub fn for_login(api: &ApiConfig) -> Result<Client, String> {
+        let http = Transport::for_login(api)?;
+        Ok(Client::with_http(
+            api,
+            Scope::Authenticator,
+            &api.client_id,
+            &api.client_secret,
+            http,
+        ))
+    }
+
+    /// A client with the project's credentials, for the CLI's commands.
     pub fn new(api: &ApiConfig) -> Result<Client, String> {
         Client::with_credentials(
             api,
@@ -254,39 +268,17 @@ impl Client {
         }
     }
 
-    /// Sends a request once, or twice where that is harmless: a request that got no answer on
-    /// its connection (one that broke under it, as a kept one a front end closed; or one that
-    /// stayed silent, as a kept one a middlebox forgot) goes again on a fresh one. Its first
-    /// try gets half of what is left of the deadline, so the second has time too; only the
-    /// second try's failure counts, and so an outage still shows as one, and a dead kept
-    /// connection never does. A code is never sent twice this way: it may have reached tru.ID
-    /// and been counted, and its answer lost.
+    /// Sends a request (a harmless one may go twice: `Transport::exchange`).
     fn send(&mut self, out: &Outgoing) -> Result<Answer, ApiError> {
-        if !out.twice_is_harmless {
-            return self.send_once(out, 1).map_err(|f| f.error);
-        }
-        match self.send_once(out, 2) {
-            Err(Failure {
-                unanswered: true, ..
-            }) if self.deadline.remaining().is_some() => {
-                // The request future was dropped with its connection: the pool gives another
-                // connection, or makes a fresh one.
-                self.send_once(out, 1).map_err(|f| f.error)
-            }
-            done => done.map_err(|f| f.error),
-        }
-    }
-
-    /// One try, within `1 / share` of what is left of the deadline.
-    fn send_once(&mut self, out: &Outgoing, share: u32) -> Result<Answer, Failure> {
         let budget = self.deadline.budget();
         let Some(left) = self.deadline.remaining() else {
-            return Err(timed_out_error(budget).into());
+            return Err(timed_out_error(budget));
         };
         self.requests += 1;
         let http = &self.http;
         self.deadline
-            .charge(|| http.exchange(out, left / share, budget))
+            .charge(|| http.exchange(out, left, budget))
+            .map_err(|f| f.error)
     }
 
     /// GET a factor.

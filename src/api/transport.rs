@@ -15,7 +15,8 @@ use reqwest::header::{
 };
 use reqwest::Method;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// No answer pam_truid reads comes near this; a bigger one is refused unread.
 pub(crate) const MAX_ANSWER: u64 = 256 * 1024;
@@ -59,14 +60,41 @@ pub(crate) struct Answer {
 
 #[derive(Clone)]
 pub enum Transport {
-    /// reqwest's blocking client: one runtime thread, ended when the client drops.
+    /// reqwest's blocking client: one runtime thread, ended when the client drops. The CLI's
+    /// own commands (enroll, list, project).
     Blocking(reqwest::blocking::Client),
-    /// reqwest's async client on the agent's runtime, shared by all its workers (and so its
-    /// pool of kept connections). Each worker drives its own request (`Handle::block_on`).
-    Shared {
-        runtime: tokio::runtime::Handle,
-        http: reqwest::Client,
-    },
+    /// reqwest's async client on a runtime kept running: the agent's (shared by all its
+    /// workers, and so its pool of kept connections), or a login's own. The calling thread
+    /// drives its request (`Handle::block_on`).
+    Shared(Arc<Shared>),
+}
+
+pub struct Shared {
+    runtime: tokio::runtime::Handle,
+    /// Keeps its connections for the next request.
+    http: reqwest::Client,
+    /// Keeps none: a second try on it is on a connection of its own (`exchange`).
+    fresh: reqwest::Client,
+    /// A login's own runtime, ended with the transport.
+    own: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(rt) = self.own.take() {
+            // Its thread ends before the login returns; only a resolver call stuck in the
+            // system's DNS is left behind after a second (in the direct client library,
+            // which is never unloaded).
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Where a harmless request (`Outgoing::twice_is_harmless`) with no answer yet goes again, on
+/// a fresh connection, while the first try goes on: a quarter of the time left, at least 1 s.
+/// A kept connection a middlebox forgot never answers; a slow tru.ID still does, on the first.
+fn hedge_after(left: Duration) -> Duration {
+    (left / 4).max(Duration::from_secs(1)).min(left)
 }
 
 /// How long a connection is kept idle: as long as a person may type without it being made
@@ -133,30 +161,66 @@ impl Transport {
         idle: usize,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Transport, String> {
-        let tls = (*tls(api)?).clone();
+        Transport::on(api, idle, runtime.clone(), None)
+    }
+
+    /// A login's: on a runtime of its own (one thread, ended with the transport).
+    pub fn for_login(api: &ApiConfig) -> Result<Transport, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pam_truid-http")
+            // Set, so that RUST_MIN_STACK in the environment (su keeps its caller's) cannot
+            // give the thread a stack too small for a TLS handshake.
+            .thread_stack_size(crate::THREAD_STACK)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
+        Transport::on(api, 1, runtime.handle().clone(), Some(runtime))
+    }
+
+    fn on(
+        api: &ApiConfig,
+        idle: usize,
+        runtime: tokio::runtime::Handle,
+        own: Option<tokio::runtime::Runtime>,
+    ) -> Result<Transport, String> {
+        let tls = tls(api)?;
         // reqwest's async client starts its resolver and connections on the runtime it is
         // used from: built inside this one.
         let _inside = runtime.enter();
-        let http = configure!(reqwest::Client::builder(), api, idle, tls)
-            .build()
-            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
-        Ok(Transport::Shared {
-            runtime: runtime.clone(),
+        let build = |idle: usize| {
+            configure!(reqwest::Client::builder(), api, idle, (*tls).clone())
+                .build()
+                .map_err(|e| format!("HTTP client setup failed: {e}"))
+        };
+        let (http, fresh) = (build(idle)?, build(0)?);
+        drop(_inside);
+        Ok(Transport::Shared(Arc::new(Shared {
+            runtime,
             http,
-        })
+            fresh,
+            own,
+        })))
     }
 
     /// Sends `out` and reads the answer, all within `left`; `budget` names the configured
     /// timeout in errors.
+    ///
+    /// A harmless request (`twice_is_harmless`: a read, a token, a code's challenge) that got
+    /// no answer on its (maybe kept) connection goes again on a fresh one: at once when the
+    /// connection broke under it, or after `hedge_after` of silence while the first try goes
+    /// on, and the first answer wins. When both fail, the fresh connection's failure is the
+    /// one told: only it can say that tru.ID cannot be reached. A code is never sent twice:
+    /// it may have reached tru.ID and been counted, and its answer lost.
     pub(crate) fn exchange(
         &self,
         out: &Outgoing,
         left: Duration,
         budget: Duration,
     ) -> Result<Answer, Failure> {
-        let fail = |e: reqwest::Error| transport_error(&e, budget);
         match self {
             Transport::Blocking(http) => {
+                let fail = |e: reqwest::Error| transport_error(&e, budget);
                 let resp = request!(http, out, left).send().map_err(fail)?;
                 let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
                 check_length(resp.headers())?;
@@ -168,25 +232,65 @@ impl Transport {
                     })?;
                 Ok(finish(status, retry_after, body)?)
             }
-            Transport::Shared { runtime, http } => runtime.block_on(async {
-                let mut resp = request!(http, out, left).send().await.map_err(fail)?;
-                let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
-                check_length(resp.headers())?;
-                let mut body = Vec::new();
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|e| body_error(e.is_timeout(), &e, budget))?
-                {
-                    body.extend_from_slice(&chunk);
-                    if body.len() as u64 > MAX_ANSWER {
-                        break;
+            Transport::Shared(h) => h.runtime.block_on(async {
+                let started = Instant::now();
+                let rest = || left.saturating_sub(started.elapsed());
+                let first = fetch(&h.http, out, left, budget);
+                if !out.twice_is_harmless {
+                    return first.await;
+                }
+                tokio::pin!(first);
+                match tokio::time::timeout(hedge_after(left), &mut first).await {
+                    Ok(Err(f)) if f.unanswered && !rest().is_zero() => {
+                        fetch(&h.fresh, out, rest(), budget).await
+                    }
+                    Ok(done) => done,
+                    Err(_silent) => {
+                        let second = fetch(&h.fresh, out, rest(), budget);
+                        tokio::pin!(second);
+                        tokio::select! {
+                            r = &mut first => match r {
+                                Err(f) if f.unanswered => second.await,
+                                r => r,
+                            },
+                            r = &mut second => match r {
+                                Err(fresh) if fresh.unanswered => match first.await {
+                                    Err(kept) if kept.unanswered => Err(fresh),
+                                    r => r,
+                                },
+                                r => r,
+                            },
+                        }
                     }
                 }
-                Ok(finish(status, retry_after, body)?)
             }),
         }
     }
+}
+
+/// One request on `http`, its answer read whole, within `left`.
+async fn fetch(
+    http: &reqwest::Client,
+    out: &Outgoing<'_>,
+    left: Duration,
+    budget: Duration,
+) -> Result<Answer, Failure> {
+    let fail = |e: reqwest::Error| transport_error(&e, budget);
+    let mut resp = request!(http, out, left).send().await.map_err(fail)?;
+    let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
+    check_length(resp.headers())?;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| body_error(e.is_timeout(), &e, budget))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > MAX_ANSWER {
+            break;
+        }
+    }
+    Ok(finish(status, retry_after, body)?)
 }
 
 fn tls(api: &ApiConfig) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
