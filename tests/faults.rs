@@ -1093,6 +1093,87 @@ fn link_faults_under_both_failmodes() {
     );
 }
 
+/// The config of an attack on the agent's pool: tru.ID at the proxy, the agent, `users`.
+fn pool_config_text(w: &World, proxy: SocketAddr, agent: &Path, users: &[(&str, &str)]) -> String {
+    let mut text = link_config_text(w, proxy, "safe", "", Some(agent));
+    text.truncate(text.find("[users]").unwrap());
+    text.push_str("[users]\n");
+    for (u, f) in users {
+        text.push_str(&format!("{u} = \"{f}\"\n"));
+    }
+    text
+}
+
+/// The "silent drop after 2 s idle, between logins" row with two kept connections instead of
+/// one, as any two logins at once leave in the agent's pool. A harmless request's first try
+/// (half the deadline) meets one dead connection and its second try the other, so the
+/// challenge's creation ends "no answer within [api] timeout" while tru.ID is up: under safe,
+/// a wrong code gets in.
+#[test]
+fn link_two_kept_connections_silently_dead_let_no_wrong_code_in() {
+    require_root();
+    let _alone = serial();
+    let w = World::new();
+    let (fa, fb) = (w.enroll("alice"), w.enroll("bob"));
+    let upstream: SocketAddr = w
+        .emu
+        .info()
+        .base_url
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut nopts = NetemOptions::new(upstream);
+    nopts.rtt = Duration::from_millis(50);
+    nopts.idle_drop = Some(Duration::from_secs(2));
+    let netem = Netem::start(nopts).unwrap();
+    let socket = w.path("agent").join("agent.sock");
+    let _agent = Agent::start(&socket);
+    w.write_config(&pool_config_text(
+        &w,
+        netem.addr(),
+        &socket,
+        &[("alice", &fa), ("bob", &fb)],
+    ));
+    w.stack("auth required {module} {args} debug\n");
+    // Two logins at once, their challenges slow enough to be made at the same moment: each of
+    // the agent's two workers makes a connection, and both are kept.
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Latency(Duration::from_millis(500)),
+        times: Some(2),
+    });
+    let (ca, cb) = (w.code(&fa), w.code(&fb));
+    let (ra, rb) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| w.login("alice", &[&ca]).0);
+        let b = sc.spawn(|| w.login("bob", &[&cb]).0);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let warm = w.outcomes();
+    assert_eq!((ra, rb), (PAM_SUCCESS, PAM_SUCCESS), "warm-up: {warm:?}");
+    assert!(
+        netem.stats().connections_accepted >= 2,
+        "the warm-up left only one connection: {:?}",
+        netem.stats()
+    );
+    // The scenario: idle past the middlebox's limit, before TCP keepalive's first probe.
+    std::thread::sleep(Duration::from_secs(3));
+    let wrong = w.wrong_code(&fa);
+    let ((rc, _), took) = timed(|| w.login("alice", &[&wrong]));
+    let (lines, debug) = split_lines(&w);
+    let net = netem.stats();
+    eprintln!("PAM {rc} in {took:.1?}; netem {net:?}; {lines:?} {debug:?}");
+    assert!(net.blackholed >= 2, "the fault did not happen: {net:?}");
+    assert_ne!(
+        rc, PAM_SUCCESS,
+        "WRONGFUL PAM_SUCCESS for a wrong code, tru.ID up: {lines:?}"
+    );
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=wrong_code"),
+        "{lines:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server text with escape sequences, from a server that says what the emulator cannot.
 
