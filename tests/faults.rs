@@ -1093,6 +1093,56 @@ fn link_faults_under_both_failmodes() {
     );
 }
 
+/// tru.ID answers the challenge's creation in 1.2 s, within the 2 s `[api] timeout`, and the
+/// verify at once: before the first try got half the deadline this was a plain login. Now the
+/// first try gives up at 1 s, the second (on a fresh connection, asking tru.ID again) has the
+/// other second, and the login ends "no answer within [api] timeout" though the answer would
+/// have come within it: under safe, a wrong code gets in while tru.ID is up and answering.
+#[test]
+fn a_challenge_answered_within_the_timeout_is_no_outage() {
+    require_root();
+    let _alone = serial();
+    let mut failures = Vec::new();
+    for failmode in ["secure", "safe"] {
+        for wrong_code in [false, true] {
+            let w = World::new();
+            let f = w.enroll("alice");
+            let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+            w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, failmode, &f));
+            w.module_stack();
+            w.emu.set_fault(Fault {
+                route: Route::ChallengeCreate,
+                kind: FaultKind::Latency(Duration::from_millis(1200)),
+                times: None,
+            });
+            let code = if wrong_code {
+                w.wrong_code(&f)
+            } else {
+                w.code(&f)
+            };
+            let ((rc, _), took) = timed(|| w.login("alice", &[&code]));
+            let lines = w.outcomes();
+            let creates = w.emu.stats().requests.get("challenge_create").copied();
+            let (want_rc, want) = if wrong_code {
+                (PAM_AUTH_ERR, "outcome=wrong_code")
+            } else {
+                (PAM_SUCCESS, "outcome=verified")
+            };
+            let label = format!("[{failmode} / wrong code: {wrong_code}]");
+            eprintln!("{label} PAM {rc} in {took:.1?}, creates {creates:?}: {lines:?}");
+            if rc == PAM_SUCCESS && wrong_code {
+                failures.push(format!("{label} WRONGFUL PAM_SUCCESS: {lines:?}"));
+            }
+            if rc != want_rc || !(lines.len() == 1 && lines[0].contains(want)) {
+                failures.push(format!(
+                    "{label} PAM {rc} (want {want_rc}, {want}): {lines:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The config of an attack on the agent's pool: tru.ID at the proxy, the agent, `users`.
 fn pool_config_text(w: &World, proxy: SocketAddr, agent: &Path, users: &[(&str, &str)]) -> String {
     let mut text = link_config_text(w, proxy, "safe", "", Some(agent));
