@@ -752,3 +752,151 @@ fn the_agent_cannot_be_dumped_or_read() {
         "the agent's memory can be opened: {err:?}"
     );
 }
+
+// ---- h13 probes (scratch) ----
+
+fn start_agent_default_workers(socket: &Path) -> Daemon {
+    let mut cmd = Command::new(CLI);
+    cmd.args(["agent", "--socket"]).arg(socket);
+    Daemon::start(cmd, "listening on", false)
+}
+
+#[test]
+fn h13_probe_64_concurrent_logins_and_sighup() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let mut agent = start_agent_default_workers(&sock);
+    let users: Vec<(String, String)> = (0..64)
+        .map(|i| {
+            let u = format!("u{i}");
+            let f = w.enroll(&u);
+            (u, f)
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, f)| (u.as_str(), f.as_str()))
+        .collect();
+    config_with_agent(&w, &sock, "failmode = \"safe\"\ntries = 1", &pairs);
+    debug_stack(&w);
+    for round in 0..3 {
+        let results: Vec<(usize, i32, std::time::Duration)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = users
+                .iter()
+                .enumerate()
+                .map(|(i, (u, f))| {
+                    let w = &w;
+                    sc.spawn(move || {
+                        let code = if i % 2 == 0 {
+                            w.code(f)
+                        } else {
+                            w.wrong_code(f)
+                        };
+                        let t = std::time::Instant::now();
+                        let (rc, _) =
+                            w.login_typing(u, &[&code], std::time::Duration::from_millis(300));
+                        (i, rc, t.elapsed())
+                    })
+                })
+                .collect();
+            if round == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                let _ = nix::sys::signal::kill(agent.pid(), nix::sys::signal::Signal::SIGHUP);
+            }
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let lines = w.outcomes();
+        let mut bad = Vec::new();
+        for (i, rc, took) in &results {
+            let want = if i % 2 == 0 {
+                PAM_SUCCESS
+            } else {
+                PAM_AUTH_ERR
+            };
+            if *rc != want || *took > std::time::Duration::from_secs(7) {
+                bad.push(format!("u{i}: rc {rc} want {want} took {took:?}"));
+            }
+        }
+        let allowed: Vec<_> = lines.iter().filter(|l| l.contains("unavailable")).collect();
+        eprintln!(
+            "round {round}: {} bad: {bad:?}; unavailable lines: {allowed:?}",
+            bad.len()
+        );
+        let max = results.iter().map(|r| r.2).max().unwrap();
+        eprintln!("round {round}: slowest {max:?}");
+        assert!(bad.is_empty(), "{bad:?} {allowed:?}");
+    }
+    assert!(agent.child.try_wait().unwrap().is_none(), "agent died");
+}
+
+#[test]
+fn h13_probe_refresher_with_1s_tokens() {
+    let w = World::with_options(Options {
+        token_ttl: std::time::Duration::from_secs(1),
+        ..Options::default()
+    });
+    let sock = agent_socket(&w);
+    let agent = start_agent(&sock);
+    let f = w.enroll("alice");
+    config_with_agent(&w, &sock, "tries = 1", &[("alice", &f)]);
+    debug_stack(&w);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    let t0 = w.emu.stats().tokens_issued;
+    let cpu = |pid: u32| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let c0 = cpu(agent.child.id());
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let t1 = w.emu.stats().tokens_issued;
+    let c1 = cpu(agent.child.id());
+    eprintln!("idle 10 s: tokens {t0} -> {t1}, agent cpu ticks {c0} -> {c1}");
+    // 10 logins in 10 s
+    let wrong = w.wrong_code(&f);
+    for _ in 0..10 {
+        let (rc, _) = w.login("alice", &[&wrong]);
+        assert_eq!(rc, PAM_AUTH_ERR, "{:?}", w.outcomes());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let t2 = w.emu.stats().tokens_issued;
+    let c2 = cpu(agent.child.id());
+    eprintln!(
+        "10 logins: tokens {t1} -> {t2}, agent cpu ticks {c1} -> {c2}; {:?}",
+        debug_lines(&w)
+    );
+    assert!(t1 - t0 <= 1 && c1 - c0 < 50);
+}
+
+#[test]
+fn h13_probe_two_secrets_never_share_a_token() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let _agent = start_agent(&sock);
+    let f = w.enroll("alice");
+    config_with_agent(&w, &sock, "tries = 1", &[("alice", &f)]);
+    debug_stack(&w);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS);
+    let text = std::fs::read_to_string(w.path("pam_truid.toml"))
+        .unwrap()
+        .replace(
+            &format!("client_secret = \"{}\"", w.emu.info().client_secret),
+            "client_secret = \"typo\"",
+        );
+    w.write_config(&text);
+    for failmode in ["secure", "safe"] {
+        let t = std::fs::read_to_string(w.path("pam_truid.toml")).unwrap();
+        let t = if failmode == "safe" {
+            t.replace("tries = 1", "tries = 1\nfailmode = \"safe\"")
+        } else {
+            t
+        };
+        w.write_config(&t);
+        let (rc, _) = w.login("alice", &[&w.emu.code(&f, 1).unwrap()]);
+        let lines = w.outcomes();
+        eprintln!("{failmode}: {rc} {lines:?}");
+        assert_ne!(rc, PAM_SUCCESS, "{lines:?}");
+    }
+}

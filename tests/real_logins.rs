@@ -2339,3 +2339,57 @@ fn su_with_too_few_descriptors_is_refused_under_safe() {
 
 /// The fewest descriptors with which su still reaches the module's call to tru.ID.
 const FM_FDS: u32 = 6;
+
+// ---- h13 probes (scratch) ----
+fn h13_su_with_limits(caller: &str, target: &str, limits: &str, right: bool) {
+    let w = World::new();
+    ensure_user(caller);
+    ensure_user(target);
+    set_password(target);
+    let ft = w.enroll(target);
+    fm_config(&w, None, &[(target, &ft)]);
+    let stack = snippet_stack(&w, "su");
+    let code = if right {
+        w.code(&ft)
+    } else {
+        w.wrong_code(&ft)
+    };
+    let answers: Vec<&str> = if password_first("su") {
+        vec![PASSWORD, &code]
+    } else {
+        vec![&code]
+    };
+    let script = if limits.starts_with("exec prlimit") {
+        format!("{limits} su {target} -c 'id -un'")
+    } else {
+        format!("{limits} && exec su {target} -c 'id -un'")
+    };
+    let argv = ["runuser", "-u", caller, "--", "sh", "-c", script.as_str()];
+    let s = Pty::spawn(in_namespace(&[(&stack, "/etc/pam.d/su")], &argv)).converse(&answers);
+    eprintln!(
+        "{limits} right={right}: {:?} {:?}",
+        s.output_lines(),
+        w.outcomes()
+    );
+    if !right {
+        assert_ne!(s.output_lines().last(), Some(&target), "{s:#?}");
+    }
+}
+
+#[test]
+fn h13_probe_su_nproc() {
+    h13_su_with_limits("truidh13a", "truidh13b", "exec prlimit --nproc=1", false);
+    h13_su_with_limits("truidh13a", "truidh13b", "exec prlimit --nproc=1", true);
+    h13_su_with_limits(
+        "truidh13a",
+        "truidh13b",
+        "exec prlimit --nproc=1 --nofile=8",
+        false,
+    );
+    h13_su_with_limits(
+        "truidh13a",
+        "truidh13b",
+        "exec prlimit --stack=262144",
+        false,
+    );
+}
