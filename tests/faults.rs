@@ -1149,6 +1149,56 @@ fn an_answer_within_the_timeout_is_no_outage() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// tru.ID answers 503 for a moment (a front end restarting) just as the prompt shows, and is
+/// up again long before the person has typed the code. The challenge made ahead failed; its
+/// failure is kept (for up to 120 s, `PREPARED_FOR`) and handed to the code as it is, with
+/// nearly all of `[api] timeout` left to ask again. Before issue 15 the challenge was made
+/// when the code came, and tru.ID was up then: under safe a wrong code now gets in on an
+/// outage that was over before the code was typed.
+#[test]
+fn an_outage_over_before_the_code_is_typed_lets_no_wrong_code_in() {
+    require_root();
+    let _alone = serial();
+    let w = World::new();
+    let f = w.enroll("alice");
+    let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+    w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, "safe", &f));
+    w.module_stack();
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Status(503),
+        times: None,
+    });
+    let wrong = w.wrong_code(&f);
+    let (rc, seen_503) = std::thread::scope(|sc| {
+        // tru.ID is back as soon as the challenge made ahead met the 503, 2 s before the code.
+        let recover = sc.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while w.emu.stats().requests.get("challenge_create").copied() < Some(1) {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                // Bounded polling of the emulator's state.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            w.emu.clear_faults();
+            true
+        });
+        let (rc, _) = w.login_typing("alice", &[&wrong], Duration::from_secs(2));
+        (rc, recover.join().unwrap())
+    });
+    let lines = w.outcomes();
+    assert!(seen_503, "no challenge was asked for before the code");
+    assert_ne!(
+        rc, PAM_SUCCESS,
+        "WRONGFUL PAM_SUCCESS for a wrong code typed while tru.ID was up: {lines:?}"
+    );
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=wrong_code"),
+        "{lines:?}"
+    );
+}
+
 /// The config of an attack on the agent's pool: tru.ID at the proxy, the agent, `users`.
 fn pool_config_text(w: &World, proxy: SocketAddr, agent: &Path, users: &[(&str, &str)]) -> String {
     let mut text = link_config_text(w, proxy, "safe", "", Some(agent));
@@ -1598,63 +1648,4 @@ fn ports_driver() {
         "{lines:?}"
     );
     println!("ports driver: done");
-}
-
-// ---- h13 probes (scratch) ----
-#[test]
-fn h13_probe_verify_401_then_token_503() {
-    require_root();
-    let _alone = serial();
-    for failmode in ["secure", "safe"] {
-        let w = World::new();
-        let f = w.enroll("alice");
-        let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
-        w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, failmode, &f));
-        w.module_stack();
-        // warm the token cache
-        let (rc, _) = w.login("alice", &[&w.code(&f)]);
-        assert_eq!(rc, PAM_SUCCESS);
-        w.outcomes();
-        w.emu.set_fault(Fault {
-            route: Route::ChallengeVerify,
-            kind: FaultKind::Unauthorized,
-            times: Some(1),
-        });
-        w.emu.set_fault(Fault {
-            route: Route::Token,
-            kind: FaultKind::Status(503),
-            times: None,
-        });
-        let wrong = w.wrong_code(&f);
-        let ((rc, s), took) = timed(|| w.login("alice", &[&wrong]));
-        eprintln!(
-            "{failmode}: rc {rc} in {took:?} {:?} {:?}",
-            w.outcomes(),
-            s.seen
-        );
-        assert_ne!(rc, PAM_SUCCESS);
-    }
-}
-
-#[test]
-fn h13_probe_conversation_fails_while_create_hangs() {
-    require_root();
-    let _alone = serial();
-    let w = World::new();
-    let f = w.enroll("alice");
-    let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
-    w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, "safe", &f));
-    w.module_stack();
-    w.emu.set_fault(Fault {
-        route: Route::ChallengeCreate,
-        kind: FaultKind::Hang,
-        times: None,
-    });
-    // no answers: the prompt fails
-    let ((rc, s), took) = timed(|| w.login("alice", &[]));
-    eprintln!("rc {rc} in {took:?} {:?} {:?}", w.outcomes(), s.seen);
-    let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
-    eprintln!("threads now {threads}");
-    assert_ne!(rc, PAM_SUCCESS);
-    assert!(took < TIMEOUT + MARGIN);
 }
