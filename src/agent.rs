@@ -562,13 +562,14 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
     ) -> Result<String, ApiError> {
         // Settled first: the calls ahead may still be running.
         self.calls()?;
-        // Only a challenge made: a failure ahead (a 503 while the person typed) says nothing
-        // of tru.ID now, and is asked again.
+        // tru.ID unavailable ahead (a 503 while the person typed) says nothing of tru.ID now:
+        // asked again. Any other failure stands (asked again with its time spent, it would
+        // end as "no answer in time", an outage).
         let ready = self.prepared.challenge.take().filter(|p| {
             p.factor == *factor
                 && p.reference_id == reference_id
                 && p.made.elapsed() < PREPARED_FOR
-                && p.id.is_ok()
+                && !matches!(p.id, Err(ApiError::Unavailable(_)))
         });
         match ready {
             Some(p) => p.id,
@@ -594,13 +595,13 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
 
     fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError> {
         self.calls()?;
-        // As for the challenge: only an answer is taken, a failure ahead is asked again.
-        match self
+        // As for the challenge: tru.ID unavailable ahead is asked again.
+        let ready = self
             .prepared
             .lookup
             .take()
-            .filter(|(u, r)| u == user && r.is_ok())
-        {
+            .filter(|(u, r)| u == user && !matches!(r, Err(ApiError::Unavailable(_))));
+        match ready {
             Some((_, found)) => found,
             None => self.calls()?.find_factor(user),
         }

@@ -838,3 +838,108 @@ fn a_changed_ca_file_drops_only_its_own_projects_connections() {
         .iter()
         .all(|d| d.contains("via_agent=true")));
 }
+
+/// Two configs with the same client ID and other secrets are two projects to the agent: the
+/// one with the wrong secret never gets the token the right one got.
+#[test]
+fn two_projects_with_other_secrets_never_share_a_token() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let _agent = start_agent(&sock);
+    let f = w.enroll("alice");
+    config_with_agent(&w, &sock, "tries = 1", &[("alice", &f)]);
+    debug_stack(&w);
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS);
+    let text = std::fs::read_to_string(w.path("pam_truid.toml"))
+        .unwrap()
+        .replace(
+            &format!("client_secret = \"{}\"", w.emu.info().client_secret),
+            "client_secret = \"typo\"",
+        );
+    w.write_config(&text);
+    for failmode in ["secure", "safe"] {
+        let t = std::fs::read_to_string(w.path("pam_truid.toml")).unwrap();
+        let t = if failmode == "safe" {
+            t.replace("tries = 1", "tries = 1\nfailmode = \"safe\"")
+        } else {
+            t
+        };
+        w.write_config(&t);
+        let (rc, _) = w.login("alice", &[&w.emu.code(&f, 1).unwrap()]);
+        let lines = w.outcomes();
+        eprintln!("{failmode}: {rc} {lines:?}");
+        assert_ne!(rc, PAM_SUCCESS, "{lines:?}");
+    }
+}
+
+/// tru.ID rate-limits the project with `Retry-After` (which the attacker's own wrong-code
+/// logins can provoke, so a 429 is never an outage): each call the agent serves waits it out
+/// (it fits in the deadline) and so holds one of the agent's workers for ~4 s. Logins beyond
+/// the workers (2 here, 32 by default: 64 concurrent sshd logins) wait in the socket's queue;
+/// their module gives up on the agent after `[api] timeout`, has no time left to go direct,
+/// and ends "no answer within [api] timeout": under safe their wrong codes get in, though
+/// tru.ID answered every request at once.
+#[test]
+fn an_agent_kept_busy_by_retry_after_lets_no_wrong_code_in_under_safe() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let mut cmd = Command::new(CLI);
+    cmd.args(["agent", "--workers", "2", "--socket"]).arg(&sock);
+    let _agent = Daemon::start(cmd, "listening on", false);
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            let u = format!("u{i}");
+            let f = w.enroll(&u);
+            (u, f)
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(u, f)| (u.as_str(), f.as_str()))
+        .collect();
+    config_with_agent(&w, &sock, "failmode = \"safe\"\ntries = 1", &pairs);
+    debug_stack(&w);
+    // The agent's connection and token, as on any host that has logins.
+    let (rc, _) = w.login("u0", &[&w.code(&users[0].1)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    w.outcomes();
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::TooManyRequests {
+            retry_after: Some(4),
+        },
+        times: None,
+    });
+    // Six logins at once, each with a wrong code.
+    let results: Vec<(String, i32)> = std::thread::scope(|sc| {
+        let logins: Vec<_> = users
+            .iter()
+            .map(|(u, f)| {
+                let w = &w;
+                sc.spawn(move || (u.clone(), w.login(u, &[&w.wrong_code(f)]).0))
+            })
+            .collect();
+        logins.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let lines: Vec<String> = w
+        .outcomes()
+        .into_iter()
+        .filter(|l| !l.contains("debug:"))
+        .collect();
+    let let_in: Vec<&String> = results
+        .iter()
+        .filter(|(_, rc)| *rc == PAM_SUCCESS)
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        let_in.is_empty(),
+        "WRONGFUL PAM_SUCCESS for wrong codes of {let_in:?}: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("outcome=unavailable_allowed")),
+        "{lines:#?}"
+    );
+}

@@ -1093,6 +1093,192 @@ fn link_faults_under_both_failmodes() {
     );
 }
 
+/// tru.ID answers the token (or the challenge's creation) in 1.2 s, within the 2 s `[api]
+/// timeout`, and the rest at once. A slow answer is no silence: the try on a fresh connection
+/// that starts meanwhile must not cut the first one short, or the login ends "no answer within
+/// [api] timeout" and, under safe, a wrong code gets in while tru.ID is up (it did with a
+/// first try cut at half the deadline).
+#[test]
+fn an_answer_within_the_timeout_is_no_outage() {
+    require_root();
+    let _alone = serial();
+    let mut failures = Vec::new();
+    for (route, name) in [
+        (Route::Token, "token"),
+        (Route::ChallengeCreate, "challenge_create"),
+    ] {
+        for failmode in ["secure", "safe"] {
+            for wrong_code in [false, true] {
+                let w = World::new();
+                let f = w.enroll("alice");
+                let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+                w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, failmode, &f));
+                w.module_stack();
+                w.emu.set_fault(Fault {
+                    route,
+                    kind: FaultKind::Latency(Duration::from_millis(1200)),
+                    times: None,
+                });
+                let code = if wrong_code {
+                    w.wrong_code(&f)
+                } else {
+                    w.code(&f)
+                };
+                let ((rc, _), took) = timed(|| w.login("alice", &[&code]));
+                let lines = w.outcomes();
+                let sent = w.emu.stats().requests.get(name).copied();
+                let (want_rc, want) = if wrong_code {
+                    (PAM_AUTH_ERR, "outcome=wrong_code")
+                } else {
+                    (PAM_SUCCESS, "outcome=verified")
+                };
+                let label = format!("[{name} 1.2 s / {failmode} / wrong code: {wrong_code}]");
+                eprintln!("{label} PAM {rc} in {took:.1?}, {name} requests {sent:?}: {lines:?}");
+                if rc == PAM_SUCCESS && wrong_code {
+                    failures.push(format!("{label} WRONGFUL PAM_SUCCESS: {lines:?}"));
+                }
+                if rc != want_rc || !(lines.len() == 1 && lines[0].contains(want)) {
+                    failures.push(format!(
+                        "{label} PAM {rc} (want {want_rc}, {want}): {lines:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// tru.ID answers 503 for a moment (a front end restarting) just as the prompt shows, and is
+/// up again long before the person has typed the code. The challenge made ahead failed; its
+/// failure is kept (for up to 120 s, `PREPARED_FOR`) and handed to the code as it is, with
+/// nearly all of `[api] timeout` left to ask again. Before issue 15 the challenge was made
+/// when the code came, and tru.ID was up then: under safe a wrong code now gets in on an
+/// outage that was over before the code was typed.
+#[test]
+fn an_outage_over_before_the_code_is_typed_lets_no_wrong_code_in() {
+    require_root();
+    let _alone = serial();
+    let w = World::new();
+    let f = w.enroll("alice");
+    let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+    w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, "safe", &f));
+    w.module_stack();
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Status(503),
+        times: None,
+    });
+    let wrong = w.wrong_code(&f);
+    let (rc, seen_503) = std::thread::scope(|sc| {
+        // tru.ID is back as soon as the challenge made ahead met the 503, 2 s before the code.
+        let recover = sc.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while w.emu.stats().requests.get("challenge_create").copied() < Some(1) {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                // Bounded polling of the emulator's state.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            w.emu.clear_faults();
+            true
+        });
+        let (rc, _) = w.login_typing("alice", &[&wrong], Duration::from_secs(2));
+        (rc, recover.join().unwrap())
+    });
+    let lines = w.outcomes();
+    assert!(seen_503, "no challenge was asked for before the code");
+    assert_ne!(
+        rc, PAM_SUCCESS,
+        "WRONGFUL PAM_SUCCESS for a wrong code typed while tru.ID was up: {lines:?}"
+    );
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=wrong_code"),
+        "{lines:?}"
+    );
+}
+
+/// The config of an attack on the agent's pool: tru.ID at the proxy, the agent, `users`.
+fn pool_config_text(w: &World, proxy: SocketAddr, agent: &Path, users: &[(&str, &str)]) -> String {
+    let mut text = link_config_text(w, proxy, "safe", "", Some(agent));
+    text.truncate(text.find("[users]").unwrap());
+    text.push_str("[users]\n");
+    for (u, f) in users {
+        text.push_str(&format!("{u} = \"{f}\"\n"));
+    }
+    text
+}
+
+/// The "silent drop after 2 s idle, between logins" row with two kept connections instead of
+/// one, as any two logins at once leave in the agent's pool. The challenge's second try must
+/// go on a fresh connection, not on the other dead kept one (it did, ending "no answer within
+/// [api] timeout" while tru.ID was up: under safe, a wrong code got in), and the code's verify
+/// must not go on the other dead one either (the first silent one drops the others).
+#[test]
+fn link_two_kept_connections_silently_dead_let_no_wrong_code_in() {
+    require_root();
+    let _alone = serial();
+    let w = World::new();
+    let (fa, fb) = (w.enroll("alice"), w.enroll("bob"));
+    let upstream: SocketAddr = w
+        .emu
+        .info()
+        .base_url
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut nopts = NetemOptions::new(upstream);
+    nopts.rtt = Duration::from_millis(50);
+    nopts.idle_drop = Some(Duration::from_secs(2));
+    let netem = Netem::start(nopts).unwrap();
+    let socket = w.path("agent").join("agent.sock");
+    let _agent = Agent::start(&socket);
+    w.write_config(&pool_config_text(
+        &w,
+        netem.addr(),
+        &socket,
+        &[("alice", &fa), ("bob", &fb)],
+    ));
+    w.stack("auth required {module} {args} debug\n");
+    // Two logins at once, their challenges slow enough to be made at the same moment: each of
+    // the agent's two workers makes a connection, and both are kept.
+    w.emu.set_fault(Fault {
+        route: Route::ChallengeCreate,
+        kind: FaultKind::Latency(Duration::from_millis(500)),
+        times: Some(2),
+    });
+    let (ca, cb) = (w.code(&fa), w.code(&fb));
+    let (ra, rb) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| w.login("alice", &[&ca]).0);
+        let b = sc.spawn(|| w.login("bob", &[&cb]).0);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let warm = w.outcomes();
+    assert_eq!((ra, rb), (PAM_SUCCESS, PAM_SUCCESS), "warm-up: {warm:?}");
+    assert!(
+        netem.stats().connections_accepted >= 2,
+        "the warm-up left only one connection: {:?}",
+        netem.stats()
+    );
+    // The scenario: idle past the middlebox's limit, before TCP keepalive's first probe.
+    std::thread::sleep(Duration::from_secs(3));
+    let wrong = w.wrong_code(&fa);
+    let ((rc, _), took) = timed(|| w.login("alice", &[&wrong]));
+    let (lines, debug) = split_lines(&w);
+    let net = netem.stats();
+    eprintln!("PAM {rc} in {took:.1?}; netem {net:?}; {lines:?} {debug:?}");
+    assert!(net.blackholed >= 2, "the fault did not happen: {net:?}");
+    assert_ne!(
+        rc, PAM_SUCCESS,
+        "WRONGFUL PAM_SUCCESS for a wrong code, tru.ID up: {lines:?}"
+    );
+    assert!(
+        lines.len() == 1 && lines[0].contains("outcome=wrong_code"),
+        "{lines:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server text with escape sequences, from a server that says what the emulator cannot.
 

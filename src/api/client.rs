@@ -262,7 +262,15 @@ impl Client {
         match self.deadline.remaining() {
             Some(left) if left > wait + Duration::from_millis(100) => {
                 self.deadline.charge(|| std::thread::sleep(wait));
-                self.send(out)
+                // What the wait left may be too short for an answer; the 429 that made the
+                // wait (the tries themselves can draw one) keeps that from being an outage.
+                self.send(out).map_err(|e| match e {
+                    ApiError::Unavailable(why) => ApiError::Failed(format!(
+                        "{why}, after waiting out a 429 (rate limited, which the tries \
+                         themselves can cause)"
+                    )),
+                    other => other,
+                })
             }
             _ => Ok(ans),
         }

@@ -71,12 +71,32 @@ pub enum Transport {
 
 pub struct Shared {
     runtime: tokio::runtime::Handle,
-    /// Keeps its connections for the next request.
-    http: reqwest::Client,
+    /// Keeps its connections for the next request. Replaced (its kept connections dropped)
+    /// when one of them was found silent: a middlebox that forgot one has likely forgotten
+    /// the others, and a code must not go on one of them.
+    http: std::sync::Mutex<reqwest::Client>,
     /// Keeps none: a second try on it is on a connection of its own (`exchange`).
     fresh: reqwest::Client,
+    /// What a client is made from, to make `http` anew.
+    api: ApiConfig,
+    idle: usize,
+    tls: Arc<rustls::ClientConfig>,
     /// A login's own runtime, ended with the transport.
     own: Option<tokio::runtime::Runtime>,
+}
+
+impl Shared {
+    fn pooled(&self) -> reqwest::Client {
+        self.http.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Drops the kept connections (those in use end with their request).
+    fn forget_kept(&self) {
+        let _inside = self.runtime.enter();
+        if let Ok(new) = build_client(&self.api, self.idle, &self.tls) {
+            *self.http.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -145,6 +165,18 @@ macro_rules! request {
     }};
 }
 
+/// A reqwest client with the module's settings, keeping up to `idle` connections. Made inside
+/// the runtime it is used on.
+fn build_client(
+    api: &ApiConfig,
+    idle: usize,
+    tls: &rustls::ClientConfig,
+) -> Result<reqwest::Client, String> {
+    configure!(reqwest::Client::builder(), api, idle, tls.clone())
+        .build()
+        .map_err(|e| format!("HTTP client setup failed: {e}"))
+}
+
 impl Transport {
     /// The module's: keeps up to `idle` connections open between requests.
     pub fn blocking(api: &ApiConfig, idle: usize) -> Result<Transport, String> {
@@ -187,18 +219,16 @@ impl Transport {
         let tls = tls(api)?;
         // reqwest's async client starts its resolver and connections on the runtime it is
         // used from: built inside this one.
-        let _inside = runtime.enter();
-        let build = |idle: usize| {
-            configure!(reqwest::Client::builder(), api, idle, (*tls).clone())
-                .build()
-                .map_err(|e| format!("HTTP client setup failed: {e}"))
-        };
-        let (http, fresh) = (build(idle)?, build(0)?);
-        drop(_inside);
+        let inside = runtime.enter();
+        let (http, fresh) = (build_client(api, idle, &tls)?, build_client(api, 0, &tls)?);
+        drop(inside);
         Ok(Transport::Shared(Arc::new(Shared {
             runtime,
-            http,
+            http: std::sync::Mutex::new(http),
             fresh,
+            api: api.clone(),
+            idle,
+            tls,
             own,
         })))
     }
@@ -233,50 +263,81 @@ impl Transport {
                 Ok(finish(status, retry_after, body)?)
             }
             Transport::Shared(h) => h.runtime.block_on(async {
-                let started = Instant::now();
-                let rest = || left.saturating_sub(started.elapsed());
-                let first = fetch(&h.http, out, left, budget);
-                if !out.twice_is_harmless {
-                    return first.await;
-                }
-                tokio::pin!(first);
-                match tokio::time::timeout(hedge_after(left), &mut first).await {
-                    Ok(Err(f)) if f.unanswered && !rest().is_zero() => {
-                        fetch(&h.fresh, out, rest(), budget).await
-                    }
-                    Ok(done) => done,
-                    Err(_silent) => {
-                        let second = fetch(&h.fresh, out, rest(), budget);
-                        tokio::pin!(second);
-                        tokio::select! {
-                            r = &mut first => match r {
-                                Err(f) if f.unanswered => second.await,
-                                r => r,
-                            },
-                            r = &mut second => match r {
-                                Err(fresh) if fresh.unanswered => match first.await {
-                                    Err(kept) if kept.unanswered => Err(fresh),
-                                    r => r,
-                                },
-                                r => r,
-                            },
-                        }
-                    }
-                }
+                let resp = if out.twice_is_harmless {
+                    hedged(h, out, left, budget).await?
+                } else {
+                    head(&h.pooled(), out, left, budget).await?
+                };
+                read_answer(resp, budget).await
             }),
         }
     }
 }
 
-/// One request on `http`, its answer read whole, within `left`.
-async fn fetch(
+/// The answer's head of a harmless request, hedged: on the kept connection, and on a fresh one
+/// at once if that broke, or after `hedge_after` of silence while the first goes on. The first
+/// head wins; once a head came, its body is read as it is (an answer begun is no silence).
+async fn hedged(
+    h: &Shared,
+    out: &Outgoing<'_>,
+    left: Duration,
+    budget: Duration,
+) -> Result<reqwest::Response, Failure> {
+    let started = Instant::now();
+    let rest = || left.saturating_sub(started.elapsed());
+    let pooled = h.pooled();
+    let first = head(&pooled, out, left, budget);
+    tokio::pin!(first);
+    match tokio::time::timeout(hedge_after(left), &mut first).await {
+        Ok(Err(f)) if f.unanswered && !rest().is_zero() => {
+            head(&h.fresh, out, rest(), budget).await
+        }
+        Ok(done) => done,
+        Err(_silent) => {
+            let second = head(&h.fresh, out, rest(), budget);
+            tokio::pin!(second);
+            let won = tokio::select! {
+                r = &mut first => match r {
+                    Err(f) if f.unanswered => {
+                        h.forget_kept();
+                        second.await
+                    }
+                    r => r,
+                },
+                r = &mut second => {
+                    if r.is_ok() {
+                        h.forget_kept();
+                    }
+                    match r {
+                        Err(fresh) if fresh.unanswered => match first.await {
+                            Err(kept) if kept.unanswered => Err(fresh),
+                            r => r,
+                        },
+                        r => r,
+                    }
+                }
+            };
+            won
+        }
+    }
+}
+
+/// Sends the request on `http` and waits for the answer's head, within `left` (which covers
+/// the body too, read by `read_answer`).
+async fn head(
     http: &reqwest::Client,
     out: &Outgoing<'_>,
     left: Duration,
     budget: Duration,
-) -> Result<Answer, Failure> {
-    let fail = |e: reqwest::Error| transport_error(&e, budget);
-    let mut resp = request!(http, out, left).send().await.map_err(fail)?;
+) -> Result<reqwest::Response, Failure> {
+    request!(http, out, left)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, budget))
+}
+
+/// The answer whose head came: its body read whole, up to the size limit.
+async fn read_answer(mut resp: reqwest::Response, budget: Duration) -> Result<Answer, Failure> {
     let (status, retry_after) = (resp.status().as_u16(), retry_after(resp.headers()));
     check_length(resp.headers())?;
     let mut body = Vec::new();
