@@ -298,27 +298,37 @@ async fn hedged(
             tokio::pin!(second);
             let won = tokio::select! {
                 r = &mut first => match r {
-                    Err(f) if f.unanswered => {
-                        h.forget_kept();
-                        second.await
+                    Err(kept) => {
+                        if kept.unanswered {
+                            h.forget_kept();
+                        }
+                        second.await.map_err(|fresh| worse(fresh, kept))
                     }
                     r => r,
                 },
-                r = &mut second => {
-                    if r.is_ok() {
+                r = &mut second => match r {
+                    Ok(resp) => {
                         h.forget_kept();
+                        Ok(resp)
                     }
-                    match r {
-                        Err(fresh) if fresh.unanswered => match first.await {
-                            Err(kept) if kept.unanswered => Err(fresh),
-                            r => r,
-                        },
-                        r => r,
-                    }
-                }
+                    // The fresh try failed: the first may still answer.
+                    Err(fresh) => match first.await {
+                        Ok(resp) => Ok(resp),
+                        Err(kept) => Err(worse(fresh, kept)),
+                    },
+                },
             };
             won
         }
+    }
+}
+
+/// Of the two tries' failures, the one told: one that is no outage (`Failed`) before one that
+/// is; else the fresh connection's, the only one that can say tru.ID cannot be reached.
+fn worse(fresh: Failure, kept: Failure) -> Failure {
+    match (&fresh.error, &kept.error) {
+        (ApiError::Unavailable(_), ApiError::Failed(_)) if !kept.unanswered => kept,
+        _ => fresh,
     }
 }
 
