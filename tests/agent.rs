@@ -943,3 +943,104 @@ fn an_agent_kept_busy_by_retry_after_lets_no_wrong_code_in_under_safe() {
         "{lines:#?}"
     );
 }
+
+/// Hedge attacks through a real agent (its pool of kept connections lives across logins): the
+/// challenge's first try gets no head and the fresh one meets a second fault. No wrong code
+/// gets in unless tru.ID was silent throughout, no code is verified twice, each login stays
+/// within the timeout plus a second, and the agent keeps no thread or descriptor.
+#[test]
+fn hedge_attack_through_the_agent() {
+    let w = World::new();
+    let sock = agent_socket(&w);
+    let agent = start_agent(&sock);
+    let f = w.enroll("alice");
+    config_with_agent(
+        &w,
+        &sock,
+        "failmode = \"safe\"\ntries = 1",
+        &[("alice", &f)],
+    );
+    let text = std::fs::read_to_string(w.path("pam_truid.toml"))
+        .unwrap()
+        .replace("timeout = 5", "timeout = 2");
+    w.write_config(&text);
+    w.module_stack();
+    let pid = agent.child.id();
+    let state = || {
+        let count = |d: &str| {
+            std::fs::read_dir(format!("/proc/{pid}/{d}"))
+                .unwrap()
+                .count()
+        };
+        (count("task"), count("fd"))
+    };
+    // A call just answered may still be closing: the smallest of a burst is the agent's own.
+    let settled = || {
+        (0..200)
+            .map(|_| state())
+            .fold((usize::MAX, usize::MAX), |m, s| {
+                (m.0.min(s.0), m.1.min(s.1))
+            })
+    };
+    let (rc, _) = w.login("alice", &[&w.code(&f)]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    w.log.lines();
+    let before = settled();
+    let rows: Vec<(&str, Vec<FaultKind>, bool)> = vec![
+        ("hang, then fresh ok", vec![FaultKind::Hang], false),
+        (
+            "hang, then fresh 503",
+            vec![FaultKind::Hang, FaultKind::Status(503)],
+            false,
+        ),
+        (
+            "hang, then fresh hangs mid-body",
+            vec![FaultKind::Hang, FaultKind::HangMidBody],
+            false,
+        ),
+        (
+            "hang, then fresh dropped",
+            vec![FaultKind::Hang, FaultKind::Drop],
+            false,
+        ),
+        ("both hang", vec![FaultKind::Hang, FaultKind::Hang], true),
+    ];
+    let mut failures = Vec::new();
+    for round in 0..3 {
+        for (name, kinds, outage) in &rows {
+            w.emu.clear_faults();
+            for k in kinds {
+                w.emu.set_fault(Fault {
+                    route: Route::ChallengeCreate,
+                    kind: k.clone(),
+                    times: Some(1),
+                });
+            }
+            let wrong = w.wrong_code(&f);
+            let v0 = w.emu.stats().verification_attempts;
+            let ((rc, _), took) = timed(|| w.login("alice", &[&wrong]));
+            let verifies = w.emu.stats().verification_attempts - v0;
+            let lines: Vec<String> = w.outcomes();
+            w.log.lines();
+            eprintln!("[{name} #{round}] PAM {rc} in {took:.1?}, verifies {verifies}: {lines:?}");
+            if rc == PAM_SUCCESS && !outage {
+                failures.push(format!("[{name}] WRONGFUL PAM_SUCCESS: {lines:?}"));
+            }
+            if verifies > 1 {
+                failures.push(format!("[{name}] code verified {verifies} times"));
+            }
+            if took > Duration::from_millis(3200) {
+                failures.push(format!("[{name}] took {took:.1?}: {lines:?}"));
+            }
+        }
+    }
+    w.emu.clear_faults();
+    let after = settled();
+    eprintln!("agent threads, fds before {before:?} after {after:?}");
+    if after.0 > before.0 || after.1 > before.1 {
+        failures.push(format!(
+            "agent left with more: before {before:?}, after {after:?}"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1648,3 +1648,155 @@ fn ports_driver() {
     );
     println!("ports driver: done");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Attacks on the hedged requests (h14).
+
+fn tasks_and_fds() -> (usize, usize) {
+    let n = |p: &str| std::fs::read_dir(p).unwrap().count();
+    (n("/proc/self/task"), n("/proc/self/fd"))
+}
+
+/// The challenge's first try gets no head (the server holds it), and the fresh try after the
+/// hedge meets a second fault. Under safe with a wrong code no row may end in PAM_SUCCESS
+/// unless tru.ID was silent throughout, each login stays within the timeout plus a second,
+/// and many such logins in one process leave no thread or descriptor behind.
+#[test]
+fn hedge_attack_first_silent_then_fresh_faulted() {
+    require_root();
+    let _alone = serial();
+    let mut failures = Vec::new();
+    let rows: Vec<(&str, Vec<FaultKind>, bool)> = vec![
+        ("hang, then fresh ok", vec![FaultKind::Hang], false),
+        (
+            "hang, then fresh 503",
+            vec![FaultKind::Hang, FaultKind::Status(503)],
+            false,
+        ),
+        (
+            "hang, then fresh hangs mid-body",
+            vec![FaultKind::Hang, FaultKind::HangMidBody],
+            false,
+        ),
+        (
+            "hang, then fresh dropped",
+            vec![FaultKind::Hang, FaultKind::Drop],
+            false,
+        ),
+        (
+            "hang, then fresh 429",
+            vec![
+                FaultKind::Hang,
+                FaultKind::TooManyRequests {
+                    retry_after: Some(1),
+                },
+            ],
+            false,
+        ),
+        ("both hang", vec![FaultKind::Hang, FaultKind::Hang], true),
+    ];
+    let w = World::new();
+    let f = w.enroll("alice");
+    let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+    w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, "safe", &f));
+    w.module_stack();
+    // Warm-up: libpam, the module and the direct library are loaded once.
+    let wrong = w.wrong_code(&f);
+    w.login("alice", &[&wrong]);
+    let before = tasks_and_fds();
+    for (round, route) in [Route::ChallengeCreate, Route::Any, Route::Token]
+        .into_iter()
+        .enumerate()
+    {
+        for (name, kinds, outage) in &rows {
+            w.emu.clear_faults();
+            // No cached token: the login asks for one first (the faults on `any` hit it).
+            let _ = std::fs::remove_dir_all(w.path("cache"));
+            for k in kinds {
+                w.emu.set_fault(Fault {
+                    route,
+                    kind: k.clone(),
+                    times: Some(1),
+                });
+            }
+            let wrong = w.wrong_code(&f);
+            let n0 = w.outcomes().len();
+            let ((rc, _), took) = timed(|| w.login("alice", &[&wrong]));
+            let lines: Vec<String> = w.outcomes().into_iter().skip(n0).collect();
+            eprintln!(
+                "[{name} #{round} {}] PAM {rc} in {took:.1?}: {lines:?}",
+                route.name()
+            );
+            if rc == PAM_SUCCESS && !outage {
+                failures.push(format!("[{name}] WRONGFUL PAM_SUCCESS: {lines:?}"));
+            }
+            if took > TIMEOUT + Duration::from_millis(1200) {
+                failures.push(format!("[{name}] took {took:.1?}: {lines:?}"));
+            }
+        }
+    }
+    w.emu.clear_faults();
+    let after = tasks_and_fds();
+    eprintln!("threads, fds before {before:?} after {after:?}");
+    if after.0 > before.0 || after.1 > before.1 {
+        failures.push(format!("left behind: before {before:?}, after {after:?}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The challenge's first try is slow but answers (1.5 s of a 2 s timeout); the fresh try,
+/// sent after the hedge, meets a fault of its own (set once the first has taken its latency,
+/// polled on the emulator's fault counter). tru.ID is up: no wrong code may get in, and the
+/// slow first answer should still count.
+#[test]
+fn hedge_attack_first_slow_then_fresh_faulted() {
+    require_root();
+    let _alone = serial();
+    let mut failures = Vec::new();
+    let rows: Vec<(&str, FaultKind)> = vec![
+        ("slow, then fresh hangs", FaultKind::Hang),
+        ("slow, then fresh 503", FaultKind::Status(503)),
+        ("slow, then fresh dropped", FaultKind::Drop),
+        ("slow, then fresh hangs mid-body", FaultKind::HangMidBody),
+        ("slow, then fresh not json", FaultKind::NotJson),
+    ];
+    let w = World::new();
+    let f = w.enroll("alice");
+    let ca = PathBuf::from(w.emu.info().ca_file.clone().unwrap());
+    w.write_config(&config_text(&w, &w.emu.info().base_url, &ca, "safe", &f));
+    w.module_stack();
+    for (name, second) in &rows {
+        w.emu.clear_faults();
+        let applied = w.emu.stats().faults_applied;
+        w.emu.set_fault(Fault {
+            route: Route::ChallengeCreate,
+            kind: FaultKind::Latency(Duration::from_millis(1500)),
+            times: Some(1),
+        });
+        let wrong = w.wrong_code(&f);
+        let n0 = w.outcomes().len();
+        let ((rc, _), took) = std::thread::scope(|sc| {
+            let login = sc.spawn(|| timed(|| w.login("alice", &[&wrong])));
+            // The first try took its latency: what comes next is the fresh try.
+            while w.emu.stats().faults_applied == applied && !login.is_finished() {
+                std::thread::yield_now();
+            }
+            w.emu.set_fault(Fault {
+                route: Route::ChallengeCreate,
+                kind: second.clone(),
+                times: Some(1),
+            });
+            login.join().unwrap()
+        });
+        let lines: Vec<String> = w.outcomes().into_iter().skip(n0).collect();
+        let creates = w.emu.stats().requests.get("challenge_create").copied();
+        eprintln!("[{name}] PAM {rc} in {took:.1?}, challenge_create {creates:?}: {lines:?}");
+        if rc == PAM_SUCCESS {
+            failures.push(format!("[{name}] WRONGFUL PAM_SUCCESS: {lines:?}"));
+        }
+        if took > TIMEOUT + Duration::from_millis(1200) {
+            failures.push(format!("[{name}] took {took:.1?}: {lines:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
