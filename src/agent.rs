@@ -682,13 +682,7 @@ pub struct Projects {
 impl Projects {
     /// The agent's projects, with a runtime of one thread for their connections.
     pub fn new() -> Result<Projects, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("truid-pam-agent-io")
-            .thread_stack_size(crate::THREAD_STACK)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the agent's HTTP runtime: {e}"))?;
+        let runtime = crate::api::http_runtime("truid-pam-agent-io")?;
         Ok(Projects {
             known: Mutex::new(Vec::new()),
             runtime,
@@ -705,14 +699,12 @@ impl Projects {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut token = None;
         if let Some(i) = known.iter().position(|p| p.settings == wire) {
-            let old = known.remove(i);
-            if Arc::ptr_eq(&old.trust, &trust) {
-                known.insert(i, old.clone());
-                return Ok(old);
+            if let Some(p) = known.get(i).filter(|p| Arc::ptr_eq(&p.trust, &trust)) {
+                return Ok(p.clone());
             }
             // A changed CA file: this project's connections were verified with the old
             // anchors, and go (its token stays good). Other projects keep theirs.
-            token = old.token();
+            token = known.remove(i).token();
         }
         // Made here, so a project the agent cannot set up is never kept.
         let project = Arc::new(Project {

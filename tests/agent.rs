@@ -539,9 +539,14 @@ fn the_agent_stays_flat_over_many_logins() {
         stats.tls_handshakes,
         stats2.tls_handshakes - stats.tls_handshakes
     );
-    assert_eq!(
-        stats2.tls_handshakes, stats.tls_handshakes,
-        "a new connection"
+    // The agent's pool gets a connection back on its runtime's thread, just after the
+    // answer: a login that starts in that moment (this test's are back to back, with other
+    // tests on both cores) may make one more connection, which is then kept too. A handshake
+    // per login would be 400.
+    assert!(
+        stats2.tls_handshakes - stats.tls_handshakes <= 2,
+        "new connections: {}",
+        stats2.tls_handshakes - stats.tls_handshakes
     );
     assert_eq!(after.0, before.0, "threads {before:?} -> {after:?}");
     assert_eq!(after.1, before.1, "descriptors {before:?} -> {after:?}");

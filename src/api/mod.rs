@@ -8,7 +8,7 @@ mod types;
 pub use client::{Client, HeldToken, Scope};
 pub use tls::{client_config, forget_trust};
 pub(crate) use transport::timed_out_error;
-pub use transport::Transport;
+pub use transport::{http_runtime, Transport};
 pub use types::{Challenge, ChallengeStatus, Factor, FactorKind, FactorList, Problem};
 
 use std::fmt;

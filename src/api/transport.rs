@@ -165,6 +165,19 @@ macro_rules! request {
     }};
 }
 
+/// A runtime of one thread for HTTP connections (a login's, or the agent's for all its
+/// projects). Its stack is set, so that RUST_MIN_STACK in the environment (su keeps its
+/// caller's) cannot give the thread a stack too small for a TLS handshake.
+pub fn http_runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .thread_stack_size(crate::THREAD_STACK)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the HTTP runtime: {e}"))
+}
+
 /// A reqwest client with the module's settings, keeping up to `idle` connections. Made inside
 /// the runtime it is used on.
 fn build_client(
@@ -198,15 +211,7 @@ impl Transport {
 
     /// A login's: on a runtime of its own (one thread, ended with the transport).
     pub fn for_login(api: &ApiConfig) -> Result<Transport, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("pam_truid-http")
-            // Set, so that RUST_MIN_STACK in the environment (su keeps its caller's) cannot
-            // give the thread a stack too small for a TLS handshake.
-            .thread_stack_size(crate::THREAD_STACK)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("HTTP client setup failed: {e}"))?;
+        let runtime = http_runtime("pam_truid-http")?;
         Transport::on(api, 1, runtime.handle().clone(), Some(runtime))
     }
 
