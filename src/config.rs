@@ -94,11 +94,30 @@ pub enum SuFactor {
     Caller,
 }
 
+/// When a recovery code may stand in for the tru.ID code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accept {
+    /// Only when tru.ID cannot be reached (checked right then), before failmode decides.
+    Unavailable,
+    /// Also with tru.ID up: for a lost phone.
+    Always,
+    /// Never: a recovery code is a wrong try.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoveryConfig {
+    pub file: PathBuf,
+    pub accept: Accept,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
     pub api: ApiConfig,
     pub login: LoginConfig,
+    pub recovery: RecoveryConfig,
     pub users: BTreeMap<String, FactorId>,
     /// E.164 numbers (digits only) for push: tru.ID's factor does not return the number.
     pub phones: BTreeMap<String, String>,
@@ -136,6 +155,16 @@ pub struct LoginConfig {
     /// `truid-pam enroll` writes (e.g. "unix:"); "" by default.
     pub lookup_prefix: String,
     pub groups: Vec<String>,
+    /// Never asked (PAM_IGNORE), matched on the name NSS gives; checked before `groups`.
+    pub exempt_users: Vec<String>,
+    /// Members are never asked; a group NSS cannot answer for exempts no one.
+    pub exempt_groups: Vec<String>,
+    /// One prompt for the password and the code (`combined_prompt`); the password part goes to
+    /// the stack as PAM_AUTHTOK. Also the module argument `combined`.
+    pub combined: bool,
+    pub combined_prompt: String,
+    /// How many trailing digits of a one-prompt answer are the code.
+    pub code_digits: usize,
     pub su: SuFactor,
     pub method: Method,
     pub push_timeout: Duration,
@@ -186,6 +215,8 @@ struct RawConfig {
     #[serde(default)]
     login: RawLogin,
     #[serde(default)]
+    recovery: RawRecovery,
+    #[serde(default)]
     users: BTreeMap<String, String>,
     #[serde(default)]
     phones: BTreeMap<String, String>,
@@ -219,11 +250,23 @@ struct RawLogin {
     lookup: Option<bool>,
     lookup_prefix: Option<String>,
     groups: Option<Vec<String>>,
+    exempt_users: Option<Vec<String>>,
+    exempt_groups: Option<Vec<String>>,
+    combined: Option<bool>,
+    combined_prompt: Option<String>,
+    code_digits: Option<usize>,
     su: Option<SuFactor>,
     method: Option<Method>,
     push_timeout: Option<u64>,
     push_message: Option<String>,
     push_prompt: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecovery {
+    file: Option<PathBuf>,
+    accept: Option<Accept>,
 }
 
 #[derive(Deserialize)]
@@ -430,12 +473,62 @@ impl Config {
             ));
         }
         let groups = login.groups.unwrap_or_default();
-        if let Some(bad) = groups.iter().find(|g| !is_valid_name(g)) {
+        let exempt_users = login.exempt_users.unwrap_or_default();
+        let exempt_groups = login.exempt_groups.unwrap_or_default();
+        for (key, names, what) in [
+            ("groups", &groups, "group"),
+            ("exempt_users", &exempt_users, "user"),
+            ("exempt_groups", &exempt_groups, "group"),
+        ] {
+            if let Some(bad) = names.iter().find(|g| !is_valid_name(g)) {
+                return Err(err(
+                    &format!("[login] {key}"),
+                    format!(
+                        "\"{}\" is not a {what} name",
+                        crate::text::sanitize(bad, 64)
+                    ),
+                ));
+            }
+        }
+        // Exemptions win over `groups`; a group in both says two opposite things.
+        if let Some(both) = exempt_groups.iter().find(|g| groups.contains(g)) {
             return Err(err(
-                "[login] groups",
-                format!("\"{}\" is not a group name", crate::text::sanitize(bad, 64)),
+                "[login] exempt_groups",
+                format!(
+                    "\"{}\" is also in [login] groups: its members would be asked and exempt at once; remove it from one of the two",
+                    crate::text::sanitize(both, 64)
+                ),
             ));
         }
+        let combined_prompt = text(
+            "combined_prompt",
+            login.combined_prompt,
+            "Password and tru.ID code: ",
+            false,
+        )?;
+        let code_digits = match login.code_digits {
+            None => 6,
+            Some(d @ 6..=8) => d,
+            Some(d) => {
+                return Err(err(
+                    "[login] code_digits",
+                    format!("{d} is out of range; use 6 to 8"),
+                ))
+            }
+        };
+        let recovery = RecoveryConfig {
+            file: match raw.recovery.file {
+                None => PathBuf::from(crate::recovery::DEFAULT_FILE),
+                Some(f) if f.is_absolute() && f.file_name().is_some() => f,
+                Some(_) => {
+                    return Err(err(
+                        "[recovery] file",
+                        "must be an absolute file path".into(),
+                    ))
+                }
+            },
+            accept: raw.recovery.accept.unwrap_or(Accept::Unavailable),
+        };
 
         let mut users = BTreeMap::new();
         for (user, id) in raw.users {
@@ -523,12 +616,18 @@ impl Config {
                 lookup: login.lookup.unwrap_or(false),
                 lookup_prefix,
                 groups,
+                exempt_users,
+                exempt_groups,
+                combined: login.combined.unwrap_or(false),
+                combined_prompt,
+                code_digits,
                 su: login.su.unwrap_or(SuFactor::Target),
                 method: login.method.unwrap_or(Method::Auto),
                 push_timeout: Duration::from_secs(push_timeout),
                 push_message,
                 push_prompt,
             },
+            recovery,
             users,
             phones,
             console,
@@ -773,6 +872,12 @@ pub(crate) fn read_trusted(path: &Path, max: u64) -> Result<String, ConfigError>
     read_checked(path, Holds::Settings, max)
 }
 
+/// A file that holds secrets of the module's own (the recovery-code hashes): root's, and
+/// readable by root alone.
+pub(crate) fn read_private(path: &Path, max: u64) -> Result<String, ConfigError> {
+    read_checked(path, Holds::Secret, max)
+}
+
 /// Opens a file the strict way (no symlink, no FIFO, root-owned, mode checked on the open
 /// descriptor so nothing can be swapped in between) and returns its text.
 fn read_checked(path: &Path, holds: Holds, max: u64) -> Result<String, ConfigError> {
@@ -907,6 +1012,15 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
         assert_eq!(c.login.unenrolled, Unenrolled::Deny);
         assert_eq!(c.login.tries, 3);
         assert_eq!(c.login.prompt, "tru.ID code: ");
+        assert!(c.login.exempt_users.is_empty() && c.login.exempt_groups.is_empty());
+        assert!(!c.login.combined);
+        assert_eq!(c.login.combined_prompt, "Password and tru.ID code: ");
+        assert_eq!(c.login.code_digits, 6);
+        assert_eq!(
+            c.recovery.file,
+            Path::new("/var/lib/pam_truid/recovery.toml")
+        );
+        assert_eq!(c.recovery.accept, Accept::Unavailable);
         assert_eq!(c.api.roots, Roots::System);
         assert_eq!(
             c.api.token_cache.as_deref(),
@@ -959,6 +1073,14 @@ alice = "5995afaf-f5d1-47ab-b586-50ad46904eec"
             ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[users]\nbob = \"5995afaf-f5d1-47ab-b586-50ad46904eec\"\nbob = \"5995afaf-f5d1-47ab-b586-50ad46904eed\"\n", "bob"),
             ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[extra]\nx = 1\n", "extra"),
             ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\nroots = \"none\"\n", "roots"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\ngroups = [\"ops\"]\nexempt_groups = [\"ops\"]\n", "exempt_groups"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nexempt_users = [\"\"]\n", "exempt_users"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\nexempt_groups = \"ops\"\n", "exempt_groups"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\ncombined = 1\n", "combined"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[login]\ncode_digits = 5\n", "code_digits"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[recovery]\naccept = \"sometimes\"\n", "accept"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[recovery]\nfile = \"codes.toml\"\n", "[recovery] file"),
+            ("[api]\nclient_id = \"a\"\nclient_secret = \"b\"\n[recovery]\nfiles = \"/x\"\n", "files"),
         ];
         for (text, key) in cases {
             let e = parse(text).expect_err(text);

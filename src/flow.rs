@@ -3,7 +3,10 @@
 //! and `truid-pam test` run this same function with the real ones.
 
 use crate::api::{ApiError, ChallengeStatus, FactorKind};
-use crate::config::{is_valid_name, Config, FactorId, FailMode, Method, SuFactor, Unenrolled};
+use crate::config::{
+    is_valid_name, Accept, Config, FactorId, FailMode, Method, SuFactor, Unenrolled,
+};
+use crate::recovery::{self, Used};
 use crate::secret::Secret;
 use crate::text::sanitize;
 use std::time::Duration;
@@ -16,6 +19,22 @@ pub trait Conversation {
     fn info(&mut self, text: &str);
     /// An error message (`PAM_ERROR_MSG`); failures are ignored too.
     fn error(&mut self, text: &str);
+    /// The password part of a one-prompt answer (`combined`), once its code is verified: for
+    /// the rest of the stack (PAM_AUTHTOK). By default it is dropped.
+    fn keep_password(&mut self, _password: Secret) {}
+}
+
+/// The user's recovery codes (`recovery::Store`; a script in the unit tests).
+pub trait Recovery {
+    /// Uses `code` up if it is one of `user`'s unused codes. `Err`: the codes cannot be read or
+    /// the used one cannot be struck off; the login is then refused.
+    fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String>;
+}
+
+impl Recovery for recovery::Store {
+    fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String> {
+        recovery::Store::use_code(self, user, code).map_err(|e| format!("recovery codes: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +111,8 @@ pub struct LoginContext {
     /// Those of `[login] groups` the user whose factor is asked for is in (matched by NSS, see
     /// `host::member_of`); `None`: unknown (NSS could not say), so the factor is asked.
     pub groups: Option<Vec<String>>,
+    /// Those of `[login] exempt_groups` that user is in; `None`: unknown, so none.
+    pub exempt_groups: Option<Vec<String>>,
     /// That user as NSS names them (`host::resolve`): every lookup and comparison uses this
     /// name, never the one typed.
     pub account: Account,
@@ -135,8 +156,15 @@ pub enum Outcome {
         ignore: bool,
         tries: u32,
     },
-    /// The user is outside `[login] groups`: the module stands aside.
-    NotRequired,
+    /// The user is exempt, or outside `[login] groups`: the module stands aside.
+    NotRequired {
+        reason: String,
+    },
+    /// One of the user's recovery codes let them in; it is gone now.
+    RecoveryUsed {
+        tries: u32,
+        left: usize,
+    },
     /// NSS does not know the name (or could not say): denied under `deny` and `ignore` alike,
     /// after the prompts an unenrolled user gets under `deny`.
     UnknownUser {
@@ -176,7 +204,8 @@ impl Outcome {
             Outcome::WrongCode { .. } => "wrong_code",
             Outcome::NotEnrolled { ignore: false, .. } => "not_enrolled_denied",
             Outcome::NotEnrolled { ignore: true, .. } => "not_enrolled_ignored",
-            Outcome::NotRequired => "not_required",
+            Outcome::NotRequired { .. } => "not_required",
+            Outcome::RecoveryUsed { .. } => "recovery_used",
             Outcome::UnknownUser { .. } => "unknown_user",
             Outcome::Refused { .. } => "refused",
             Outcome::Unavailable { let_in: false, .. } => "unavailable_denied",
@@ -195,8 +224,11 @@ impl Outcome {
             | Outcome::UnknownUser { tries, .. }
             | Outcome::Refused { tries, .. }
             | Outcome::Unavailable { tries, .. }
-            | Outcome::ConvError { tries, .. } => *tries,
-            Outcome::NotRequired | Outcome::ConfigError { .. } | Outcome::BadInput { .. } => 0,
+            | Outcome::ConvError { tries, .. }
+            | Outcome::RecoveryUsed { tries, .. } => *tries,
+            Outcome::NotRequired { .. }
+            | Outcome::ConfigError { .. }
+            | Outcome::BadInput { .. } => 0,
         }
     }
 
@@ -210,13 +242,16 @@ impl Outcome {
             Outcome::NotEnrolled { ignore: false, .. } => {
                 "no tru.ID factor for the user; unenrolled = \"deny\"".into()
             }
-            Outcome::NotRequired => "user is in none of [login] groups".into(),
+            Outcome::RecoveryUsed { left, .. } => {
+                format!("a recovery code stood in for the tru.ID code; {left} left")
+            }
             Outcome::Unavailable {
                 reason,
                 let_in: true,
                 ..
             } => format!("{reason}; failmode = \"safe\": LOGIN ALLOWED WITHOUT SECOND FACTOR"),
-            Outcome::Refused { reason, .. }
+            Outcome::NotRequired { reason }
+            | Outcome::Refused { reason, .. }
             | Outcome::UnknownUser { reason, .. }
             | Outcome::Unavailable { reason, .. }
             | Outcome::ConfigError { reason }
@@ -236,6 +271,11 @@ pub const MSG_EXPIRED: &str = "The request expired while waiting for the code, t
 pub const MSG_PUSH_DENIED: &str = "The request was denied on the phone.";
 pub const MSG_PUSH_TIMEOUT: &str = "No answer from the phone in time.";
 pub const MSG_PUSH_ONLY: &str = "This login is approved on the phone: press Enter.";
+pub const MSG_RECOVERY_OFF: &str = "Recovery codes are not accepted here.";
+pub const MSG_RECOVERY_REACHABLE: &str =
+    "tru.ID can be reached: type the code from the app. Recovery codes are for when it cannot.";
+pub const MSG_COMBINED: &str =
+    "Type your password and the tru.ID code after it, with nothing between them.";
 
 /// The first poll of a push comes soon (a quick approval is let in quickly); later ones
 /// further apart, up to this.
@@ -314,6 +354,7 @@ pub fn authenticate(
     login: &LoginContext,
     conv: &mut impl Conversation,
     api: &mut impl Authenticator,
+    codes: &mut impl Recovery,
 ) -> Outcome {
     let typed = match factor_user(cfg, login) {
         Ok(name) => name,
@@ -344,6 +385,23 @@ pub fn authenticate(
             };
         }
     }
+    // Exemptions come before `groups`, and only for an account NSS knows: a name it does not
+    // know, or groups it cannot list, exempt no one.
+    if unknown.is_none() {
+        if cfg.login.exempt_users.iter().any(|u| u == user) {
+            return Outcome::NotRequired {
+                reason: "user is in [login] exempt_users".into(),
+            };
+        }
+        if let Some(g) = login.exempt_groups.as_ref().and_then(|gs| gs.first()) {
+            return Outcome::NotRequired {
+                reason: format!(
+                    "user is in \"{}\" of [login] exempt_groups",
+                    sanitize(g, 64)
+                ),
+            };
+        }
+    }
     if !cfg.login.groups.is_empty() && unknown.is_none() {
         // Groups that could not be read (NSS down) count as membership: when unsure, ask.
         let member = login
@@ -351,11 +409,16 @@ pub fn authenticate(
             .as_ref()
             .is_none_or(|gs| gs.iter().any(|g| cfg.login.groups.contains(g)));
         if !member {
-            return Outcome::NotRequired;
+            return Outcome::NotRequired {
+                reason: "user is in none of [login] groups".into(),
+            };
         }
     }
     let phone = cfg.phones.get(user);
-    let maybe_push = matches!(cfg.login.method, Method::Auto | Method::Push) && phone.is_some();
+    // One prompt carries a typed code: no push.
+    let maybe_push = matches!(cfg.login.method, Method::Auto | Method::Push)
+        && phone.is_some()
+        && !cfg.login.combined;
     // The external user ID tru.ID holds for this user, for `lookup = true`. The lookup waits
     // for the code, unless its answer decides the prompt (a push user) or whether there is one
     // at all (`ignore` shows a user without a factor none).
@@ -428,10 +491,24 @@ pub fn authenticate(
     // Set once a code or a push has gone to tru.ID: from then on a failure may hide a wrong
     // code, so it denies under both failmodes.
     let mut sent: Option<&'static str> = None;
-    for attempt in 1..=cfg.login.tries {
-        let last = attempt == cfg.login.tries;
+    // One prompt is one try: a client that sends one password sends the same one again.
+    let tries = if cfg.login.combined {
+        1
+    } else {
+        cfg.login.tries
+    };
+    let round_of = RoundOf {
+        cfg,
+        user,
+        lookup_name: &lookup_name,
+        reference: &reference,
+    };
+    for attempt in 1..=tries {
+        let last = attempt == tries;
         let prompt = if push {
             &cfg.login.push_prompt
+        } else if cfg.login.combined {
+            &cfg.login.combined_prompt
         } else {
             &cfg.login.prompt
         };
@@ -460,8 +537,18 @@ pub fn authenticate(
                 )
             }
             _ if push && cfg.login.method == Method::Push => Round::Failed(MSG_PUSH_ONLY),
+            _ if cfg.login.combined => match split_combined(&answer, cfg.login.code_digits) {
+                Some((password, code)) => {
+                    let round = round_of.code(api, codes, &mut who, &code, &mut sent);
+                    if matches!(round.end, Round::Verified | Round::Recovered { .. }) {
+                        conv.keep_password(password);
+                    }
+                    round.end
+                }
+                None => Round::Failed(MSG_COMBINED),
+            },
             _ => {
-                let round = code_round(api, &lookup_name, &mut who, &reference, &answer, &mut sent);
+                let round = round_of.code(api, codes, &mut who, &answer, &mut sent);
                 // A wrong code used its challenge up: the next try's is made while the person
                 // types again.
                 if !last && round.used_challenge && matches!(round.end, Round::Failed(_)) {
@@ -472,24 +559,28 @@ pub fn authenticate(
         };
         match round {
             Round::Verified => return Outcome::Verified { tries: attempt },
+            Round::Recovered { left } => {
+                return Outcome::RecoveryUsed {
+                    tries: attempt,
+                    left,
+                }
+            }
+            Round::Broken(reason) => return Outcome::ConfigError { reason },
             // A malformed code is told even on the last try: the person learns why.
-            Round::Failed(msg) if msg == MSG_MALFORMED || !last => conv.error(msg),
+            Round::Failed(msg) if msg == MSG_MALFORMED || msg == MSG_COMBINED || !last => {
+                conv.error(msg)
+            }
             Round::Failed(_) => {}
             Round::Api(e) => return api_failure(cfg, login, conv, attempt, e, sent),
         }
     }
     match (who, unknown) {
-        (Who::Nobody, Some(reason)) => Outcome::UnknownUser {
-            tries: cfg.login.tries,
-            reason,
-        },
+        (Who::Nobody, Some(reason)) => Outcome::UnknownUser { tries, reason },
         (Who::Nobody, None) => Outcome::NotEnrolled {
             ignore: false,
-            tries: cfg.login.tries,
+            tries,
         },
-        _ => Outcome::WrongCode {
-            tries: cfg.login.tries,
-        },
+        _ => Outcome::WrongCode { tries },
     }
 }
 
@@ -526,53 +617,153 @@ impl From<Round> for CodeRound {
 /// How one try ended.
 enum Round {
     Verified,
+    /// A recovery code let the user in; this many are left.
+    Recovered {
+        left: usize,
+    },
+    /// The recovery codes could not be read or struck off: denied.
+    Broken(String),
     /// Not verified; the message for the person.
     Failed(&'static str),
     Api(ApiError),
 }
 
-/// One code: checked locally (a malformed one is a used try that is never sent and creates
-/// nothing), then the factor found if it is looked up, a challenge got and the code sent.
-/// A user without a factor gets the same answers, and nothing is sent.
-fn code_round(
+/// What every try of one login shares.
+struct RoundOf<'a> {
+    cfg: &'a Config,
+    /// The account as NSS names it, whose recovery codes count.
+    user: &'a str,
+    lookup_name: &'a str,
+    reference: &'a str,
+}
+
+impl RoundOf<'_> {
+    /// One answer: a recovery code goes to `recovery`, and is never sent. A code is checked
+    /// locally (a malformed one is a used try that is never sent and creates nothing), then
+    /// the factor found if it is looked up, a challenge got and the code sent. A user without
+    /// a factor gets the same answers, and nothing is sent.
+    fn code(
+        &self,
+        api: &mut impl Authenticator,
+        codes: &mut impl Recovery,
+        who: &mut Who,
+        code: &Secret,
+        sent: &mut Option<&'static str>,
+    ) -> CodeRound {
+        if recovery::parse_code(code.expose()).is_some() {
+            return self.recovery(api, codes, who, code);
+        }
+        if !code_is_well_formed(code.expose()) {
+            return Round::Failed(MSG_MALFORMED).into();
+        }
+        if let Err(e) = find_later(api, self.lookup_name, who) {
+            return Round::Api(e).into();
+        }
+        let Who::Found(factor) = who else {
+            return Round::Failed(MSG_TRY_AGAIN).into();
+        };
+        let challenge = match get_challenge(api, factor, self.reference) {
+            Ok(c) => c,
+            Err(e) => return Round::Api(e).into(),
+        };
+        // Marked before the call: a code in flight may have reached tru.ID.
+        *sent = Some("a code was sent, so this failure could hide a wrong code");
+        let end = match api.verify(factor, &challenge, code) {
+            Ok(ChallengeStatus::Verified) => Round::Verified,
+            Ok(ChallengeStatus::Expired) => Round::Failed(MSG_EXPIRED),
+            // FAILED, still PENDING, or a status this version does not know: not verified.
+            // A 4xx about the code is tru.ID saying no: a wrong code, never a service failure.
+            Ok(_) | Err(ApiError::Refused(_)) => Round::Failed(MSG_TRY_AGAIN),
+            Err(e) => Round::Api(e),
+        };
+        CodeRound {
+            end,
+            used_challenge: true,
+        }
+    }
+
+    /// A recovery code. Under `accept = "unavailable"` it counts only once this login finds
+    /// tru.ID unreachable for the user's factor (the lookup or the challenge fails there and
+    /// then); a wrong one is a wrong try either way, never an outage that failmode decides.
+    fn recovery(
+        &self,
+        api: &mut impl Authenticator,
+        codes: &mut impl Recovery,
+        who: &mut Who,
+        code: &Secret,
+    ) -> CodeRound {
+        let mut used_challenge = false;
+        match self.cfg.recovery.accept {
+            Accept::Never => return Round::Failed(MSG_RECOVERY_OFF).into(),
+            Accept::Always => {}
+            Accept::Unavailable => {
+                let reached = match find_later(api, self.lookup_name, who) {
+                    Err(e) => Err(e),
+                    Ok(()) => match who {
+                        Who::Found(factor) => {
+                            used_challenge = true;
+                            get_challenge(api, factor, self.reference).map(drop)
+                        }
+                        // tru.ID holds no factor for the user: nothing is unreachable.
+                        _ => return Round::Failed(MSG_TRY_AGAIN).into(),
+                    },
+                };
+                match reached {
+                    Ok(()) => {
+                        return CodeRound {
+                            end: Round::Failed(MSG_RECOVERY_REACHABLE),
+                            used_challenge,
+                        }
+                    }
+                    Err(e @ ApiError::Refused(_)) => {
+                        return CodeRound {
+                            end: Round::Api(e),
+                            used_challenge,
+                        }
+                    }
+                    Err(ApiError::Unavailable(_) | ApiError::Failed(_)) => {}
+                }
+            }
+        }
+        let end = match codes.use_code(self.user, code) {
+            Ok(Used::Accepted { left }) => Round::Recovered { left },
+            Ok(Used::Rejected) => Round::Failed(MSG_TRY_AGAIN),
+            Err(reason) => Round::Broken(reason),
+        };
+        CodeRound {
+            end,
+            used_challenge,
+        }
+    }
+}
+
+/// `lookup = true`: the factor is asked of tru.ID once an answer needs it.
+fn find_later(
     api: &mut impl Authenticator,
     lookup_name: &str,
     who: &mut Who,
-    reference: &str,
-    code: &Secret,
-    sent: &mut Option<&'static str>,
-) -> CodeRound {
-    if !code_is_well_formed(code.expose()) {
-        return Round::Failed(MSG_MALFORMED).into();
-    }
+) -> Result<(), ApiError> {
     if let Who::Later = who {
-        *who = match api.find_factor(lookup_name) {
-            Ok(Some(f)) => Who::Found(f),
-            Ok(None) => Who::Nobody,
-            Err(e) => return Round::Api(e).into(),
+        *who = match api.find_factor(lookup_name)? {
+            Some(f) => Who::Found(f),
+            None => Who::Nobody,
         };
     }
-    let Who::Found(factor) = who else {
-        return Round::Failed(MSG_TRY_AGAIN).into();
-    };
-    let challenge = match get_challenge(api, factor, reference) {
-        Ok(c) => c,
-        Err(e) => return Round::Api(e).into(),
-    };
-    // Marked before the call: a code in flight may have reached tru.ID.
-    *sent = Some("a code was sent, so this failure could hide a wrong code");
-    let end = match api.verify(factor, &challenge, code) {
-        Ok(ChallengeStatus::Verified) => Round::Verified,
-        Ok(ChallengeStatus::Expired) => Round::Failed(MSG_EXPIRED),
-        // FAILED, still PENDING, or a status this version does not know: not verified.
-        // A 4xx about the code is tru.ID saying no: a wrong code, never a service failure.
-        Ok(_) | Err(ApiError::Refused(_)) => Round::Failed(MSG_TRY_AGAIN),
-        Err(e) => Round::Api(e),
-    };
-    CodeRound {
-        end,
-        used_challenge: true,
-    }
+    Ok(())
+}
+
+/// A one-prompt answer cut into the password and the code after it: a recovery code in its
+/// dashed form, or else the last `digits` characters when they are digits.
+pub fn split_combined(answer: &Secret, digits: usize) -> Option<(Secret, Secret)> {
+    let a = answer.expose();
+    let at = recovery::trailing_code_start(a).or_else(|| {
+        let at = a.len().checked_sub(digits)?;
+        a.get(at..)
+            .is_some_and(|tail| tail.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(at)
+    })?;
+    let (password, code) = (a.get(..at)?, a.get(at..)?);
+    Some((Secret::new(password), Secret::new(code)))
 }
 
 /// The challenge a code is sent on: the one asked for ahead (`prepare_next`), which the
@@ -703,6 +894,8 @@ mod tests {
         fail_prompt: bool,
         /// Shared with a FakeApi: what both saw, in the order it happened.
         journal: Journal,
+        /// The password part handed to the stack (`keep_password`).
+        kept: Option<String>,
     }
 
     type Journal = std::rc::Rc<std::cell::RefCell<Vec<String>>>;
@@ -735,6 +928,242 @@ mod tests {
         fn error(&mut self, text: &str) {
             self.seen.push(format!("error:{text}"));
         }
+        fn keep_password(&mut self, password: Secret) {
+            self.kept = Some(password.expose().to_string());
+        }
+    }
+
+    /// No recovery codes at all.
+    struct NoCodes;
+
+    impl Recovery for NoCodes {
+        fn use_code(&mut self, _: &str, _: &Secret) -> Result<Used, String> {
+            Ok(Used::Rejected)
+        }
+    }
+
+    /// One user's codes, used up once; what was asked.
+    #[derive(Default)]
+    struct Codes {
+        user: &'static str,
+        unused: Vec<&'static str>,
+        asked: Vec<String>,
+        broken: bool,
+    }
+
+    impl Recovery for Codes {
+        fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String> {
+            self.asked.push(format!("{user} {}", code.expose()));
+            if self.broken {
+                return Err("recovery codes: cannot be rewritten".into());
+            }
+            let canon = |c: &str| crate::recovery::parse_code(c).map(|s| s.expose().to_string());
+            match self
+                .unused
+                .iter()
+                .position(|c| canon(c) == canon(code.expose()))
+            {
+                Some(at) if user == self.user => {
+                    self.unused.remove(at);
+                    Ok(Used::Accepted {
+                        left: self.unused.len(),
+                    })
+                }
+                _ => Ok(Used::Rejected),
+            }
+        }
+    }
+
+    const RC: &str = "ab2c-def3-ghjk";
+
+    fn codes() -> Codes {
+        Codes {
+            user: "alice",
+            unused: vec![RC, "zzzz-zzzz-zzzz"],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recovery_code_under_each_accept() {
+        let down = || ApiError::Unavailable("tru.ID cannot be reached".into());
+        // "always": it lets in with tru.ID up; nothing goes to tru.ID for it.
+        let mut conv = Script::answering(&[RC]);
+        let mut api = fake("123456");
+        let mut c = codes();
+        let cfg = config("[recovery]\naccept = \"always\"");
+        let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut c);
+        assert_eq!(out, Outcome::RecoveryUsed { tries: 1, left: 1 });
+        assert!(
+            api.calls.iter().all(|c| !c.starts_with("verify")),
+            "{:?}",
+            api.calls
+        );
+        assert_eq!(c.asked, [format!("alice {RC}")]);
+        // The same code again is a wrong try.
+        let mut conv = Script::answering(&[RC]);
+        let cfg1 = config("tries = 1\n[recovery]\naccept = \"always\"");
+        let out = authenticate(&cfg1, &login("alice"), &mut conv, &mut api, &mut c);
+        assert_eq!(out, Outcome::WrongCode { tries: 1 });
+
+        // "never": a wrong try, never checked, never sent.
+        let mut conv = Script::answering(&[RC, "123456"]);
+        let mut api = fake("123456");
+        let mut c = codes();
+        let cfg = config("[recovery]\naccept = \"never\"");
+        let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut c);
+        assert_eq!(out, Outcome::Verified { tries: 2 });
+        assert!(c.asked.is_empty());
+        assert!(conv.seen.contains(&format!("error:{MSG_RECOVERY_OFF}")));
+        assert!(api.calls.iter().all(|c| !c.contains(RC)), "{:?}", api.calls);
+
+        // "unavailable" (default), tru.ID up: refused and kept, the app's code goes on.
+        let mut conv = Script::answering(&[RC, "123456"]);
+        let mut api = fake("123456");
+        let mut c = codes();
+        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api, &mut c);
+        assert_eq!(out, Outcome::Verified { tries: 2 });
+        assert!(c.asked.is_empty());
+        assert_eq!(c.unused.len(), 2);
+        assert!(conv
+            .seen
+            .contains(&format!("error:{MSG_RECOVERY_REACHABLE}")));
+
+        // "unavailable", tru.ID down: it lets in under secure, and only the right one does.
+        for failmode in ["secure", "safe"] {
+            let cfg = config(&format!("failmode = \"{failmode}\"\ntries = 1"));
+            let mut api = fake("123456");
+            api.fail_create = Some(down());
+            let mut c = codes();
+            let mut conv = Script::answering(&[RC]);
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut c);
+            assert_eq!(
+                out,
+                Outcome::RecoveryUsed { tries: 1, left: 1 },
+                "{failmode}"
+            );
+            // A wrong recovery code is a wrong try, never an outage that "safe" lets in.
+            let mut conv = Script::answering(&["ab2c-def3-ghjm"]);
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut c);
+            assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{failmode}");
+            // Another user's code is no code of alice's.
+            let mut conv = Script::answering(&["zzzz-zzzz-zzzz"]);
+            let mut bob = codes();
+            bob.user = "bob";
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut bob);
+            assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{failmode}");
+        }
+        // A user without a factor has nothing that is unreachable.
+        let mut api = fake("123456");
+        api.fail_create = Some(down());
+        let mut c = codes();
+        c.user = "mallory";
+        let mut conv = Script::answering(&[RC]);
+        let out = authenticate(
+            &config("tries = 1"),
+            &login("mallory"),
+            &mut conv,
+            &mut api,
+            &mut c,
+        );
+        assert_eq!(
+            out,
+            Outcome::NotEnrolled {
+                ignore: false,
+                tries: 1
+            }
+        );
+        assert!(c.asked.is_empty());
+        // Codes that cannot be struck off deny, under safe too.
+        let mut api = fake("123456");
+        api.fail_create = Some(down());
+        let mut c = codes();
+        c.broken = true;
+        let mut conv = Script::answering(&[RC]);
+        let out = authenticate(
+            &config("failmode = \"safe\""),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut c,
+        );
+        assert!(matches!(out, Outcome::ConfigError { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn exempt_accounts_are_never_asked() {
+        let cfg = config(
+            "exempt_users = [\"ansible\"]\nexempt_groups = [\"breakglass\"]\ngroups = [\"ops\"]",
+        );
+        let run = |l: LoginContext| {
+            let mut conv = Script::answering(&["111111", "111111", "111111"]);
+            let mut api = fake("123456");
+            let out = authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes);
+            (out, conv.seen.len())
+        };
+        let (out, prompts) = run(login("ansible"));
+        assert_eq!(out.name(), "not_required");
+        assert_eq!(prompts, 0);
+        // Exemption wins over groups.
+        let mut l = login("alice");
+        l.groups = Some(vec!["ops".into()]);
+        l.exempt_groups = Some(vec!["breakglass".into()]);
+        let (out, _) = run(l.clone());
+        assert_eq!(out.name(), "not_required");
+        assert!(out.reason().contains("breakglass"), "{}", out.reason());
+        // Groups NSS could not list exempt no one; a name NSS does not know is never exempt.
+        l.exempt_groups = None;
+        assert_eq!(run(l).0, Outcome::WrongCode { tries: 3 });
+        let mut l = login("ansible");
+        l.account = Account::Unknown;
+        assert_eq!(run(l).0.name(), "unknown_user");
+        // Matched on the name NSS gives, not the one typed.
+        let mut l = login("Ansible");
+        l.account = Account::Known("ansible".into());
+        assert_eq!(run(l).0.name(), "not_required");
+        let mut l = login("ansible");
+        l.account = Account::Known("ansible2".into());
+        assert_ne!(run(l).0.name(), "not_required");
+    }
+
+    #[test]
+    fn one_prompt_for_password_and_code() {
+        let run = |answer: &'static str, accept: &str| {
+            let mut conv = Script::answering(&[answer]);
+            let mut api = fake("123456");
+            let mut c = codes();
+            let cfg = config(&format!(
+                "combined = true\n[recovery]\naccept = \"{accept}\""
+            ));
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut c);
+            (out, conv, api)
+        };
+        let (out, conv, api) = run("pass 1234123456", "unavailable");
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(conv.kept.as_deref(), Some("pass 1234"));
+        assert_eq!(conv.seen, ["prompt:Password and tru.ID code: "]);
+        assert!(
+            api.calls.iter().any(|c| c.ends_with("verify ch1 123456")),
+            "{:?}",
+            api.calls
+        );
+        // One try: a wrong code ends it, and no password goes to the stack.
+        let (out, conv, _) = run("pass111111", "unavailable");
+        assert_eq!(out, Outcome::WrongCode { tries: 1 });
+        assert_eq!(conv.kept, None);
+        // No code after the password: nothing is sent.
+        let (out, conv, api) = run("password", "unavailable");
+        assert_eq!(out, Outcome::WrongCode { tries: 1 });
+        assert!(conv.seen.contains(&format!("error:{MSG_COMBINED}")));
+        assert!(api.calls.iter().all(|c| !c.starts_with("verify")));
+        // A recovery code in the code's place.
+        let (out, conv, _) = run("hunter2ab2c-def3-ghjk", "always");
+        assert_eq!(out, Outcome::RecoveryUsed { tries: 1, left: 1 });
+        assert_eq!(conv.kept.as_deref(), Some("hunter2"));
+        // Only the code is cut off: an empty password is the stack's to refuse.
+        let (out, conv, _) = run("123456", "unavailable");
+        assert_eq!(out, Outcome::Verified { tries: 1 });
+        assert_eq!(conv.kept.as_deref(), Some(""));
     }
 
     /// tru.ID as a script: which code is right, and which calls fail.
@@ -867,7 +1296,7 @@ mod tests {
                 api.lookup = Some(FACTOR);
             }
             api.journal = conv.journal.clone();
-            let out = authenticate(cfg, &login(user), &mut conv, &mut api);
+            let out = authenticate(cfg, &login(user), &mut conv, &mut api, &mut NoCodes);
             let journal = conv.journal.borrow().clone();
             (out, journal)
         };
@@ -895,7 +1324,13 @@ mod tests {
     fn right_code_first_time() {
         let mut conv = Script::answering(&["123456"]);
         let mut api = fake("123456");
-        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config(""),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(conv.seen, ["prompt:Code please: "]);
         assert_eq!(
@@ -911,7 +1346,13 @@ mod tests {
     fn wrong_then_right_uses_a_fresh_challenge() {
         let mut conv = Script::answering(&["111111", "123456"]);
         let mut api = fake("123456");
-        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config(""),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 2 });
         assert_eq!(
             conv.seen,
@@ -930,7 +1371,13 @@ mod tests {
     fn tries_used_up() {
         let mut conv = Script::answering(&["111111", "222222"]);
         let mut api = fake("123456");
-        let out = authenticate(&config("tries = 2"), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config("tries = 2"),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::WrongCode { tries: 2 });
         assert_eq!(
             conv.seen,
@@ -956,7 +1403,13 @@ mod tests {
         ] {
             let mut conv = Script::answering(&[bad]);
             let mut api = fake("123456");
-            let out = authenticate(&config("tries = 1"), &login("alice"), &mut conv, &mut api);
+            let out = authenticate(
+                &config("tries = 1"),
+                &login("alice"),
+                &mut conv,
+                &mut api,
+                &mut NoCodes,
+            );
             assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{bad:?}");
             // Never sent, and nothing created for it.
             assert!(api.calls.is_empty(), "{bad:?}: {:?}", api.calls);
@@ -965,7 +1418,13 @@ mod tests {
         let long: &'static str = Box::leak("7".repeat(10_000).into_boxed_str());
         let mut conv = Script::answering(&[long, "123456"]);
         let mut api = fake("123456");
-        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config(""),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 2 });
         // The malformed try created nothing: one create, one verify, for the good code.
         assert_eq!(api.calls.len(), 2, "{:?}", api.calls);
@@ -976,7 +1435,13 @@ mod tests {
         let mut conv = Script::answering(&["123456", "123456"]);
         let mut api = fake("123456");
         api.verify_status = Some(ChallengeStatus::Expired);
-        let out = authenticate(&config("tries = 2"), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config("tries = 2"),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::WrongCode { tries: 2 });
         assert_eq!(conv.seen[1], format!("error:{MSG_EXPIRED}"));
     }
@@ -988,7 +1453,7 @@ mod tests {
             let mut api = fake("123456");
             api.fail_verify = Some(ApiError::Refused("400 Bad Request: invalid code".into()));
             let cfg = config(&format!("tries = 1\nfailmode = \"{failmode}\""));
-            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut NoCodes);
             assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{failmode}");
         }
     }
@@ -1001,7 +1466,7 @@ mod tests {
             let mut api = fake("123456");
             api.fail_create = Some(ApiError::Unavailable("connect: refused".into()));
             let cfg = config(&format!("failmode = \"{failmode}\""));
-            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut NoCodes);
             assert_eq!(
                 out,
                 Outcome::Unavailable {
@@ -1028,7 +1493,7 @@ mod tests {
                 "no answer within [api] timeout".into(),
             ));
             let cfg = config(&format!("failmode = \"{failmode}\""));
-            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+            let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut NoCodes);
             assert_eq!(out.name(), "unavailable_denied", "{failmode}");
             assert_eq!(out.tries(), 1);
             if failmode == "safe" {
@@ -1051,7 +1516,13 @@ mod tests {
         api.fail_create = Some(ApiError::Unavailable(
             "no answer within [api] timeout".into(),
         ));
-        let out = authenticate(&config("failmode = \"safe\""), &l, &mut conv, &mut api);
+        let out = authenticate(
+            &config("failmode = \"safe\""),
+            &l,
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out.name(), "unavailable_denied");
         assert!(
             out.reason().contains(
@@ -1076,7 +1547,7 @@ mod tests {
                     api.fail_verify = Some(e);
                 }
                 let cfg = config(&format!("failmode = \"{failmode}\""));
-                let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api);
+                let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut NoCodes);
                 assert_eq!(out.name(), "unavailable_denied", "{failmode} {on_create}");
                 assert!(out.reason().contains("no failmode lets this in"));
                 assert_eq!(conv.seen[1], format!("error:{MSG_FAILED}"));
@@ -1091,7 +1562,7 @@ mod tests {
             let mut conv = Script::answering(&["123456", "123456", "123456"]);
             let mut api = fake("123456");
             api.fail_create = Some(ApiError::Unavailable("connect: refused".into()));
-            let out = authenticate(&config(""), &login(user), &mut conv, &mut api);
+            let out = authenticate(&config(""), &login(user), &mut conv, &mut api, &mut NoCodes);
             assert_eq!(conv.seen[0], "prompt:Code please: ", "{user}: {out:?}");
         }
         // With lookup, the lookup waits for a well-formed code too.
@@ -1103,6 +1574,7 @@ mod tests {
             &login("carol"),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out, Outcome::Verified { tries: 2 });
         assert_eq!(conv.seen[0], "prompt:Code please: ");
@@ -1116,6 +1588,7 @@ mod tests {
             &login("mallory"),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out.name(), "not_enrolled_denied");
         assert_eq!(api.calls, ["find mallory"]);
@@ -1141,6 +1614,7 @@ mod tests {
             &login("alice"),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out.name(), "refused");
     }
@@ -1149,7 +1623,13 @@ mod tests {
     fn unenrolled_deny_prompts_like_an_enrolled_user_and_asks_nobody() {
         let mut conv = Script::answering(&["111111", "abc", "123456"]);
         let mut api = fake("123456");
-        let out = authenticate(&config(""), &login("mallory"), &mut conv, &mut api);
+        let out = authenticate(
+            &config(""),
+            &login("mallory"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(
             out,
             Outcome::NotEnrolled {
@@ -1179,6 +1659,7 @@ mod tests {
             &login("bob"),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out.name(), "not_enrolled_ignored");
         assert!(conv.seen.is_empty() && api.calls.is_empty());
@@ -1194,6 +1675,7 @@ mod tests {
             &login("carol"),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(api.calls[0], "find carol");
@@ -1206,7 +1688,13 @@ mod tests {
             ..Default::default()
         };
         let mut api = fake("123456");
-        let out = authenticate(&config(""), &login("alice"), &mut conv, &mut api);
+        let out = authenticate(
+            &config(""),
+            &login("alice"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out.name(), "conversation_error");
     }
 
@@ -1215,7 +1703,7 @@ mod tests {
         for user in ["", "a\nb", "x\u{1b}[2J", &"a".repeat(10_000)] {
             let mut conv = Script::answering(&[]);
             let mut api = fake("123456");
-            let out = authenticate(&config(""), &login(user), &mut conv, &mut api);
+            let out = authenticate(&config(""), &login(user), &mut conv, &mut api, &mut NoCodes);
             assert_eq!(out.name(), "bad_input", "{user:?}");
             assert!(api.calls.is_empty() && conv.seen.is_empty());
         }
@@ -1229,12 +1717,18 @@ mod tests {
         l.account = Account::Known("alice".into());
         let mut conv = Script::answering(&["123456"]);
         let mut api = fake("123456");
-        let out = authenticate(&config("su = \"caller\""), &l, &mut conv, &mut api);
+        let out = authenticate(
+            &config("su = \"caller\""),
+            &l,
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         // Default: the target user (root), who has no factor.
         l.account = Account::Known("root".into());
         let mut conv = Script::answering(&["123456", "123456", "123456"]);
-        let out = authenticate(&config(""), &l, &mut conv, &mut api);
+        let out = authenticate(&config(""), &l, &mut conv, &mut api, &mut NoCodes);
         assert_eq!(out.name(), "not_enrolled_denied");
     }
 
@@ -1246,7 +1740,7 @@ mod tests {
         let mut conv = Script::answering(&["111111"]);
         let mut api = fake("123456");
         let cfg = config("unenrolled = \"ignore\"\ntries = 1");
-        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        let out = authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes);
         assert_eq!(out, Outcome::WrongCode { tries: 1 });
         assert!(
             api.calls[0].starts_with(&format!("create {FACTOR} pam_truid/sshd/192.0.2.7/alice/"))
@@ -1254,7 +1748,7 @@ mod tests {
         // Never resolved: denied before anything.
         l.account = Account::Unresolved;
         let mut conv = Script::answering(&[]);
-        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        let out = authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes);
         assert_eq!(out.name(), "bad_input");
     }
 
@@ -1268,7 +1762,7 @@ mod tests {
         l.account = Account::Known("alice".into());
         let mut conv = Script::answering(&[]);
         let mut api = fake("123456");
-        let out = authenticate(&cfg, &l, &mut conv, &mut api);
+        let out = authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes);
         assert_eq!(out.name(), "refused", "{out:?}");
         assert!(out.reason().contains("getent passwd"), "{}", out.reason());
     }
@@ -1281,13 +1775,19 @@ mod tests {
             let mut api = fake("123456");
             // deny: the prompts of an unenrolled user, then denied.
             let mut conv = Script::answering(&["111111", "222222", "333333"]);
-            let out = authenticate(&config(""), &l, &mut conv, &mut api);
+            let out = authenticate(&config(""), &l, &mut conv, &mut api, &mut NoCodes);
             assert_eq!(out.name(), "unknown_user", "{account:?}");
             assert_eq!(out.tries(), 3);
             assert_eq!(conv.seen.len(), 5, "{:?}", conv.seen);
             // ignore: denied (not PAM_IGNORE), no prompt.
             let mut conv = Script::answering(&[]);
-            let out = authenticate(&config("unenrolled = \"ignore\""), &l, &mut conv, &mut api);
+            let out = authenticate(
+                &config("unenrolled = \"ignore\""),
+                &l,
+                &mut conv,
+                &mut api,
+                &mut NoCodes,
+            );
             assert_eq!(out.name(), "unknown_user");
             assert!(conv.seen.is_empty());
             assert!(api.calls.is_empty(), "{:?}", api.calls);
@@ -1300,7 +1800,13 @@ mod tests {
         let mut api = fake("123456");
         api.lookup = Some(FACTOR);
         let cfg = config("lookup = true\nlookup_prefix = \"unix:\"");
-        let out = authenticate(&cfg, &login("bob@ad.example.com"), &mut conv, &mut api);
+        let out = authenticate(
+            &cfg,
+            &login("bob@ad.example.com"),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(api.calls[0], "find unix:bob@ad.example.com");
     }
@@ -1313,13 +1819,13 @@ mod tests {
         let mut conv = Script::answering(&[]);
         let mut api = fake("123456");
         assert_eq!(
-            authenticate(&cfg, &l, &mut conv, &mut api),
-            Outcome::NotRequired
+            authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes).name(),
+            "not_required"
         );
         l.groups = Some(vec!["users".into(), "admins".into()]);
         let mut conv = Script::answering(&["123456"]);
         assert_eq!(
-            authenticate(&cfg, &l, &mut conv, &mut api),
+            authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes),
             Outcome::Verified { tries: 1 }
         );
     }
@@ -1345,7 +1851,13 @@ mod tests {
         let mut conv = Script::answering(&[""]);
         let mut api = fake("123456");
         api.push_answers = [ChallengeStatus::Pending, ChallengeStatus::Verified].into();
-        let out = authenticate(&push_config(""), &push_login(), &mut conv, &mut api);
+        let out = authenticate(
+            &push_config(""),
+            &push_login(),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(
             conv.seen,
@@ -1368,7 +1880,13 @@ mod tests {
         let mut conv = Script::answering(&["", "123456"]);
         let mut api = fake("123456");
         api.push_answers = [ChallengeStatus::Failed].into();
-        let out = authenticate(&push_config(""), &push_login(), &mut conv, &mut api);
+        let out = authenticate(
+            &push_config(""),
+            &push_login(),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 2 });
         assert_eq!(conv.seen[2], format!("error:{MSG_PUSH_DENIED}"));
         assert_eq!(conv.seen[3], PUSH_PROMPT);
@@ -1385,6 +1903,7 @@ mod tests {
             &push_login(),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out, Outcome::WrongCode { tries: 1 });
         assert_eq!(api.paused, Duration::from_secs(5));
@@ -1402,7 +1921,7 @@ mod tests {
             api.push_factor = true;
             api.fail_poll = Some(ApiError::Unavailable("HTTP 503".into()));
             let cfg = push_config(&format!("failmode = \"{mode}\""));
-            let out = authenticate(&cfg, &push_login(), &mut conv, &mut api);
+            let out = authenticate(&cfg, &push_login(), &mut conv, &mut api, &mut NoCodes);
             assert_eq!(out.name(), "unavailable_denied", "{mode}");
             assert_eq!(out.tries(), 1);
             assert!(matches!(out, Outcome::Unavailable { let_in: l, .. } if l == let_in));
@@ -1419,6 +1938,7 @@ mod tests {
             &push_login(),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out, Outcome::WrongCode { tries: 1 });
         assert!(api.calls.iter().all(|c| !c.starts_with("verify")));
@@ -1430,6 +1950,7 @@ mod tests {
             &push_login(),
             &mut conv,
             &mut api,
+            &mut NoCodes,
         );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(conv.seen, ["prompt:Code please: "]);
@@ -1440,7 +1961,13 @@ mod tests {
     fn auto_without_a_phone_is_totp_without_asking_the_kind() {
         let mut conv = Script::answering(&["123456"]);
         let mut api = fake("123456");
-        let out = authenticate(&config(""), &push_login(), &mut conv, &mut api);
+        let out = authenticate(
+            &config(""),
+            &push_login(),
+            &mut conv,
+            &mut api,
+            &mut NoCodes,
+        );
         assert_eq!(out, Outcome::Verified { tries: 1 });
         assert_eq!(api.calls.len(), 2, "{:?}", api.calls);
     }

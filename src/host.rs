@@ -36,8 +36,8 @@ pub fn passwd(name: &str) -> Result<Option<Passwd>, String> {
 }
 
 /// Fills in what the flow needs from NSS for this login: the account of the user whose factor
-/// is asked (PAM_USER, or PAM_RUSER for `su = "caller"`), and, when `[login] groups` is set,
-/// which of those groups it is in. A name the flow will refuse anyway is not looked up.
+/// is asked (PAM_USER, or PAM_RUSER for `su = "caller"`), and which of `[login] groups` and
+/// `exempt_groups` it is in. A name the flow will refuse anyway is not looked up.
 pub fn resolve(cfg: &Config, login: &mut LoginContext) {
     let Ok(typed) = flow::factor_user(cfg, login).map(str::to_string) else {
         return;
@@ -46,6 +46,9 @@ pub fn resolve(cfg: &Config, login: &mut LoginContext) {
         Ok(Some(pw)) => {
             if !cfg.login.groups.is_empty() {
                 login.groups = member_of(&pw, &cfg.login.groups);
+            }
+            if !cfg.login.exempt_groups.is_empty() {
+                login.exempt_groups = member_of(&pw, &cfg.login.exempt_groups);
             }
             Account::Known(pw.name)
         }

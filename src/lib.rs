@@ -22,6 +22,7 @@ pub mod flow;
 pub mod host;
 pub mod log;
 pub mod pam;
+pub mod recovery;
 pub mod secret;
 pub mod text;
 

@@ -48,7 +48,7 @@ pub fn outcome_line(login: &LoginContext, outcome: &Outcome) -> String {
 pub fn severity(outcome: &Outcome) -> Severity {
     match outcome {
         Outcome::Verified { .. } => Severity::Info,
-        Outcome::NotEnrolled { .. } | Outcome::NotRequired => Severity::Notice,
+        Outcome::NotEnrolled { .. } | Outcome::NotRequired { .. } => Severity::Notice,
         Outcome::WrongCode { .. }
         | Outcome::UnknownUser { .. }
         | Outcome::Refused { .. }
@@ -56,7 +56,8 @@ pub fn severity(outcome: &Outcome) -> Severity {
         Outcome::ConvError { .. } => Severity::Err,
         Outcome::ConfigError { .. } => Severity::Err,
         // Letting a login in without the second factor must stand out in any log review.
-        Outcome::Unavailable { let_in: true, .. } => Severity::Crit,
+        // So must a recovery code: the administrator hears of every use (and of the last one).
+        Outcome::Unavailable { let_in: true, .. } | Outcome::RecoveryUsed { .. } => Severity::Crit,
         Outcome::Unavailable { .. } => Severity::Err,
     }
 }

@@ -144,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
         verified: false,
         sent: false,
     };
-    let outcome = flow::authenticate(&cfg, &login, &mut person, &mut truid);
+    let outcome = flow::authenticate(&cfg, &login, &mut person, &mut truid, &mut NoCodes);
     let success = pam_truid::pam::pam_code(&outcome) as i32 == 0;
     match &outcome {
         Outcome::Verified { .. } => assert!(truid.verified, "{outcome:?} without a verified code"),
@@ -160,3 +160,16 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+/// No recovery codes: a recovery-shaped answer must then be a wrong try like any other.
+struct NoCodes;
+
+impl flow::Recovery for NoCodes {
+    fn use_code(
+        &mut self,
+        _: &str,
+        _: &pam_truid::secret::Secret,
+    ) -> Result<pam_truid::recovery::Used, String> {
+        Ok(pam_truid::recovery::Used::Rejected)
+    }
+}

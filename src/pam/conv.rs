@@ -10,12 +10,22 @@ pub struct PamConv<'a> {
     conv: Conv<'a>,
     /// `PAM_SILENT`: the application asked for no messages (prompts still go out).
     silent: bool,
+    /// The password part of a verified one-prompt answer, for PAM_AUTHTOK.
+    password: Option<Secret>,
 }
 
 impl<'a> PamConv<'a> {
     pub fn from_handle(pamh: &'a PamHandle, silent: bool) -> Option<Self> {
         let conv = pamh.get_item::<Conv>().ok()??;
-        Some(PamConv { conv, silent })
+        Some(PamConv {
+            conv,
+            silent,
+            password: None,
+        })
+    }
+
+    pub fn take_password(&mut self) -> Option<Secret> {
+        self.password.take()
     }
 }
 
@@ -39,5 +49,9 @@ impl Conversation for PamConv<'_> {
         if !self.silent {
             let _ = self.conv.send(PAM_ERROR_MSG, text);
         }
+    }
+
+    fn keep_password(&mut self, password: Secret) {
+        self.password = Some(password);
     }
 }

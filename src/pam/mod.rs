@@ -36,6 +36,8 @@ pub struct Args {
     pub config: PathBuf,
     pub syslog_socket: Option<PathBuf>,
     pub debug: bool,
+    /// One prompt for the password and the code (as `[login] combined = true`), for this stack.
+    pub combined: bool,
 }
 
 /// Unknown or malformed arguments are errors: a typo in the stack must deny, not be skipped.
@@ -44,6 +46,7 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
         config: PathBuf::from(DEFAULT_PATH),
         syslog_socket: None,
         debug: false,
+        combined: false,
     };
     for raw in args {
         let arg =
@@ -60,9 +63,10 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
                 ))
             }
             None if arg == "debug" => out.debug = true,
+            None if arg == "combined" => out.combined = true,
             _ => {
                 return Err(format!(
-                    "unknown module argument \"{}\"; known: config=PATH, syslog_socket=PATH, debug",
+                    "unknown module argument \"{}\"; known: config=PATH, syslog_socket=PATH, debug, combined",
                     crate::text::sanitize(arg, 200)
                 ))
             }
@@ -75,10 +79,10 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
 pub fn pam_code(outcome: &Outcome) -> PamResultCode {
     use PamResultCode::*;
     match outcome {
-        Outcome::Verified { .. } => PAM_SUCCESS,
+        Outcome::Verified { .. } | Outcome::RecoveryUsed { .. } => PAM_SUCCESS,
         Outcome::Unavailable { let_in: true, .. } => PAM_SUCCESS,
         Outcome::Unavailable { let_in: false, .. } => PAM_AUTHINFO_UNAVAIL,
-        Outcome::NotEnrolled { ignore: true, .. } | Outcome::NotRequired => PAM_IGNORE,
+        Outcome::NotEnrolled { ignore: true, .. } | Outcome::NotRequired { .. } => PAM_IGNORE,
         Outcome::WrongCode { .. }
         | Outcome::NotEnrolled { ignore: false, .. }
         | Outcome::UnknownUser { .. }
@@ -173,8 +177,34 @@ fn asks_for_delay(outcome: &Outcome) -> bool {
 }
 
 extern "C" {
-    // libpam's; pam-bindings does not wrap it.
+    // libpam's; pam-bindings does not wrap these.
     fn pam_fail_delay(pamh: *mut PamHandle, usec: libc::c_uint) -> libc::c_int;
+    fn pam_set_item(
+        pamh: *mut PamHandle,
+        item_type: libc::c_int,
+        item: *const libc::c_void,
+    ) -> libc::c_int;
+}
+
+/// `PAM_AUTHTOK` of <security/_pam_types.h>.
+const PAM_AUTHTOK: libc::c_int = 6;
+
+/// Hands the password part of a one-prompt answer to the modules after this one (pam_unix's
+/// `use_first_pass`). libpam copies it; our copy is zeroised when `password` drops.
+fn set_authtok(pamh: &mut PamHandle, password: &crate::secret::Secret) -> Result<(), String> {
+    let c = zeroize::Zeroizing::new(
+        std::ffi::CString::new(password.expose())
+            .map_err(|_| "the password part holds a NUL byte".to_string())?
+            .into_bytes_with_nul(),
+    );
+    // SAFETY: `pamh` is the live handle of this call; `c` is NUL-terminated and outlives the
+    // call, and libpam copies the string.
+    let rc = unsafe { pam_set_item(pamh, PAM_AUTHTOK, c.as_ptr().cast()) };
+    if rc == PamResultCode::PAM_SUCCESS as libc::c_int {
+        Ok(())
+    } else {
+        Err(format!("libpam did not take the password part (code {rc})"))
+    }
 }
 
 /// Asks libpam to wait before `pam_authenticate` reports the failure (the application may take
@@ -210,7 +240,7 @@ fn run(
             }
         }
     }
-    let cfg = match Config::load(&args.config) {
+    let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             return Outcome::ConfigError {
@@ -218,6 +248,7 @@ fn run(
             }
         }
     };
+    cfg.login.combined |= args.combined;
     // The user as NSS names them, and their groups from that name (flow does no I/O).
     crate::host::resolve(&cfg, login);
     let mut conv = match PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
@@ -231,10 +262,25 @@ fn run(
     };
     // Without an agent, the calls go through the direct client library (loaded only then).
     let mut api = AgentOrDirect::new(&cfg.api, Loaded::default());
-    let outcome = flow::authenticate(&cfg, login, &mut conv, &mut api);
+    let mut codes = crate::recovery::Store::new(&cfg.recovery.file);
+    let outcome = flow::authenticate(&cfg, login, &mut conv, &mut api, &mut codes);
     traffic.http_requests = api.requests();
     traffic.via_agent = api.used_agent();
-    outcome
+    let password = conv.take_password();
+    drop(conv);
+    match password {
+        // Only a login this module lets in hands the stack a password.
+        Some(p) if pam_code(&outcome) == PamResultCode::PAM_SUCCESS => {
+            if let Err(reason) = set_authtok(pamh, &p) {
+                return Outcome::ConvError {
+                    tries: outcome.tries(),
+                    reason,
+                };
+            }
+            outcome
+        }
+        _ => outcome,
+    }
     // `api` drops here: the direct client's connection closes and its thread ends before PAM
     // returns.
 }
@@ -279,7 +325,13 @@ mod tests {
                 },
                 PAM_IGNORE,
             ),
-            (Outcome::NotRequired, PAM_IGNORE),
+            (
+                Outcome::NotRequired {
+                    reason: String::new(),
+                },
+                PAM_IGNORE,
+            ),
+            (Outcome::RecoveryUsed { tries: 1, left: 0 }, PAM_SUCCESS),
             (
                 Outcome::UnknownUser {
                     tries: 0,

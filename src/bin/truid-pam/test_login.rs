@@ -44,7 +44,9 @@ pub fn run(path: &Path, user: &str, service: &str) -> Result<ExitCode, Failure> 
             );
         }
     }
-    let outcome = flow::authenticate(&cfg, &login, &mut TerminalConv, &mut api);
+    // A recovery code typed here is used up, as at a real login.
+    let mut codes = pam_truid::recovery::Store::new(&cfg.recovery.file);
+    let outcome = flow::authenticate(&cfg, &login, &mut TerminalConv, &mut api, &mut codes);
     let code = pam_truid::pam::pam_code(&outcome);
     println!(
         "the module would answer {code:?}: outcome={} tries={} reason=\"{}\" ({} HTTP requests)",
