@@ -30,6 +30,8 @@ printf '%s' '{"title":"Bad Request","detail":"invalid code","status":400}' > fuz
 printf '%s' '{"_embedded":{"factors":[{"factor_id":"5995afaf-f5d1-47ab-b586-50ad46904eec","status":"ACTIVE","type":"TOTP","external_user_id":"alice"}]}}' > fuzz/corpus/answers/factors
 printf '\x01123456' > fuzz/corpus/code_input/right
 printf '\x03abc\n12345\n123456' > fuzz/corpus/code_input/tries
+printf '\x80hunter2123456' > fuzz/corpus/code_input/combined
+printf '\x80hunter2ab2c-def3-ghjk' > fuzz/corpus/code_input/combined_recovery
 printf '\x40a\x1b[2J"\\\xe2\x80\xae' > fuzz/corpus/sanitize/escapes
 started=$(date +%s)
 for t in "${targets[@]}"; do

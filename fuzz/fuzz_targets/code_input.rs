@@ -1,7 +1,9 @@
 //! The code input path: whatever the person types (as the PAM conversation hands it over, bytes
 //! made UTF-8 lossily) and whatever tru.ID answers, only a well-formed code is ever sent, and
 //! only a verified code, or tru.ID unavailable under `failmode = "safe"` before any code was
-//! sent, lets the login in.
+//! sent, lets the login in, or the one recovery code that is right (flag 0x80 also turns on the
+//! one prompt for password and code, and `accept = "always"`); only a login let in hands a
+//! password part on, and it never holds the code.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,17 +17,26 @@ use std::time::Duration;
 
 const FACTOR: &str = "5995afaf-f5d1-47ab-b586-50ad46904eec";
 const RIGHT: &str = "123456";
+const RIGHT_RECOVERY: &str = "ab2c-def3-ghjk";
 
 struct Person {
     answers: VecDeque<String>,
+    kept: Option<String>,
+    /// The answer to the last prompt.
+    last: String,
 }
 
 impl Conversation for Person {
     fn prompt_secret(&mut self, _text: &str) -> Result<Secret, ConvError> {
-        self.answers
+        let a = self
+            .answers
             .pop_front()
-            .map(Secret::new)
-            .ok_or_else(|| ConvError("no more answers".into()))
+            .ok_or_else(|| ConvError("no more answers".into()))?;
+        self.last = a.clone();
+        Ok(Secret::new(a))
+    }
+    fn keep_password(&mut self, password: Secret) {
+        self.kept = Some(password.expose().to_string());
     }
     fn info(&mut self, text: &str) {
         assert!(!text.chars().any(char::is_control), "{text:?}");
@@ -124,10 +135,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let safe = flags & 0x01 != 0;
     let tries = 1 + u32::from(flags >> 1 & 0x01) * 2;
+    let combined = flags & 0x80 != 0;
     let text = format!(
         "[api]\nbase_url = \"https://127.0.0.1:1\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
-         [login]\nfailmode = \"{}\"\ntries = {tries}\n[users]\nalice = \"{FACTOR}\"\n",
-        if safe { "safe" } else { "secure" }
+         [login]\nfailmode = \"{}\"\ntries = {tries}\ncombined = {combined}\n\
+         [recovery]\naccept = \"{}\"\n[users]\nalice = \"{FACTOR}\"\n",
+        if safe { "safe" } else { "secure" },
+        if combined { "always" } else { "unavailable" },
     );
     let cfg = Config::parse(Path::new("/nonexistent.toml"), &text).expect("the fixed config");
     let login = LoginContext {
@@ -137,39 +151,79 @@ fuzz_target!(|data: &[u8]| {
         account: flow::Account::Known("alice".into()),
         ..Default::default()
     };
-    let mut person = Person { answers };
+    let mut person = Person {
+        answers,
+        kept: None,
+        last: String::new(),
+    };
     let mut truid = TruId {
         flags,
         calls: 0,
         verified: false,
         sent: false,
     };
-    let outcome = flow::authenticate(&cfg, &login, &mut person, &mut truid, &mut NoCodes);
+    let mut codes = OneCode { used: false };
+    let outcome = flow::authenticate(&cfg, &login, &mut person, &mut truid, &mut codes);
     let success = pam_truid::pam::pam_code(&outcome) as i32 == 0;
     match &outcome {
         Outcome::Verified { .. } => assert!(truid.verified, "{outcome:?} without a verified code"),
+        Outcome::RecoveryUsed { .. } => assert!(codes.used, "{outcome:?} without the right code"),
         Outcome::Unavailable { let_in, .. } => {
-            assert!(!*let_in || (safe && !truid.sent), "{outcome:?} after a code was sent")
+            assert!(
+                !*let_in || (safe && !truid.sent),
+                "{outcome:?} after a code was sent"
+            )
         }
         _ => {}
     }
     if success {
         assert!(
-            truid.verified || (safe && !truid.sent && matches!(outcome, Outcome::Unavailable { .. })),
+            truid.verified
+                || codes.used
+                || (safe && !truid.sent && matches!(outcome, Outcome::Unavailable { .. })),
             "{outcome:?} let the login in"
         );
     }
+    match &person.kept {
+        Some(p) => {
+            assert!(
+                combined && (truid.verified || codes.used),
+                "{outcome:?} kept a password"
+            );
+            // The password part is the answer without the code that let the login in.
+            let rest = person
+                .last
+                .strip_prefix(p.as_str())
+                .expect("a prefix of the answer");
+            let right_rc =
+                pam_truid::recovery::parse_code(RIGHT_RECOVERY).map(|c| c.expose().to_string());
+            assert!(
+                rest == RIGHT
+                    || pam_truid::recovery::parse_code(rest).map(|c| c.expose().to_string())
+                        == right_rc,
+                "the code went on as the password"
+            );
+        }
+        None => assert!(!(combined && success && !matches!(outcome, Outcome::Unavailable { .. }))),
+    }
 });
 
-/// No recovery codes: a recovery-shaped answer must then be a wrong try like any other.
-struct NoCodes;
+/// One recovery code, good once; every other answer is no code of the user's.
+struct OneCode {
+    used: bool,
+}
 
-impl flow::Recovery for NoCodes {
-    fn use_code(
-        &mut self,
-        _: &str,
-        _: &pam_truid::secret::Secret,
-    ) -> Result<pam_truid::recovery::Used, String> {
-        Ok(pam_truid::recovery::Used::Rejected)
+impl flow::Recovery for OneCode {
+    fn use_code(&mut self, user: &str, code: &Secret) -> Result<pam_truid::recovery::Used, String> {
+        use pam_truid::recovery::{parse_code, Used};
+        let right = parse_code(RIGHT_RECOVERY).map(|c| c.expose().to_string());
+        if user == "alice"
+            && !self.used
+            && parse_code(code.expose()).map(|c| c.expose().to_string()) == right
+        {
+            self.used = true;
+            return Ok(Used::Accepted { left: 0 });
+        }
+        Ok(Used::Rejected)
     }
 }
