@@ -500,6 +500,7 @@ pub fn authenticate(
     let round_of = RoundOf {
         cfg,
         user,
+        known: unknown.is_none(),
         lookup_name: &lookup_name,
         reference: &reference,
     };
@@ -633,6 +634,8 @@ struct RoundOf<'a> {
     cfg: &'a Config,
     /// The account as NSS names it, whose recovery codes count.
     user: &'a str,
+    /// NSS knows the account: a name it does not know has no codes, whatever the file says.
+    known: bool,
     lookup_name: &'a str,
     reference: &'a str,
 }
@@ -693,6 +696,9 @@ impl RoundOf<'_> {
         code: &Secret,
     ) -> CodeRound {
         let mut used_challenge = false;
+        if !self.known {
+            return Round::Failed(MSG_TRY_AGAIN).into();
+        }
         match self.cfg.recovery.accept {
             Accept::Never => return Round::Failed(MSG_RECOVERY_OFF).into(),
             Accept::Always => {}
@@ -1053,6 +1059,15 @@ mod tests {
             let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut bob);
             assert_eq!(out, Outcome::WrongCode { tries: 1 }, "{failmode}");
         }
+        // A name NSS does not know has no codes, even if the file lists it.
+        let cfg = config("tries = 1\n[recovery]\naccept = \"always\"");
+        let mut c = codes();
+        let mut l = login("alice");
+        l.account = Account::Unknown;
+        let mut conv = Script::answering(&[RC]);
+        let out = authenticate(&cfg, &l, &mut conv, &mut fake("123456"), &mut c);
+        assert_eq!(out.name(), "unknown_user");
+        assert!(c.asked.is_empty());
         // A user without a factor has nothing that is unreachable.
         let mut api = fake("123456");
         api.fail_create = Some(down());
