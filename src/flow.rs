@@ -696,12 +696,15 @@ impl RoundOf<'_> {
         code: &Secret,
     ) -> CodeRound {
         let mut used_challenge = false;
-        if !self.known {
-            return Round::Failed(MSG_TRY_AGAIN).into();
-        }
+        // A name NSS does not know, and a user without a factor, get the answers an enrolled
+        // user gets in the common case (tru.ID up), so nobody learns who is enrolled.
         match self.cfg.recovery.accept {
             Accept::Never => return Round::Failed(MSG_RECOVERY_OFF).into(),
+            Accept::Always if !self.known => return Round::Failed(MSG_TRY_AGAIN).into(),
             Accept::Always => {}
+            Accept::Unavailable if !self.known => {
+                return Round::Failed(MSG_RECOVERY_REACHABLE).into()
+            }
             Accept::Unavailable => {
                 let reached = match find_later(api, self.lookup_name, who) {
                     Err(e) => Err(e),
@@ -711,7 +714,7 @@ impl RoundOf<'_> {
                             get_challenge(api, factor, self.reference).map(drop)
                         }
                         // tru.ID holds no factor for the user: nothing is unreachable.
-                        _ => return Round::Failed(MSG_TRY_AGAIN).into(),
+                        _ => return Round::Failed(MSG_RECOVERY_REACHABLE).into(),
                     },
                 };
                 match reached {
