@@ -504,6 +504,8 @@ pub fn authenticate(
         lookup_name: &lookup_name,
         reference: &reference,
     };
+    // The password part of a one-prompt answer, handed on only if the module lets the login in.
+    let mut password = None;
     for attempt in 1..=tries {
         let last = attempt == tries;
         let prompt = if push {
@@ -539,12 +541,9 @@ pub fn authenticate(
             }
             _ if push && cfg.login.method == Method::Push => Round::Failed(MSG_PUSH_ONLY),
             _ if cfg.login.combined => match split_combined(&answer, cfg.login.code_digits) {
-                Some((password, code)) => {
-                    let round = round_of.code(api, codes, &mut who, &code, &mut sent);
-                    if matches!(round.end, Round::Verified | Round::Recovered { .. }) {
-                        conv.keep_password(password);
-                    }
-                    round.end
+                Some((typed_password, code)) => {
+                    password = Some(typed_password);
+                    round_of.code(api, codes, &mut who, &code, &mut sent).end
                 }
                 None => Round::Failed(MSG_COMBINED),
             },
@@ -558,22 +557,35 @@ pub fn authenticate(
                 round.end
             }
         };
-        match round {
-            Round::Verified => return Outcome::Verified { tries: attempt },
-            Round::Recovered { left } => {
-                return Outcome::RecoveryUsed {
-                    tries: attempt,
-                    left,
+        let outcome = match round {
+            Round::Verified => Outcome::Verified { tries: attempt },
+            Round::Recovered { left } => Outcome::RecoveryUsed {
+                tries: attempt,
+                left,
+            },
+            Round::Broken(reason) => Outcome::ConfigError { reason },
+            Round::Api(e) => api_failure(cfg, login, conv, attempt, e, sent),
+            Round::Failed(msg) => {
+                // A malformed code is told even on the last try: the person learns why.
+                if msg == MSG_MALFORMED || msg == MSG_COMBINED || !last {
+                    conv.error(msg);
                 }
+                continue;
             }
-            Round::Broken(reason) => return Outcome::ConfigError { reason },
-            // A malformed code is told even on the last try: the person learns why.
-            Round::Failed(msg) if msg == MSG_MALFORMED || msg == MSG_COMBINED || !last => {
-                conv.error(msg)
+        };
+        // Every way in hands the stack the password: also an outage `safe` lets in, or the
+        // password would then be asked again and a one-password client locked out.
+        if let Some(p) = password.take() {
+            if matches!(
+                outcome,
+                Outcome::Verified { .. }
+                    | Outcome::RecoveryUsed { .. }
+                    | Outcome::Unavailable { let_in: true, .. }
+            ) {
+                conv.keep_password(p);
             }
-            Round::Failed(_) => {}
-            Round::Api(e) => return api_failure(cfg, login, conv, attempt, e, sent),
         }
+        return outcome;
     }
     match (who, unknown) {
         (Who::Nobody, Some(reason)) => Outcome::UnknownUser { tries, reason },
@@ -1178,6 +1190,20 @@ mod tests {
         let (out, conv, _) = run("hunter2ab2c-def3-ghjk", "always");
         assert_eq!(out, Outcome::RecoveryUsed { tries: 1, left: 1 });
         assert_eq!(conv.kept.as_deref(), Some("hunter2"));
+        // An outage failmode = "safe" lets in hands the password on too.
+        let mut conv = Script::answering(&["pw123456"]);
+        let mut api = fake("123456");
+        api.fail_create = Some(ApiError::Unavailable("down".into()));
+        let cfg = config("combined = true\nfailmode = \"safe\"");
+        let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut codes());
+        assert_eq!(out.name(), "unavailable_allowed");
+        assert_eq!(conv.kept.as_deref(), Some("pw"));
+        // Under secure it is refused, and nothing is handed on.
+        let mut conv = Script::answering(&["pw123456"]);
+        let cfg = config("combined = true");
+        let out = authenticate(&cfg, &login("alice"), &mut conv, &mut api, &mut codes());
+        assert_eq!(out.name(), "unavailable_denied");
+        assert_eq!(conv.kept, None);
         // Only the code is cut off: an empty password is the stack's to refuse.
         let (out, conv, _) = run("123456", "unavailable");
         assert_eq!(out, Outcome::Verified { tries: 1 });

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 pub const DEFAULT_FILE: &str = "/var/lib/pam_truid/recovery.toml";
 /// Codes `truid-pam recovery` makes unless told otherwise, and the most it makes.
 pub const DEFAULT_COUNT: usize = 10;
-pub const MAX_COUNT: usize = 100;
+pub const MAX_COUNT: usize = 20;
 
 /// Crockford's base32: no I, L, O or U, so no symbol looks like another; typed `o`, `i` and `l`
 /// are read as `0`, `1` and `1`.
