@@ -2,6 +2,8 @@
 //! scripted conversation, a syslog listener the module logs to, the emulator, config files.
 #![allow(dead_code)]
 
+pub mod logins;
+
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::fs::PermissionsExt;
