@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 pub const DEFAULT_FILE: &str = "/var/lib/pam_truid/recovery.toml";
-/// Codes `truid-pam recovery` makes unless told otherwise, and the most it makes.
+/// Codes `truid-pam recovery` makes unless told otherwise, and the most it makes: a wrong code
+/// is checked against each unused one, so the most bounds what a try costs.
 pub const DEFAULT_COUNT: usize = 10;
 pub const MAX_COUNT: usize = 20;
 
