@@ -6,7 +6,7 @@
 # - /etc is a copy of the host's /etc, bound over it whole: a directory bind, so useradd's
 #   rename of passwd+ / shadow+ onto passwd / shadow stays inside the copy;
 # - the copy's /etc/default/useradd puts new home folders in a private folder (HOME=), and
-#   TRUID_PRIVATE_HOST names that folder's parent, for ensure_user (tests/real_logins.rs),
+#   TRUID_PRIVATE_HOST names that folder's parent, for ensure_user (tests/common/logins.rs),
 #   which refuses to add a user anywhere else;
 # - /var/mail is an empty private folder, the login records (lastlog, faillog, wtmp, btmp)
 #   private copies: useradd resets a new uid's lastlog and faillog entries, sshd and su
