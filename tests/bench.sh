@@ -14,17 +14,47 @@
 #
 #   sudo tests/bench.sh --wan [--rtts 0,30,100,300] [--link-rtt 100] [--quick]   (--quick: no 10 min idle, about 3 min)
 #
+# With --recovery, only the cost of one recovery-code check (issue 16): argon2id at the stored
+# parameters, a wrong code against 10 codes, a right code found and struck off under the lock
+# (examples/recovery_cost.rs, release mode; median and max over N runs, default 25). The full
+# run above ends with the same table.
+#
+#   sudo tests/bench.sh --recovery [--runs N]
+#
 # Installs what it needs (pamtester, libpam-wrapper, libpam-google-authenticator, valgrind),
 # builds in release mode, prints a Markdown table. Everything it starts is killed by PID at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 wan=
-for a in "$@"; do [ "$a" = "--wan" ] && wan=1; done
+recovery=
+for a in "$@"; do
+  [ "$a" = "--wan" ] && wan=1
+  [ "$a" = "--recovery" ] && recovery=1
+done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench: run as root (sudo $0): configs must be root-owned, and it installs packages." >&2
   exit 1
+fi
+
+TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+if [ -n "$recovery" ]; then
+  runs=25
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --recovery) ;;
+      --runs) runs=${2:?--runs needs a number}; shift ;;
+      *) echo "bench: --recovery takes only --runs N" >&2; exit 2 ;;
+    esac
+    shift
+  done
+  echo "bench: building the recovery-code bench (release)" >&2
+  cargo build --quiet --release -p pam_truid --example recovery_cost
+  "$TARGET/release/examples/recovery_cost" "$runs"
+  echo
+  echo "command: sudo tests/bench.sh --recovery --runs $runs"
+  exit 0
 fi
 
 packages=(libpam0g-dev pamtester libpam-wrapper libpam-google-authenticator valgrind ca-certificates)
@@ -44,8 +74,10 @@ echo "bench: building (release)" >&2
 # direct client library's tokio would get the emulator's "signal" feature (Cargo unifies
 # features), whose process-wide socket pair the shipped library does not have.
 cargo build --quiet --release -p truid-emulator
+# The recovery-code bench is an example, which brings the dev-dependencies (the emulator's
+# features) with it: built before the module too.
+cargo build --quiet --release -p pam_truid --example recovery_cost
 cargo build --quiet --release -p pam_truid -p pam_truid_direct
-TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 REL=$TARGET/release
 
 W=$(mktemp -d /tmp/pam_truid-bench.XXXXXX)
@@ -100,5 +132,7 @@ fi
 SECDIR=$(dirname "$(dpkg -L libpam-modules | grep '/pam_permit\.so$' | head -n 1)")
 "$REL/truid-bench" all --ready "$W/ready.json" --module "$W/pam_truid.so" --work "$W" \
   --secdir "$SECDIR" --agent "$W/agent/agent.sock" --agent-pid "$agent_pid" "$@"
+echo
+"$REL/examples/recovery_cost" 25
 echo
 echo "command: sudo tests/bench.sh $*"

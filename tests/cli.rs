@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -452,4 +452,317 @@ fn the_qr_png_goes_only_to_a_new_private_file() {
     assert_eq!(m.mode() & 0o777, 0o600);
     assert_eq!(m.uid(), 0);
     assert!(std::fs::read(&new).unwrap().starts_with(b"\x89PNG\r\n"));
+}
+
+/// A config with the emulator's `[api]`, `[login]` and `[recovery]` lines (the recovery file in
+/// the test's folder, under `rc/`), and `[users]`.
+fn recovery_config(w: &World, login: &str, recovery: &str, users: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!(
+        "{}\n[login]\n{login}\n\n[recovery]\nfile = \"{}\"\n{recovery}\n\n[users]\n",
+        w.api_table(),
+        w.path("rc/recovery.toml").display()
+    );
+    for (u, f) in users {
+        text.push_str(&format!("{u} = \"{f}\"\n"));
+    }
+    w.write_config(&text)
+}
+
+/// The codes `recovery` printed: the lines shaped `xxxx-xxxx-xxxx`.
+fn printed_codes(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let b = l.as_bytes();
+            b.len() == 14
+                && b.iter().enumerate().all(|(i, c)| match i {
+                    4 | 9 => *c == b'-',
+                    _ => b"0123456789abcdefghjkmnpqrstvwxyz".contains(c),
+                })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The hashes the recovery file holds for `user`.
+fn stored_hashes(w: &World, user: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(w.path("rc/recovery.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    doc.get("codes")
+        .and_then(|c| c.get(user))
+        .and_then(|h| h.as_array())
+        .map(|a| a.iter().map(|h| h.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn recovery_codes_are_shown_once_stored_hashed_replaced_and_revoked() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let f = w.enroll("alice");
+    let cfg = recovery_config(&w, "", "accept = \"always\"", &[("alice", &f)]);
+    let file = w.path("rc/recovery.toml");
+
+    let out = cli(&cfg, &["recovery", "alice", "--count", "4"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    let first = printed_codes(&out);
+    assert_eq!(first.len(), 4, "{t}");
+    for c in &first {
+        assert_eq!(t.matches(c.as_str()).count(), 1, "shown once: {t}");
+    }
+    let mut unique = first.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{t}");
+    assert!(
+        t.contains("shown this once") && t.contains("Each works once"),
+        "{t}"
+    );
+    assert!(t.contains("accepted always"), "{t}");
+
+    // Only argon2id hashes, no code in any form; 0600 in a 0700 folder, root's.
+    let stored = std::fs::read_to_string(&file).unwrap();
+    for c in &first {
+        assert!(!stored.contains(c.as_str()), "{stored}");
+        assert!(!stored.contains(&c.replace('-', "")), "{stored}");
+    }
+    let hashes = stored_hashes(&w, "alice");
+    assert_eq!(hashes.len(), 4, "{stored}");
+    assert!(
+        hashes.iter().all(|h| h.starts_with("$argon2id$v=19$")),
+        "{stored}"
+    );
+    let m = std::fs::symlink_metadata(&file).unwrap();
+    assert_eq!((m.mode() & 0o777, m.uid()), (0o600, 0));
+    let d = std::fs::metadata(w.path("rc")).unwrap();
+    assert_eq!((d.mode() & 0o777, d.uid()), (0o700, 0));
+
+    // Again: a new set replaces the old one, which no longer lets alice in.
+    let out = cli(&cfg, &["recovery", "alice", "--count", "2", "--json"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["user"], "alice");
+    assert_eq!(j["accept"], "always");
+    assert_eq!(j["replaced"], 4);
+    let second: Vec<String> = j["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(second.len(), 2);
+    assert!(second.iter().all(|c| !first.contains(c)));
+    let after = stored_hashes(&w, "alice");
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|h| !hashes.contains(h)), "old hashes left");
+    w.module_stack();
+    let (rc, _) = w.login("alice", &[&first[0]]);
+    assert_ne!(rc, PAM_SUCCESS, "a replaced code let alice in");
+    let (rc, _) = w.login("alice", &[&second[0]]);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", w.outcomes());
+    assert!(
+        w.outcomes()
+            .iter()
+            .any(|l| l.contains("outcome=recovery_used")),
+        "{:?}",
+        w.outcomes()
+    );
+
+    // list counts what is left, also for a user with codes and no factor.
+    let out = cli(&cfg, &["recovery", "bob"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(printed_codes(&out).len(), 10, "the default count");
+    let list = cli(&cfg, &["list", "--json"], "");
+    assert!(list.status.success(), "{}", text(&list));
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let row = |u: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["user"] == u)
+            .cloned()
+            .unwrap_or_else(|| panic!("{u}: {rows}"))
+    };
+    assert_eq!(row("alice")["recovery_codes"], 1);
+    assert_eq!(row("alice")["status"], "ACTIVE");
+    assert_eq!(row("bob")["recovery_codes"], 10);
+    assert_eq!(row("bob")["factor_id"], "");
+    let table = cli(&cfg, &["list"], "");
+    let t = text(&table);
+    assert!(t.lines().next().unwrap().contains("RECOVERY"), "{t}");
+    let bob = t.lines().find(|l| l.starts_with("bob ")).unwrap_or("");
+    assert!(
+        bob.split_whitespace().any(|w| w == "10") && bob.contains("no factor in [users]"),
+        "{t}"
+    );
+
+    // --revoke removes the set and says how many; a second one finds none.
+    let out = cli(&cfg, &["recovery", "bob", "--revoke"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Removed the 10 recovery code(s)"),
+        "{}",
+        text(&out)
+    );
+    assert!(stored_hashes(&w, "bob").is_empty());
+    assert_eq!(stored_hashes(&w, "alice").len(), 1, "alice's untouched");
+    let out = cli(&cfg, &["recovery", "bob", "--revoke"], "");
+    assert!(out.status.success() && text(&out).contains("nothing removed"));
+
+    // A broken file: list says so in words and fails, check names the fix.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let list = cli(&cfg, &["list"], "");
+    assert!(!list.status.success());
+    assert!(
+        text(&list).contains("recovery codes cannot be counted")
+            && text(&list).contains("chmod 600"),
+        "{}",
+        text(&list)
+    );
+    let check = cli(&cfg, &["check"], "");
+    assert!(!check.status.success(), "{}", text(&check));
+    let fail = text(&check)
+        .lines()
+        .find(|l| l.starts_with("FAIL recovery codes"))
+        .unwrap_or("")
+        .to_string();
+    assert!(fail.contains("chmod 600"), "{}", text(&check));
+    // A code is never made for a broken file.
+    let out = cli(&cfg, &["recovery", "alice"], "");
+    assert!(
+        !out.status.success() && printed_codes(&out).is_empty(),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn recovery_refuses_names_nss_does_not_know_bad_counts_and_non_root() {
+    let w = World::new();
+    let cfg = recovery_config(&w, "", "", &[]);
+    let out = cli(&cfg, &["recovery", "no-such-user-here"], "");
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.lines().last().unwrap().starts_with("truid-pam: ") && t.contains("no user"),
+        "{t}"
+    );
+    assert!(printed_codes(&out).is_empty());
+    assert!(!w.path("rc").exists(), "nothing written");
+    for bad in ["0", "101", "ten"] {
+        let out = cli(&cfg, &["recovery", "alice", "--count", bad], "");
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", CLI])
+        .arg("--config")
+        .arg(&cfg)
+        .args(["recovery", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("run truid-pam recovery as root"),
+        "{}",
+        text(&out)
+    );
+    assert!(!w.path("rc").exists(), "nothing written");
+}
+
+#[test]
+fn check_reports_recovery_failmode_exemptions_and_one_prompt() {
+    let w = World::new();
+    let (fa, fb) = (w.enroll("alice"), w.enroll("bob"));
+    let users = [("alice", fa.as_str()), ("bob", fb.as_str())];
+    let line = |out: &Output, start: &str| {
+        text(out)
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start}: {}", text(out)))
+            .to_string()
+    };
+
+    // No file yet: said, and not a failure; secure names who has no codes.
+    let cfg = recovery_config(&w, "", "", &users);
+    let out = cli(&cfg, &["check"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(line(&out, "ok   recovery codes: ")
+        .contains("no recovery codes yet: make them with truid-pam recovery USER"));
+    assert!(
+        line(&out, "ok   failmode: ").contains("2 of 2 enrolled user(s) have no recovery codes")
+    );
+    assert!(!text(&out).contains("combined"), "{}", text(&out));
+    assert!(!text(&out).contains("WARN"), "{}", text(&out));
+
+    let made = cli(&cfg, &["recovery", "alice", "--count", "3"], "");
+    assert!(made.status.success(), "{}", text(&made));
+    let out = cli(&cfg, &["check"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(line(&out, "ok   recovery codes: ").contains("1 user(s), 3 unused code(s)"));
+    let fm = line(&out, "ok   failmode: ");
+    assert!(
+        fm.contains("1 of 2 enrolled user(s)") && fm.contains("(bob)"),
+        "{fm}"
+    );
+
+    // safe: a warning that says what it does and recommends secure with codes; still exit 0.
+    let cfg = recovery_config(&w, "failmode = \"safe\"", "", &users);
+    let out = cli(&cfg, &["check"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let warn = line(&out, "WARN failmode: ");
+    assert!(
+        warn.contains("without a second factor")
+            && warn.contains("set failmode = \"secure\"")
+            && warn.contains("truid-pam recovery USER"),
+        "{warn}"
+    );
+    let out = cli(&cfg, &["check", "--json"], "");
+    let items: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fm = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["check"] == "failmode")
+        .unwrap();
+    assert_eq!((&fm["ok"], &fm["warning"]), (&true.into(), &true.into()));
+
+    // Exemptions NSS cannot match, an exempt user who is enrolled, the one prompt.
+    let cfg = recovery_config(
+        &w,
+        "exempt_users = [\"no-such-user-here\", \"alice\", \"carol\"]\nexempt_groups = [\"no-such-group-here\", \"truid-tests\"]\ncombined = true",
+        "",
+        &users,
+    );
+    let out = cli(&cfg, &["check"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(line(&out, "WARN exempt user no-such-user-here: ").contains("NSS does not know"));
+    assert!(line(&out, "WARN exempt user alice: ").contains("their factor is never asked"));
+    assert!(line(&out, "ok   exempt user carol: ").contains("never asked"));
+    assert!(line(&out, "WARN exempt group no-such-group-here: ").contains("exempts no one"));
+    // The tests' users are all in truid-tests: both enrolled ones are named.
+    let g = line(&out, "WARN exempt group truid-tests: ");
+    assert!(g.contains("alice, bob") && g.contains("never asked"), "{g}");
+    assert!(line(&out, "ok   combined: ").contains("combined = true"));
+
+    // An exempt user can still be enrolled, with a warning.
+    let (out, _) = enroll(&cfg, "carol");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("warning: carol is exempt (in [login] exempt_users)"),
+        "{}",
+        text(&out)
+    );
+    assert!(factor_of(&cfg, "carol").is_some());
+
+    // A folder others may write to fails the check, with the fix.
+    std::fs::set_permissions(
+        w.path("rc"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o733),
+    )
+    .unwrap();
+    let out = cli(&cfg, &["check"], "");
+    assert!(!out.status.success());
+    assert!(line(&out, "FAIL recovery codes: ").contains("writable by root alone"));
 }

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 struct Item {
     check: String,
     ok: bool,
+    /// Ok, yet something to change (`WARN`): the exit status stays 0.
+    warning: bool,
     detail: String,
 }
 
@@ -24,9 +26,11 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         items.push(Item {
             check: check.into(),
             ok,
+            warning: false,
             detail,
         });
     };
+    let mut rollout = Vec::new();
     match Config::load(path) {
         Err(e) => add("config", Err(format!("{e}"))),
         Ok(cfg) => {
@@ -41,7 +45,22 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             check_api(&cfg, &mut add);
             add("agent", Ok(agent_state(&cfg)));
             add("direct client", direct_library_state());
+            rollout = crate::rollout_check::items(&cfg);
         }
+    }
+    for (check, v) in rollout {
+        use crate::rollout_check::Verdict;
+        let (ok, warning, detail) = match v {
+            Verdict::Ok(d) => (true, false, d),
+            Verdict::Warn(d) => (true, true, d),
+            Verdict::Fail(d) => (false, false, d),
+        };
+        items.push(Item {
+            check,
+            ok,
+            warning,
+            detail,
+        });
     }
     let all_ok = items.iter().all(|i| i.ok);
     if json {
@@ -53,7 +72,11 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         for i in &items {
             println!(
                 "{} {}: {}",
-                if i.ok { "ok  " } else { "FAIL" },
+                match (i.ok, i.warning) {
+                    (false, _) => "FAIL",
+                    (true, true) => "WARN",
+                    (true, false) => "ok  ",
+                },
                 i.check,
                 i.detail
             );

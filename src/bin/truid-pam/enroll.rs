@@ -51,6 +51,9 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     // The module looks users up by the name NSS gives (`Alice` is `alice` on sssd), so that
     // is the name written.
     let user = canonical_user(&args.user)?;
+    if let Some(why) = crate::rollout_check::exempt(&cfg, &user) {
+        eprintln!("warning: {} is exempt ({why}): the module never asks them for this factor's code while that stays so.", sanitize(&user, 128));
+    }
     let external = args
         .external_id
         .clone()

@@ -17,11 +17,21 @@ struct Row {
     kind: String,
     external_user_id: String,
     error: Option<String>,
+    /// Unused recovery codes of the user (`None`: the recovery file cannot be read).
+    recovery_codes: Option<usize>,
 }
 
 pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     let cfg = load(path)?;
     let mut api = client(&cfg)?;
+    // A broken recovery file is said in words; the factors are still listed.
+    let codes = pam_truid::recovery::Store::new(&cfg.recovery.file).counts();
+    let left = |user: &str| {
+        codes
+            .as_ref()
+            .ok()
+            .map(|c| c.get(user).copied().unwrap_or(0))
+    };
     let mut rows = Vec::new();
     for (user, factor) in &cfg.users {
         let mut row = Row {
@@ -32,6 +42,7 @@ pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             kind: String::new(),
             external_user_id: String::new(),
             error: None,
+            recovery_codes: left(user),
         };
         match api.get_factor(factor.as_str()) {
             Ok(f) => {
@@ -58,8 +69,24 @@ pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
                     kind: sanitize(&f.kind, 16),
                     external_user_id: sanitize(&f.external_user_id, 64),
                     error: None,
+                    recovery_codes: left(user),
                 });
             }
+        }
+    }
+    // Users with codes but no factor in [users].
+    if let Ok(counts) = &codes {
+        for (user, n) in counts.iter().filter(|(u, _)| !cfg.users.contains_key(*u)) {
+            rows.push(Row {
+                user: sanitize(user, 128),
+                factor_id: String::new(),
+                in_config: false,
+                status: String::new(),
+                kind: String::new(),
+                external_user_id: String::new(),
+                error: None,
+                recovery_codes: Some(*n),
+            });
         }
     }
     if json {
@@ -69,26 +96,35 @@ pub fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         );
     } else {
         println!(
-            "{:<16} {:<36} {:<9} {:<5} {:<16} NOTE",
-            "USER", "FACTOR", "STATUS", "TYPE", "EXTERNAL ID"
+            "{:<16} {:<36} {:<9} {:<5} {:<16} {:<8} NOTE",
+            "USER", "FACTOR", "STATUS", "TYPE", "EXTERNAL ID", "RECOVERY"
         );
         for r in &rows {
             let note = match (&r.error, r.in_config) {
                 (Some(e), _) => e.clone(),
+                (None, false) if r.factor_id.is_empty() => {
+                    "recovery codes only: no factor in [users]".into()
+                }
                 (None, false) => "not in the config".into(),
                 (None, true) => String::new(),
             };
+            let codes = r.recovery_codes.map_or("?".into(), |n| n.to_string());
             println!(
-                "{:<16} {:<36} {:<9} {:<5} {:<16} {note}",
+                "{:<16} {:<36} {:<9} {:<5} {:<16} {codes:<8} {note}",
                 r.user, r.factor_id, r.status, r.kind, r.external_user_id
             );
         }
     }
-    Ok(if rows.iter().any(|r| r.error.is_some()) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    if let Err(e) = &codes {
+        eprintln!("truid-pam: recovery codes cannot be counted: {e}");
+    }
+    Ok(
+        if rows.iter().any(|r| r.error.is_some()) || codes.is_err() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 pub fn deactivate(path: &Path, typed: &str) -> Result<ExitCode, Failure> {

@@ -9,6 +9,8 @@ mod edit;
 mod enroll;
 mod factors;
 mod project;
+mod recovery;
+mod rollout_check;
 mod terminal;
 mod test_login;
 
@@ -67,6 +69,8 @@ enum Command {
         #[command(subcommand)]
         action: project::Action,
     },
+    /// Make USER's one-time recovery codes and show them once (they replace the old ones), or --revoke them.
+    Recovery(recovery::Args),
     /// Run the local agent: keeps tru.ID connections open for the module's logins (run by systemd).
     Agent(agent::Args),
 }
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Check { json } => check::run(&cli.config, json),
         Command::Test { user, service } => test_login::run(&cli.config, &user, &service),
         Command::Project { action } => project::run(&cli.config, action),
+        Command::Recovery(args) => recovery::run(&cli.config, args),
         Command::Agent(args) => agent::run(args),
     };
     match result {
