@@ -13,7 +13,7 @@ use std::process::ExitCode;
 pub struct Args {
     /// The Unix user the codes are for (the name NSS gives is the one kept).
     user: String,
-    /// How many codes to make, 1 to 100; they replace the user's old ones.
+    /// How many codes to make, 1 to 20; they replace the user's old ones.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_COUNT, value_parser = count)]
     count: usize,
     /// Print a JSON object instead of lines.
