@@ -29,11 +29,16 @@ pub trait Recovery {
     /// Uses `code` up if it is one of `user`'s unused codes. `Err`: the codes cannot be read or
     /// the used one cannot be struck off; the login is then refused.
     fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String>;
+    /// Takes the time a wrong code takes, for a name that has no codes (NSS does not know it).
+    fn check_nothing(&mut self, _code: &Secret) {}
 }
 
 impl Recovery for recovery::Store {
     fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String> {
         recovery::Store::use_code(self, user, code).map_err(|e| format!("recovery codes: {e}"))
+    }
+    fn check_nothing(&mut self, code: &Secret) {
+        recovery::Store::check_nothing(self, code)
     }
 }
 
@@ -712,7 +717,10 @@ impl RoundOf<'_> {
         // user gets in the common case (tru.ID up), so nobody learns who is enrolled.
         match self.cfg.recovery.accept {
             Accept::Never => return Round::Failed(MSG_RECOVERY_OFF).into(),
-            Accept::Always if !self.known => return Round::Failed(MSG_TRY_AGAIN).into(),
+            Accept::Always if !self.known => {
+                codes.check_nothing(code);
+                return Round::Failed(MSG_TRY_AGAIN).into();
+            }
             Accept::Always => {}
             Accept::Unavailable if !self.known => {
                 return Round::Failed(MSG_RECOVERY_REACHABLE).into()

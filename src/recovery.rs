@@ -36,6 +36,13 @@ const T_COST: u32 = 2;
 /// Hashes the file may ask for beyond ours are refused: a check must not cost seconds.
 const MAX_M_COST_KIB: u32 = 256 * 1024;
 const MAX_T_COST: u32 = 10;
+/// A code that is not the user's costs at least this many hashes, whether the name has codes,
+/// how many, or none: the time a wrong try takes does not tell who holds codes (up to this
+/// many; the most a user may have is `MAX_COUNT`).
+const CHECKS_AT_LEAST: usize = DEFAULT_COUNT;
+/// What those extra hashes are computed against: our parameters, a fixed salt, no code.
+const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$cGFtX3RydWlkLWR1bW15$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
 /// A thousand users with a hundred codes each is ~10 MB; a bigger file is not ours.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// How long a login waits for another one's rewrite (milliseconds of work) before it denies:
@@ -157,6 +164,13 @@ fn matches(phc: &str, canonical: &Secret) -> Result<bool, String> {
         .zip(expected.as_bytes())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b));
     Ok(diff == 0 && out.len() == expected.len())
+}
+
+/// `n` hashes that match nothing, at the stored codes' cost.
+fn spend_checks(n: usize, canonical: &Secret) {
+    for _ in 0..n {
+        let _ = matches(DUMMY, canonical);
+    }
 }
 
 /// What the file holds: user name (as NSS names the account) = their unused codes' hashes.
@@ -285,9 +299,7 @@ impl Store {
             return Ok(Used::Rejected);
         };
         let before = self.read()?;
-        let Some(hashes) = before.codes.get(user) else {
-            return Ok(Used::Rejected);
-        };
+        let hashes = before.codes.get(user).map_or(&[][..], Vec::as_slice);
         let mut found = None;
         for h in hashes {
             if matches(h, &canonical).map_err(|p| ConfigError {
@@ -299,6 +311,7 @@ impl Store {
             }
         }
         let Some(found) = found else {
+            spend_checks(CHECKS_AT_LEAST.saturating_sub(hashes.len()), &canonical);
             return Ok(Used::Rejected);
         };
         let _lock = self.lock()?;
@@ -317,6 +330,15 @@ impl Store {
         // Only once the file without the code is in place does the code count.
         self.write(&now)?;
         Ok(Used::Accepted { left })
+    }
+
+    /// The time a wrong code costs, for a name that has no codes here (one NSS does not know):
+    /// the file read and the hashes, so such a name looks like any other.
+    pub fn check_nothing(&self, code: &Secret) {
+        let _ = self.read();
+        if let Some(canonical) = parse_code(code.expose()) {
+            spend_checks(CHECKS_AT_LEAST, &canonical);
+        }
     }
 
     fn io_error(&self, what: &str, e: &std::io::Error) -> ConfigError {
@@ -458,6 +480,12 @@ mod tests {
         assert!(matches(&h, &parse_code("AB2C DEF3 GHJK").unwrap()).unwrap());
         assert!(!matches(&h, &parse_code("ab2c-def3-ghjm").unwrap()).unwrap());
         assert_ne!(h, hash(&code).unwrap(), "a salt per code");
+        // The stand-in hash is well formed at our cost, and matches no code.
+        assert_eq!(
+            matches(DUMMY, &parse_code("0000-0000-0000").unwrap()),
+            Ok(false)
+        );
+        assert!(DUMMY.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(matches(
             "$argon2id$v=19$m=999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA",
             &parse_code("ab2c-def3-ghjk").unwrap()

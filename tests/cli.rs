@@ -765,4 +765,15 @@ fn check_reports_recovery_failmode_exemptions_and_one_prompt() {
     let out = cli(&cfg, &["check"], "");
     assert!(!out.status.success());
     assert!(line(&out, "FAIL recovery codes: ").contains("writable by root alone"));
+
+    // A typo in [login] groups stands everyone aside: check says so.
+    let groups_cfg = recovery_config(
+        &w,
+        "groups = [\"no-such-group-here\", \"truid-tests\"]",
+        "",
+        &users,
+    );
+    let out = cli(&groups_cfg, &["check"], "");
+    assert!(line(&out, "WARN group no-such-group-here: ").contains("nobody is asked"));
+    assert!(line(&out, "ok   group truid-tests: ").contains("asked for a code"));
 }

@@ -5,13 +5,17 @@ use crate::secret::Secret;
 use ::pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_TEXT_INFO};
 use ::pam::conv::Conv;
 use ::pam::module::PamHandle;
+use zeroize::Zeroizing;
 
 pub struct PamConv<'a> {
     conv: Conv<'a>,
     /// `PAM_SILENT`: the application asked for no messages (prompts still go out).
     silent: bool,
+    /// The last answer as the application gave it, and the length of its text form: a
+    /// password is handed on byte for byte, even when it is not UTF-8.
+    last: Option<(Zeroizing<Vec<u8>>, usize)>,
     /// The password part of a verified one-prompt answer, for PAM_AUTHTOK.
-    password: Option<Secret>,
+    password: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl<'a> PamConv<'a> {
@@ -20,11 +24,12 @@ impl<'a> PamConv<'a> {
         Some(PamConv {
             conv,
             silent,
+            last: None,
             password: None,
         })
     }
 
-    pub fn take_password(&mut self) -> Option<Secret> {
+    pub fn take_password(&mut self) -> Option<Zeroizing<Vec<u8>>> {
         self.password.take()
     }
 }
@@ -33,8 +38,16 @@ impl Conversation for PamConv<'_> {
     fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError> {
         match self.conv.send(PAM_PROMPT_ECHO_OFF, text) {
             // Invalid UTF-8 becomes U+FFFD, which no code contains: a wrong try, never sent.
-            Ok(Some(answer)) => Ok(Secret::new(String::from_utf8_lossy(answer.as_bytes()))),
-            Ok(None) => Ok(Secret::new("")),
+            Ok(Some(answer)) => {
+                let raw = Zeroizing::new(answer.as_bytes().to_vec());
+                let text = Secret::new(String::from_utf8_lossy(&raw));
+                self.last = Some((raw, text.expose().len()));
+                Ok(text)
+            }
+            Ok(None) => {
+                self.last = None;
+                Ok(Secret::new(""))
+            }
             Err(code) => Err(ConvError(format!("the conversation failed ({code:?})"))),
         }
     }
@@ -51,7 +64,15 @@ impl Conversation for PamConv<'_> {
         }
     }
 
+    /// The flow cut an ASCII code off the end of the text form, so as many bytes come off the
+    /// raw answer: the password keeps the bytes the person typed.
     fn keep_password(&mut self, password: Secret) {
-        self.password = Some(password);
+        let raw = self.last.take().and_then(|(raw, text_len)| {
+            let code_len = text_len.checked_sub(password.expose().len())?;
+            let keep = raw.len().checked_sub(code_len)?;
+            raw.get(..keep).map(|p| Zeroizing::new(p.to_vec()))
+        });
+        self.password =
+            Some(raw.unwrap_or_else(|| Zeroizing::new(password.expose().as_bytes().to_vec())));
     }
 }

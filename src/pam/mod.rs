@@ -191,9 +191,9 @@ const PAM_AUTHTOK: libc::c_int = 6;
 
 /// Hands the password part of a one-prompt answer to the modules after this one (pam_unix's
 /// `use_first_pass`). libpam copies it; our copy is zeroised when `password` drops.
-fn set_authtok(pamh: &mut PamHandle, password: &crate::secret::Secret) -> Result<(), String> {
+fn set_authtok(pamh: &mut PamHandle, password: &[u8]) -> Result<(), String> {
     let c = zeroize::Zeroizing::new(
-        std::ffi::CString::new(password.expose())
+        std::ffi::CString::new(password)
             .map_err(|_| "the password part holds a NUL byte".to_string())?
             .into_bytes_with_nul(),
     );

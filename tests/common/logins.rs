@@ -432,7 +432,8 @@ pub enum SshVariant {
     /// conf/pam.d/sshd-password with `AuthenticationMethods keyboard-interactive`.
     Password,
     /// conf/pam.d/sshd-combined with the sshd lines its header names (`PasswordAuthentication
-    /// yes`, `AuthenticationMethods any`). As a client: ssh's `password` method only.
+    /// yes`, `AuthenticationMethods password keyboard-interactive`). As a client: ssh's
+    /// `password` method only.
     Combined,
 }
 
@@ -482,12 +483,21 @@ pub fn sshd_snippet(variant: SshVariant) -> String {
                 "\n#AuthenticationMethods publickey,keyboard-interactive\n",
             )
             .replace(pw, "\nAuthenticationMethods keyboard-interactive\n"),
-        // "instead of the ones there", as conf/pam.d/sshd-combined says.
+        // As conf/pam.d/sshd-combined says: its commented line instead of the others, and
+        // PasswordAuthentication on.
         SshVariant::Combined => {
             let off = "\nPasswordAuthentication no\n";
-            assert!(text.contains(off), "{text}");
+            let one = "\n#AuthenticationMethods password keyboard-interactive\n";
+            assert!(text.contains(off) && text.contains(one), "{text}");
             text.replace(off, "\nPasswordAuthentication yes\n")
-                .replace(key, "\nAuthenticationMethods any\n")
+                .replace(
+                    key,
+                    "\n#AuthenticationMethods publickey,keyboard-interactive\n",
+                )
+                .replace(
+                    one,
+                    "\nAuthenticationMethods password keyboard-interactive\n",
+                )
         }
     }
 }

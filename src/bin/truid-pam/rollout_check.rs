@@ -192,4 +192,20 @@ fn exempt_lines(cfg: &Config, out: &mut Vec<(String, Verdict)>) {
         };
         out.push((format!("exempt group {shown}"), v));
     }
+    // A group of `groups` NSS does not know has no members: a typo there stands everyone aside.
+    for group in &cfg.login.groups {
+        let shown = sanitize(group, 64);
+        let v = match nix::unistd::Group::from_name(group) {
+            Ok(Some(_)) => Verdict::Ok("its members are asked for a code".into()),
+            Ok(None) | Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESRCH) => {
+                Verdict::Warn(format!(
+                    "NSS does not know group \"{shown}\": nobody is asked for a code through it; check the name"
+                ))
+            }
+            Err(e) => Verdict::Warn(format!(
+                "group \"{shown}\" cannot be looked up ({e}): its members are asked while NSS cannot say"
+            )),
+        };
+        out.push((format!("group {shown}"), v));
+    }
 }
