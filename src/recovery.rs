@@ -36,10 +36,9 @@ const T_COST: u32 = 2;
 /// Hashes the file may ask for beyond ours are refused: a check must not cost seconds.
 const MAX_M_COST_KIB: u32 = 256 * 1024;
 const MAX_T_COST: u32 = 10;
-/// A code that is not the user's costs at least this many hashes, whether the name has codes,
-/// how many, or none: the time a wrong try takes does not tell who holds codes (up to this
-/// many; the most a user may have is `MAX_COUNT`).
-const CHECKS_AT_LEAST: usize = DEFAULT_COUNT;
+/// A code that is not the user's costs this many hashes, whether the name has codes, how many,
+/// or none: the time a wrong try takes does not tell who holds codes, nor how many.
+const CHECKS_AT_LEAST: usize = MAX_COUNT;
 /// What those extra hashes are computed against: our parameters, a fixed salt, no code.
 const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$cGFtX3RydWlkLWR1bW15$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
@@ -130,10 +129,13 @@ pub fn hash(code: &Secret) -> Result<String, String> {
         .map_err(|e| format!("hashing failed: {e}"))
 }
 
-/// Whether `canonical` is the code behind `phc`. The hash's memory is reserved fallibly, so a
-/// process whose memory a caller limited denies instead of aborting.
-fn matches(phc: &str, canonical: &Secret) -> Result<bool, String> {
-    let bad = |why: &str| format!("a stored hash is not one this version writes ({why})");
+fn bad(why: &str) -> String {
+    format!("a stored hash is not one this version writes ({why})")
+}
+
+/// A stored hash as a login would use it: argon2id, its cost within what a login may spend,
+/// a salt and a hash. Checked without computing it.
+fn parse_stored(phc: &str) -> Result<(PasswordHash<'_>, Params), String> {
     let parsed = PasswordHash::new(phc).map_err(|_| bad("not a PHC string"))?;
     if parsed.algorithm.as_str() != "argon2id" {
         return Err(bad("not argon2id"));
@@ -142,6 +144,18 @@ fn matches(phc: &str, canonical: &Secret) -> Result<bool, String> {
     if params.m_cost() > MAX_M_COST_KIB || params.t_cost() > MAX_T_COST {
         return Err(bad("its cost is above what a login may spend"));
     }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err(bad("no salt or no hash"));
+    }
+    Ok((parsed, params))
+}
+
+/// Whether `canonical` is the code behind `phc`. The hash's memory is reserved fallibly, so a
+/// process whose memory a caller limited denies instead of aborting.
+fn matches(phc: &str, canonical: &Secret) -> Result<bool, String> {
+    #[cfg(test)]
+    tests::HASHED.with(|n| n.set(n.get() + 1));
+    let (parsed, params) = parse_stored(phc)?;
     let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
         return Err(bad("no salt or no hash"));
     };
@@ -256,18 +270,41 @@ impl Store {
         })
     }
 
-    /// How many unused codes each user has.
+    /// How many unused codes each user has. A hash no login could use is an error, not a code:
+    /// a count the logins cannot back would mislead whoever relies on it.
     pub fn counts(&self) -> Result<BTreeMap<String, usize>, ConfigError> {
-        Ok(self
-            .read()?
-            .codes
-            .into_iter()
-            .map(|(u, c)| (u, c.len()))
-            .collect())
+        let codes = self.read()?.codes;
+        for (user, hashes) in &codes {
+            self.check_usable(user, hashes)?;
+        }
+        Ok(codes.into_iter().map(|(u, c)| (u, c.len())).collect())
     }
 
     pub fn left(&self, user: &str) -> Result<usize, ConfigError> {
+        let codes = self.read()?.codes;
+        let hashes = codes.get(user).map_or(&[][..], Vec::as_slice);
+        self.check_usable(user, hashes)?;
+        Ok(hashes.len())
+    }
+
+    /// How many hashes the file holds for the user, usable or not: for replacing or revoking a
+    /// set, which must work on a broken one too.
+    pub fn stored(&self, user: &str) -> Result<usize, ConfigError> {
         Ok(self.read()?.codes.get(user).map_or(0, Vec::len))
+    }
+
+    fn check_usable(&self, user: &str, hashes: &[String]) -> Result<(), ConfigError> {
+        for h in hashes {
+            parse_stored(h).map_err(|why| ConfigError {
+                path: self.path.clone(),
+                problem: format!(
+                    "{why} among the codes of \"{}\": logins refuse them; make new ones with: truid-pam recovery {}",
+                    crate::text::sanitize(user, 64),
+                    crate::text::sanitize(user, 64)
+                ),
+            })?;
+        }
+        Ok(())
     }
 
     /// Replaces the user's codes with these hashes (`None`: removes them). Creates the folder
@@ -423,6 +460,52 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Hashes this thread computed (`matches`).
+        pub(super) static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn hashes_of(f: impl FnOnce()) -> usize {
+        HASHED.with(|n| n.set(0));
+        f();
+        HASHED.with(|n| n.get())
+    }
+
+    /// Needs root, as the suite does. A wrong code costs the same work whoever the name is:
+    /// counted in hashes, not timed.
+    #[test]
+    fn a_wrong_code_costs_as_many_hashes_for_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(&dir.path().join("codes/recovery.toml"));
+        let many = generate(MAX_COUNT).unwrap();
+        store
+            .set(
+                "many",
+                Some(many.iter().map(|c| hash(c).unwrap()).collect()),
+            )
+            .unwrap();
+        let one = generate(1).unwrap();
+        store
+            .set("one", Some(vec![hash(&one[0]).unwrap()]))
+            .unwrap();
+        let wrong = generate(1).unwrap().remove(0);
+        let costs = [
+            hashes_of(|| assert_eq!(store.use_code("many", &wrong).unwrap(), Used::Rejected)),
+            hashes_of(|| assert_eq!(store.use_code("one", &wrong).unwrap(), Used::Rejected)),
+            hashes_of(|| assert_eq!(store.use_code("none", &wrong).unwrap(), Used::Rejected)),
+            hashes_of(|| store.check_nothing(&wrong)),
+        ];
+        assert_eq!(costs, [MAX_COUNT; 4]);
+        // A right code stops at its own hash.
+        assert_eq!(
+            hashes_of(|| assert!(matches!(
+                store.use_code("one", &one[0]).unwrap(),
+                Used::Accepted { left: 0 }
+            ))),
+            1
+        );
+    }
 
     #[test]
     fn codes_have_the_shape_and_are_never_totp_codes() {

@@ -165,6 +165,10 @@ fn text(out: &Output) -> String {
 /// user (the codes are 60 random bits, a salt per code buys nothing), hash the typed code
 /// once with it and compare that digest with each stored one in constant time.
 #[test]
+// A measurement, not a CI test (timings on a shared 2-core machine): the same property is
+// counted in hashes by src/recovery.rs's a_wrong_code_costs_as_many_hashes_for_any_name.
+// Run: sudo tests/private-host.sh cargo test --release --test attack_rollout2 -- --ignored
+#[ignore]
 fn wrong_recovery_code_takes_as_long_for_twenty_codes_as_for_none() {
     let (many, none) = ("truidbt1", "truidbt2");
     let w = World::new();

@@ -62,7 +62,7 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     let store = Store::new(&cfg.recovery.file);
     let user = resolve(&args.user, args.revoke, &store)?;
     let shown = sanitize(&user, 128);
-    let before = store.left(&user)?;
+    let before = store.stored(&user)?;
     if args.revoke {
         // Nothing to remove: the file is not written (nor made).
         if before > 0 {
@@ -87,30 +87,47 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     // Shown only once they are stored: a code printed but not kept would fail its owner later.
     store.set(&user, Some(hashes))?;
     notes(&cfg, &user);
+    // Written whole, in one buffer that is zeroised: a closed or full standard output is an
+    // error that says the new set was never seen, not a panic, and no code is left in memory.
+    let mut out = zeroize::Zeroizing::new(String::new());
     if args.json {
         let list: Vec<&str> = codes.iter().map(Secret::expose).collect();
-        println!(
-            "{}",
-            serde_json::json!({
+        out.push_str(
+            &serde_json::json!({
                 "user": user,
                 "codes": list,
                 "accept": accept_word(cfg.recovery.accept),
                 "replaced": before,
                 "file": store.path(),
             })
+            .to_string(),
         );
+        out.push('\n');
     } else {
-        println!(
-            "{} recovery code(s) for {shown}. They are shown this once: hand them over or store them safely now. Each works once.",
+        out.push_str(&format!(
+            "{} recovery code(s) for {shown}. They are shown this once: hand them over or store them safely now. Each works once.\n",
             codes.len()
-        );
+        ));
         for c in &codes {
-            println!("{}", c.expose());
+            out.push_str(c.expose());
+            out.push('\n');
         }
-        println!("They are accepted {}.", accepted_when(&cfg));
+        out.push_str(&format!("They are accepted {}.\n", accepted_when(&cfg)));
         if before > 0 {
-            println!("The {before} code(s) {shown} had before no longer work.");
+            out.push_str(&format!(
+                "The {before} code(s) {shown} had before no longer work.\n"
+            ));
         }
+    }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        return Err(Failure(format!(
+            "the new codes of {shown} are stored, but they could not be shown ({e}); nobody has seen them, so run truid-pam recovery {shown} again to make a set you can read"
+        )));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -136,7 +153,7 @@ fn resolve(typed: &str, revoke: bool, store: &Store) -> Result<String, Failure> 
             }
             Ok(pw.name)
         }
-        Ok(None) if revoke && store.left(typed)? > 0 => Ok(typed.to_string()),
+        Ok(None) if revoke && store.stored(typed)? > 0 => Ok(typed.to_string()),
         Ok(None) => Err(Failure(format!(
             "no user \"{}\" on this host (getent passwd does not know it): a login as that name is refused anyway, so it gets no codes; check the name",
             sanitize(typed, 128)
