@@ -160,10 +160,8 @@ fn text(out: &Output) -> String {
 /// user with more codes costs one hash per code: the time still tells who holds more than 10,
 /// and how many.
 ///
-/// FAILS now (20 codes take about twice as long). Fix: pad to MAX_COUNT (every wrong code
-/// costs 20 hashes), or better make a check cost one hash whatever the count: one salt per
-/// user (the codes are 60 random bits, a salt per code buys nothing), hash the typed code
-/// once with it and compare that digest with each stored one in constant time.
+/// Failed before the fix (20 codes took about twice as long); every wrong code now costs
+/// MAX_COUNT hashes.
 #[test]
 // A measurement, not a CI test (timings on a shared 2-core machine): the same property is
 // counted in hashes by src/recovery.rs's a_wrong_code_costs_as_many_hashes_for_any_name.
