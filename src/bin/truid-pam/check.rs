@@ -28,7 +28,11 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         });
     };
     match Config::load(path) {
-        Err(e) => add("config", Err(format!("{e}"))),
+        Err(e) => {
+            add("config", Err(format!("{e}")));
+            let sock = Path::new(pam_truid::config::DEFAULT_AGENT_SOCKET);
+            add("selinux", crate::selinux::state(Some(sock)));
+        }
         Ok(cfg) => {
             add(
                 "config",
@@ -41,6 +45,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             check_api(&cfg, &mut add);
             add("agent", Ok(agent_state(&cfg)));
             add("direct client", direct_library_state());
+            add("selinux", crate::selinux::state(cfg.api.agent.as_deref()));
         }
     }
     let all_ok = items.iter().all(|i| i.ok);

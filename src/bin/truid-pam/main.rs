@@ -9,6 +9,7 @@ mod edit;
 mod enroll;
 mod factors;
 mod project;
+mod selinux;
 mod terminal;
 mod test_login;
 
