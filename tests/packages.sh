@@ -251,7 +251,8 @@ cmp -s "$work/rpmroot/usr/share/selinux/devel/include/contrib/pam_truid.if" pack
 for f in packaging/authselect/*; do
     cmp -s "$work/rpmroot/usr/share/authselect/vendor/pam_truid/$(basename "$f")" "$f" || fail "rpm: authselect profile file $(basename "$f") differs"
 done
-rpm -qpR "$rpm" | grep -qx '(policycoreutils if selinux-policy)' || fail "rpm: Requires lacks (policycoreutils if selinux-policy)"
+rpm -qpR "$rpm" > "$work/rpm.requires"
+grep -qx '(policycoreutils if selinux-policy)' "$work/rpm.requires" || fail "rpm: Requires lacks (policycoreutils if selinux-policy)"
 awk '/^postinstall scriptlet/ { p = 1; next } /^[a-z]+ scriptlet/ { p = 0 } p' "$work/rpm.scripts" > "$work/post.sh"
 awk '/^postuninstall scriptlet/ { p = 1; next } /^[a-z]+ scriptlet/ { p = 0 } p' "$work/rpm.scripts" > "$work/postun.sh"
 mkdir -p "$work/se/bin"
