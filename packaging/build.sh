@@ -6,8 +6,11 @@
 #   packaging/build.sh            everything; the packages are copied to packaging/out/
 #   packaging/build.sh --man      only the man pages (packaging/out/man/*.gz), which is
 #                                 what a bare `cargo deb` / `cargo generate-rpm` needs first
+#                                 (and `cargo generate-rpm` packaging/selinux/build.sh's .pp)
 #
-# Needs: scdoc, gzip, cargo-deb, cargo-generate-rpm (tests/packages.sh installs them).
+# Needs: scdoc, gzip, cargo-deb, cargo-generate-rpm, and for the .rpm's SELinux policy module
+# the policy devel files (selinux-policy-dev and checkpolicy on Debian, selinux-policy-devel on
+# RHEL); tests/setup.sh and tests/packages.sh install them. The .deb does not carry the policy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -55,6 +58,9 @@ fi
 # One release build of the module, its direct client library and truid-pam, used by both
 # packages.
 cargo build --release --locked -p pam_truid -p pam_truid_direct
+
+# The .rpm's SELinux policy module, built from packaging/selinux/ (packaging/out/selinux/).
+packaging/selinux/build.sh "$out/selinux"
 
 rm -f "$target"/debian/libpam-truid_*.deb "$target"/generate-rpm/pam_truid-*.rpm
 cargo deb --no-build --locked -p pam_truid "${variant[@]}"   # strips what it packs

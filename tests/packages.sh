@@ -3,7 +3,8 @@
 #   - installs the tools when missing (apt: rpm lintian scdoc dpkg-dev jq, plus what
 #     tests/setup.sh installs; cargo: cargo-deb, cargo-generate-rpm),
 #   - builds the .deb and the .rpm with packaging/build.sh,
-#   - checks their file lists, modes, owners, conffiles and dependencies,
+#   - checks their file lists, modes, owners, conffiles and dependencies, and the .rpm's
+#     SELinux policy module, authselect profile and their scriptlets (issue 18),
 #   - runs lintian on the .deb (errors fail; warnings are listed),
 #   - installs the .deb (without a running systemd here, its postinst only enables the
 #     agent's unit), then: the sshd login test against the INSTALLED module, the installed
@@ -37,7 +38,7 @@ fi
 # Tools
 t=$(date +%s)
 tests/setup.sh
-apt_tools=(rpm lintian scdoc dpkg-dev jq)
+apt_tools=(rpm rpm2cpio cpio lintian scdoc dpkg-dev jq)
 missing=()
 for p in "${apt_tools[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -186,9 +187,14 @@ rpm_expect=(
     "-rw-r--r-- /usr/share/man/man5/pam_truid.toml.5.gz"
     "-rw-r--r-- /usr/share/man/man1/truid-pam.1.gz"
     "-rw-r--r-- /usr/share/doc/pam_truid/examples/sshd_config.d/pam_truid.conf"
+    "-rw-r--r-- /usr/share/selinux/packages/pam_truid.pp"
+    "-rw-r--r-- /usr/share/selinux/devel/include/contrib/pam_truid.if"
 )
 for f in conf/pam.d/*; do
     rpm_expect+=("-rw-r--r-- /usr/share/doc/pam_truid/examples/pam.d/$(basename "$f")")
+done
+for f in packaging/authselect/*; do
+    rpm_expect+=("-rw-r--r-- /usr/share/authselect/vendor/pam_truid/$(basename "$f")")
 done
 for e in "${rpm_expect[@]}"; do
     mode=${e%% *}
@@ -228,6 +234,62 @@ grep -q '/etc/pam.d/guarded:1:auth requisite pam_truid.so' "$work/preun.erase" |
 ! grep -q 'plain' "$work/preun.erase" || fail "rpm %preun: named a stack whose only mention is a comment"
 [ ! -s "$work/preun.upgrade" ] || fail "rpm %preun warned on upgrade: $(cat "$work/preun.upgrade")"
 note "ok: rpm file list, modes, %config(noreplace) (${#rpm_expect[@]} files), %preun names stacks that still use the module"
+
+# SELinux and authselect (issue 18): the policy module in the .rpm is the one built from
+# packaging/selinux, the profile is packaging/authselect's, %post installs the module and
+# relabels, %postun removes it on erase only. The scriptlets run here in a private mount
+# namespace (tmpfs over /run, /var/lib, /etc/security, /etc/selinux and /sys/fs, with an
+# SELinux "enforce" file) with stand-ins that log how semodule, restorecon, systemctl and
+# systemd-tmpfiles were called: nothing of the host's is written.
+mkdir -p "$work/rpmroot"
+# (Debian's rpm2cpio exits 1 after writing a zstd payload whole; the cmp below checks it.)
+(cd "$work/rpmroot" && { rpm2cpio "$repo/$rpm" || true; } | cpio -idm --quiet)
+cmp -s "$work/rpmroot/usr/share/selinux/packages/pam_truid.pp" packaging/out/selinux/pam_truid.pp ||
+    fail "rpm: pam_truid.pp is not the one packaging/selinux/build.sh built"
+cmp -s "$work/rpmroot/usr/share/selinux/devel/include/contrib/pam_truid.if" packaging/selinux/pam_truid.if ||
+    fail "rpm: pam_truid.if differs from packaging/selinux/pam_truid.if"
+for f in packaging/authselect/*; do
+    cmp -s "$work/rpmroot/usr/share/authselect/vendor/pam_truid/$(basename "$f")" "$f" || fail "rpm: authselect profile file $(basename "$f") differs"
+done
+rpm -qpR "$rpm" > "$work/rpm.requires"
+grep -qx '(policycoreutils if selinux-policy)' "$work/rpm.requires" || fail "rpm: Requires lacks (policycoreutils if selinux-policy)"
+awk '/^postinstall scriptlet/ { p = 1; next } /^[a-z]+ scriptlet/ { p = 0 } p' "$work/rpm.scripts" > "$work/post.sh"
+awk '/^postuninstall scriptlet/ { p = 1; next } /^[a-z]+ scriptlet/ { p = 0 } p' "$work/rpm.scripts" > "$work/postun.sh"
+mkdir -p "$work/se/bin"
+for tool in semodule restorecon systemctl systemd-tmpfiles; do
+    printf '#!/bin/sh\necho "%s $*" >> "$SCRIPTLET_LOG"\n' "$tool" > "$work/se/bin/$tool"
+    chmod +x "$work/se/bin/$tool"
+done
+scriptlet() { # LOG SCRIPT ARG [noconfig]: runs a scriptlet in the private namespace
+    : > "$work/se/$1"
+    unshare --mount --propagation private bash -euc '
+        for d in /run /var/lib /etc/security /etc/selinux /sys/fs; do mount -t tmpfs tmpfs "$d"; done
+        mkdir /sys/fs/selinux
+        echo 1 > /sys/fs/selinux/enforce
+        [ "$4" = noconfig ] || printf "SELINUX=enforcing\nSELINUXTYPE=targeted\n" > /etc/selinux/config
+        SCRIPTLET_LOG="$1" PATH="$2:$PATH" sh "$3" "$5" > "$1.out" 2>&1
+        stat -c "%a %U" /var/lib/pam_truid >> "$1.out" 2>&1 || true
+    ' _ "$work/se/$1" "$work/se/bin" "$work/$2" "${4:-}" "$3"
+}
+scriptlet post.install post.sh 1
+scriptlet post.upgrade post.sh 2
+scriptlet post.noselinux post.sh 1 noconfig
+scriptlet postun.erase postun.sh 0
+scriptlet postun.upgrade postun.sh 1
+grep -qx 'semodule -X 200 -i /usr/share/selinux/packages/pam_truid.pp' "$work/se/post.install" ||
+    fail "rpm %post: no semodule -i: $(cat "$work/se/post.install")"
+grep -qx 'restorecon -R /usr/bin/truid-pam /etc/security/pam_truid.toml /run/pam_truid /var/lib/pam_truid' "$work/se/post.install" ||
+    fail "rpm %post: no restorecon: $(cat "$work/se/post.install")"
+# The module before the folders are made (so that they get its labels), the relabel last.
+awk '/^semodule/ { s = NR } /^systemd-tmpfiles/ { t = NR } /^restorecon/ { r = NR } END { exit !(s && t && r && s < t && t < r) }' \
+    "$work/se/post.install" || fail "rpm %post: order: $(cat "$work/se/post.install")"
+grep -qx '700 root' "$work/se/post.install.out" || fail "rpm %post: /var/lib/pam_truid: $(cat "$work/se/post.install.out")"
+grep -qx 'semodule -X 200 -i /usr/share/selinux/packages/pam_truid.pp' "$work/se/post.upgrade" || fail "rpm %post on upgrade: no semodule -i"
+! grep -q '^semodule' "$work/se/post.noselinux" || fail "rpm %post without /etc/selinux/config ran semodule"
+grep -qx 'semodule -X 200 -r pam_truid' "$work/se/postun.erase" || fail "rpm %postun on erase: no semodule -r: $(cat "$work/se/postun.erase")"
+grep -q '^restorecon -R /var/lib/pam_truid' "$work/se/postun.erase" || fail "rpm %postun on erase: no relabel of what stays"
+! grep -q '^semodule' "$work/se/postun.upgrade" || fail "rpm %postun on upgrade removed the policy module"
+note "ok: rpm ships pam_truid.pp (as built), pam_truid.if and the authselect profile; %post semodule -i then restorecon, %postun semodule -r on erase only; Requires (policycoreutils if selinux-policy)"
 
 # --------------------------------------------------------------------------------------
 # lintian

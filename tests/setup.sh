@@ -15,6 +15,7 @@ packages=(
   binutils valgrind g++   # nm/readelf for tests/exports.rs; tests/valgrind.sh; libFuzzer for tests/fuzz.sh
   libnss-wrapper gcc  # tests/names.rs: NSS from files and a case-insensitive NSS module built there
   iproute2 python3-minimal   # tests/faults.rs: a private network namespace where a user holds every local port
+  selinux-policy-dev checkpolicy semodule-utils setools   # the .rpm's SELinux policy module: built by packaging/build.sh, checked by tests/selinux.sh
 )
 
 if [ "$(id -u)" -ne 0 ]; then

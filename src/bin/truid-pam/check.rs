@@ -32,7 +32,11 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     };
     let mut rollout = Vec::new();
     match Config::load(path) {
-        Err(e) => add("config", Err(format!("{e}"))),
+        Err(e) => {
+            add("config", Err(format!("{e}")));
+            let sock = Path::new(pam_truid::config::DEFAULT_AGENT_SOCKET);
+            add("selinux", crate::selinux::state(Some(sock)));
+        }
         Ok(cfg) => {
             add(
                 "config",
@@ -45,6 +49,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             check_api(&cfg, &mut add);
             add("agent", Ok(agent_state(&cfg)));
             add("direct client", direct_library_state());
+            add("selinux", crate::selinux::state(cfg.api.agent.as_deref()));
             rollout = crate::rollout_check::items(&cfg);
         }
     }

@@ -11,6 +11,7 @@ mod factors;
 mod project;
 mod recovery;
 mod rollout_check;
+mod selinux;
 mod terminal;
 mod test_login;
 
