@@ -543,13 +543,14 @@ fn the_agent_stays_flat_over_many_logins() {
     // answer: a login that starts in that moment (this test's are back to back, with other
     // tests on both cores) may make one more connection, which is then kept too. A handshake
     // per login would be 400.
-    assert!(
-        stats2.tls_handshakes - stats.tls_handshakes <= 2,
-        "new connections: {}",
-        stats2.tls_handshakes - stats.tls_handshakes
-    );
+    let new_connections = stats2.tls_handshakes - stats.tls_handshakes;
+    assert!(new_connections <= 2, "new connections: {new_connections}");
     assert_eq!(after.0, before.0, "threads {before:?} -> {after:?}");
-    assert_eq!(after.1, before.1, "descriptors {before:?} -> {after:?}");
+    // Such a connection is kept in the pool, with its descriptor: at most one per new one.
+    assert!(
+        after.1 >= before.1 && after.1 - before.1 <= new_connections as usize,
+        "descriptors {before:?} -> {after:?}, {new_connections} new connection(s)"
+    );
     assert!(after.2 < before.2 + 2048, "RSS {before:?} -> {after:?} KiB");
 }
 
