@@ -54,7 +54,7 @@ fi
 
 # One release build of the module, its direct client library and truid-pam, used by both
 # packages.
-cargo build --release --locked -p pam_truid -p pam_truid_direct
+cargo build --release --locked -p pam_truid -p pam_truid_module -p pam_truid_direct
 
 rm -f "$target"/debian/libpam-truid_*.deb "$target"/generate-rpm/pam_truid-*.rpm
 cargo deb --no-build --locked -p pam_truid "${variant[@]}"   # strips what it packs
