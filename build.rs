@@ -1,13 +1,9 @@
-//! Two link settings of the module.
-//!
-//! **The module is never unloaded** (`-z nodelete`). libpam unloads modules at `pam_end`, but
-//! Rust's standard library can leave a thread-exit destructor of the module registered with
-//! libc (`thread::current()` does); a thread that exits after the unload would jump into
-//! unmapped code. Multi-threaded applications (and the tests, whose threads log in at once)
-//! hit that. A kept module also makes the next login in the same process cheaper.
-//!
-//! **GCC's unwinder is linked in statically** (libgcc_eh.a) instead of the shared
-//! libgcc_s.so.1.
+//! GCC's unwinder, linked in statically (libgcc_eh.a) instead of the shared libgcc_s.so.1, into
+//! everything that links this crate: the module (module/), its direct client library (direct/)
+//! and truid-pam. Cargo passes a library's link search paths on to whatever links it, so the
+//! folder set up here reaches them all. (The module's other link setting, `-z nodelete`, is in
+//! module/build.rs, and the direct client library's in direct/build.rs: a link argument belongs
+//! to the package whose library it is.)
 //!
 //! Why: every login loads the module, and with it libgcc_s; on the benchmark machine that extra
 //! library (its mapping, relocations and its CPU-feature constructor, whose `cpuid` is a trap
@@ -28,10 +24,6 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !target.contains("-linux") {
-        return;
-    }
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     if !target.contains("-linux-gnu") {
         return;
     }

@@ -57,7 +57,7 @@ fi
 
 # One release build of the module, its direct client library and truid-pam, used by both
 # packages.
-cargo build --release --locked -p pam_truid -p pam_truid_direct
+cargo build --release --locked -p pam_truid -p pam_truid_module -p pam_truid_direct
 
 # The .rpm's SELinux policy module, built from packaging/selinux/ (packaging/out/selinux/).
 packaging/selinux/build.sh "$out/selinux"

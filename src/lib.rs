@@ -1,7 +1,9 @@
 //! pam_truid: the tru.ID Authenticator as a second factor for PAM logins.
 //!
 //! `pam` is the thin FFI side; every decision lives in `flow`, which the module and the
-//! `truid-pam` CLI share.
+//! `truid-pam` CLI share. The module itself (`libpam_truid.so`, its `pam_sm_*` entry points) is
+//! the `module/` crate: linked into the direct client library and the CLI, this crate exports
+//! nothing of PAM's.
 #![cfg_attr(
     not(test),
     deny(
@@ -17,7 +19,6 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod deadline;
-pub mod direct;
 pub mod flow;
 pub mod host;
 pub mod log;
@@ -29,6 +30,3 @@ pub mod text;
 /// The stack of every thread pam_truid starts: set, never left to `RUST_MIN_STACK`, which the
 /// caller of a setuid program controls (a tiny one crashed su in a TLS handshake).
 pub(crate) const THREAD_STACK: usize = 2 * 1024 * 1024;
-
-use crate::pam::TruId;
-::pam::pam_hooks!(TruId);

@@ -77,7 +77,7 @@ cargo build --quiet --release -p truid-emulator
 # The recovery-code bench is an example, which brings the dev-dependencies (the emulator's
 # features) with it: built before the module too.
 cargo build --quiet --release -p pam_truid --example recovery_cost
-cargo build --quiet --release -p pam_truid -p pam_truid_direct
+cargo build --quiet --release -p pam_truid -p pam_truid_module -p pam_truid_direct
 REL=$TARGET/release
 
 W=$(mktemp -d /tmp/pam_truid-bench.XXXXXX)
@@ -95,7 +95,7 @@ trap cleanup EXIT
 
 # The module is loaded from a root-owned copy (what libpam would load from /lib/security).
 install -m 0644 "$REL/libpam_truid.so" "$W/pam_truid.so"
-# Its direct client library beside it, where the module looks for it (src/direct.rs).
+# Its direct client library beside it, where the module looks for it (src/agent/direct.rs).
 install -m 0644 "$REL/libpam_truid_direct.so" "$W/libpam_truid_direct.so"
 
 # The WAN bench starts an emulator and a proxy per scenario itself (in its own process).

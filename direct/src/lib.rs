@@ -1,8 +1,8 @@
 //! `libpam_truid_direct.so`: the HTTP client to tru.ID that the PAM module loads only when no
-//! local agent answers (see `pam_truid::direct`). A thin C interface over
-//! `pam_truid::direct::InProcess`; the `v1` in its names is the interface version.
+//! local agent answers (see `pam_truid::agent::direct`). A thin C interface over
+//! `pam_truid::agent::direct::InProcess`; the `v1` in its names is the interface version.
 
-use pam_truid::direct::{answer_line, InProcess};
+use pam_truid::agent::direct::{answer_line, InProcess};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -3,9 +3,9 @@
 
 mod conv;
 
-use crate::agent::AgentOrDirect;
+use crate::agent::client::AgentOrDirect;
+use crate::agent::direct::Loaded;
 use crate::config::{Config, DEFAULT_PATH};
-use crate::direct::Loaded;
 use crate::flow::{self, LoginContext, Outcome};
 use crate::log::{Severity, Sink};
 use ::pam::constants::{PamFlag, PamResultCode, PAM_SILENT};

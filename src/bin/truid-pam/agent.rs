@@ -1,10 +1,10 @@
 //! `truid-pam agent`: the local agent's socket, workers and signals. What a call does is
-//! `pam_truid::agent`'s; this file only listens.
+//! `pam_truid::agent::serving`'s; this file only listens.
 
 use crate::Failure;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
-use pam_truid::agent::{serve, Projects};
+use pam_truid::agent::serving::{serve, Projects};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};

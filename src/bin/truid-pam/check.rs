@@ -179,8 +179,8 @@ fn direct_library_state() -> Result<String, String> {
         if seen.contains(&real) {
             continue;
         }
-        let library = folder.join(pam_truid::direct::LIBRARY_NAME);
-        pam_truid::direct::check_library(&library).map_err(|e| {
+        let library = folder.join(pam_truid::agent::direct::LIBRARY_NAME);
+        pam_truid::agent::direct::check_library(&library).map_err(|e| {
             format!("{e}: logins that find no agent are denied; reinstall the package")
         })?;
         seen.push(real);
@@ -203,7 +203,7 @@ fn direct_library_state() -> Result<String, String> {
 fn agent_state(cfg: &Config) -> String {
     match cfg.api.agent.as_deref() {
         None => "off ([api] agent = \"\"): logins go to tru.ID directly".into(),
-        Some(sock) => match pam_truid::agent::connect(sock) {
+        Some(sock) => match pam_truid::agent::client::connect(sock) {
             Some(_) => format!("{}: root's agent listens; logins go through it", sock.display()),
             None => format!(
                 "none listens at {}: logins go to tru.ID directly, a TLS handshake each (for faster logins: systemctl enable --now pam_truid-agent)",

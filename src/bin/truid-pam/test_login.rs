@@ -2,9 +2,9 @@
 
 use crate::terminal::TerminalConv;
 use crate::Failure;
-use pam_truid::agent::AgentOrDirect;
+use pam_truid::agent::client::AgentOrDirect;
+use pam_truid::agent::direct::InProcess;
 use pam_truid::config::Config;
-use pam_truid::direct::InProcess;
 use pam_truid::flow::{self, Account, LoginContext};
 use std::path::Path;
 use std::process::ExitCode;

@@ -4,12 +4,12 @@
 //! most of its size, and every login paid for loading it (page faults, relocations, unmapping)
 //! even when the agent made the calls. It lives in `libpam_truid_direct.so` beside the module,
 //! which only a login that goes direct loads (`Loaded`). `truid-pam` links the client itself
-//! (`InProcess`). Both take the agent's wire types, a `Call` in and a `Reply` out, so a call
-//! means the same whichever way it goes.
+//! (`InProcess`). Both take the agent's wire types (`super::protocol`), a `Call` in and a `Reply`
+//! out, and run it as the agent does (`super::upstream`), so a call means the same whichever way
+//! it goes.
 
-use crate::agent::{
-    read_request, reply_on, Answer, Call, Reply, Request, WireApi, MAX_MESSAGE, PROTOCOL,
-};
+use super::protocol::{read_request, Answer, Call, Reply, Request, WireApi, MAX_MESSAGE, PROTOCOL};
+use super::upstream::reply_on;
 use crate::api::Client;
 use crate::config::ApiConfig;
 use once_cell::sync::OnceCell;
@@ -279,7 +279,7 @@ fn dl_error() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::tests::api;
+    use crate::agent::protocol::tests::api;
 
     #[test]
     fn the_library_refuses_a_request_of_another_version_and_sends_nothing() {
