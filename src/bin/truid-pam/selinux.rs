@@ -74,7 +74,7 @@ fn observe(agent: Option<&Path>) -> Seen {
         in_store,
         boolean,
         agent: agent.map(|sock| {
-            let stream = pam_truid::agent::connect(sock)?;
+            let stream = pam_truid::agent::client::connect(sock)?;
             Some(peer_type(&stream).unwrap_or_else(|| "unknown".into()))
         }),
     }
