@@ -1,7 +1,7 @@
 //! What one recovery-code check costs (issue 16: it must not cost seconds per try), in release
-//! mode on this machine: one argon2id verify at the stored parameters; a wrong code against a
-//! user with 10 codes (all 10 checked); a right code found and struck off (`use_code`, the
-//! locked rewrite included), first and last of 10.
+//! mode on this machine: one argon2id verify at the stored parameters; a wrong code, which
+//! costs MAX_COUNT (20) hashes whoever the user is (their codes, then stand-ins); a right code
+//! found and struck off (`use_code`, the locked rewrite included), first and last of 10.
 //!
 //!   sudo cargo run --release --example recovery_cost [-- RUNS]   (as root: the store wants a root-owned folder)
 //!
@@ -94,7 +94,7 @@ fn main() {
         ),
     );
     row(
-        "wrong code, user with 1 code (use_code: read + 1 verify)",
+        "wrong code, user with 1 code (read, then 20 hashes: its 1 and 19 stand-ins)",
         measure(
             runs,
             || {},
@@ -102,7 +102,7 @@ fn main() {
         ),
     );
     row(
-        "wrong code, user with 10 codes (all 10 checked)",
+        "wrong code, user with 10 codes (its 10, then 10 stand-ins)",
         measure(
             runs,
             || {},

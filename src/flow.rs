@@ -199,6 +199,12 @@ pub enum Outcome {
     BadInput {
         reason: String,
     },
+    /// The module runs without root (a screen locker, any program run as the user): it cannot
+    /// read the root-only config nor ask tru.ID, so it refuses. Never PAM_IGNORE: see
+    /// SECURITY.md, "Programs that run as the user".
+    Unprivileged {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -218,6 +224,7 @@ impl Outcome {
             Outcome::ConfigError { .. } => "config_error",
             Outcome::ConvError { .. } => "conversation_error",
             Outcome::BadInput { .. } => "bad_input",
+            Outcome::Unprivileged { .. } => "unprivileged_denied",
         }
     }
 
@@ -233,7 +240,8 @@ impl Outcome {
             | Outcome::RecoveryUsed { tries, .. } => *tries,
             Outcome::NotRequired { .. }
             | Outcome::ConfigError { .. }
-            | Outcome::BadInput { .. } => 0,
+            | Outcome::BadInput { .. }
+            | Outcome::Unprivileged { .. } => 0,
         }
     }
 
@@ -261,7 +269,8 @@ impl Outcome {
             | Outcome::Unavailable { reason, .. }
             | Outcome::ConfigError { reason }
             | Outcome::ConvError { reason, .. }
-            | Outcome::BadInput { reason } => reason.clone(),
+            | Outcome::BadInput { reason }
+            | Outcome::Unprivileged { reason } => reason.clone(),
         }
     }
 }
@@ -276,6 +285,8 @@ pub const MSG_EXPIRED: &str = "The request expired while waiting for the code, t
 pub const MSG_PUSH_DENIED: &str = "The request was denied on the phone.";
 pub const MSG_PUSH_TIMEOUT: &str = "No answer from the phone in time.";
 pub const MSG_PUSH_ONLY: &str = "This login is approved on the phone: press Enter.";
+pub const MSG_UNPRIVILEGED: &str =
+    "This program runs as you, so it cannot check your tru.ID code, and it refuses. Log in on another terminal with your password and code, or ask your administrator.";
 pub const MSG_RECOVERY_OFF: &str = "Recovery codes are not accepted here.";
 pub const MSG_RECOVERY_REACHABLE: &str =
     "tru.ID can be reached: type the code from the app. Recovery codes are for when it cannot.";

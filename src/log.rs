@@ -54,7 +54,7 @@ pub fn severity(outcome: &Outcome) -> Severity {
         | Outcome::Refused { .. }
         | Outcome::BadInput { .. } => Severity::Warning,
         Outcome::ConvError { .. } => Severity::Err,
-        Outcome::ConfigError { .. } => Severity::Err,
+        Outcome::ConfigError { .. } | Outcome::Unprivileged { .. } => Severity::Err,
         // Letting a login in without the second factor must stand out in any log review.
         // So must a recovery code: the administrator hears of every use (and of the last one).
         Outcome::Unavailable { let_in: true, .. } | Outcome::RecoveryUsed { .. } => Severity::Crit,

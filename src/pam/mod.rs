@@ -81,7 +81,9 @@ pub fn pam_code(outcome: &Outcome) -> PamResultCode {
     match outcome {
         Outcome::Verified { .. } | Outcome::RecoveryUsed { .. } => PAM_SUCCESS,
         Outcome::Unavailable { let_in: true, .. } => PAM_SUCCESS,
-        Outcome::Unavailable { let_in: false, .. } => PAM_AUTHINFO_UNAVAIL,
+        Outcome::Unavailable { let_in: false, .. } | Outcome::Unprivileged { .. } => {
+            PAM_AUTHINFO_UNAVAIL
+        }
         Outcome::NotEnrolled { ignore: true, .. } | Outcome::NotRequired { .. } => PAM_IGNORE,
         Outcome::WrongCode { .. }
         | Outcome::NotEnrolled { ignore: false, .. }
@@ -240,6 +242,18 @@ fn run(
             }
         }
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        if let Some(mut conv) = PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
+            flow::Conversation::error(&mut conv, flow::MSG_UNPRIVILEGED);
+        }
+        return Outcome::Unprivileged {
+            reason: format!(
+                "the module runs as uid {euid}, not root (a screen locker or another program run as the user): it cannot read the root-only config nor ask tru.ID, so it refuses"
+            ),
+        };
+    }
     let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -332,6 +346,12 @@ mod tests {
                 PAM_IGNORE,
             ),
             (Outcome::RecoveryUsed { tries: 1, left: 0 }, PAM_SUCCESS),
+            (
+                Outcome::Unprivileged {
+                    reason: String::new(),
+                },
+                PAM_AUTHINFO_UNAVAIL,
+            ),
             (
                 Outcome::UnknownUser {
                     tries: 0,
