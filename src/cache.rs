@@ -248,8 +248,9 @@ fn read_private(dir: &Path, file: &Path, max: u64) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// Writes atomically (temporary file, fsync, rename), mode 0600, in a folder created 0700.
-fn write_private(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes atomically (temporary file, fsync, rename), mode 0600, in a folder created 0700 and
+/// private to this user. The recovery codes (`recovery::Store`) are written this way too.
+pub(crate) fn write_private(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -737,31 +737,26 @@ impl RoundOf<'_> {
                 return Round::Failed(MSG_RECOVERY_REACHABLE).into()
             }
             Accept::Unavailable => {
-                let reached = match find_later(api, self.lookup_name, who) {
-                    Err(e) => Err(e),
-                    Ok(()) => match who {
-                        Who::Found(factor) => {
-                            used_challenge = true;
-                            get_challenge(api, factor, self.reference).map(drop)
-                        }
-                        // tru.ID holds no factor for the user: nothing is unreachable.
-                        _ => return Round::Failed(MSG_RECOVERY_REACHABLE).into(),
-                    },
+                // Whether tru.ID answers for the user's factor right now. A user it holds no
+                // factor for has nothing that is unreachable.
+                let reached = find_later(api, self.lookup_name, who).and_then(|()| match who {
+                    Who::Found(factor) => {
+                        used_challenge = true;
+                        get_challenge(api, factor, self.reference).map(drop)
+                    }
+                    _ => Ok(()),
+                });
+                // Only no verdict at all lets the code be checked; a refusal is tru.ID's.
+                let stop = match reached {
+                    Ok(()) => Some(Round::Failed(MSG_RECOVERY_REACHABLE)),
+                    Err(e @ ApiError::Refused(_)) => Some(Round::Api(e)),
+                    Err(ApiError::Unavailable(_) | ApiError::Failed(_)) => None,
                 };
-                match reached {
-                    Ok(()) => {
-                        return CodeRound {
-                            end: Round::Failed(MSG_RECOVERY_REACHABLE),
-                            used_challenge,
-                        }
-                    }
-                    Err(e @ ApiError::Refused(_)) => {
-                        return CodeRound {
-                            end: Round::Api(e),
-                            used_challenge,
-                        }
-                    }
-                    Err(ApiError::Unavailable(_) | ApiError::Failed(_)) => {}
+                if let Some(end) = stop {
+                    return CodeRound {
+                        end,
+                        used_challenge,
+                    };
                 }
             }
         }

@@ -44,11 +44,15 @@ pub fn resolve(cfg: &Config, login: &mut LoginContext) {
     };
     login.account = match passwd(&typed) {
         Ok(Some(pw)) => {
-            if !cfg.login.groups.is_empty() {
-                login.groups = member_of(&pw, &cfg.login.groups);
-            }
-            if !cfg.login.exempt_groups.is_empty() {
-                login.exempt_groups = member_of(&pw, &cfg.login.exempt_groups);
+            // One getgrouplist for both lists: NSS may be a directory a round trip away.
+            let (groups, exempt) = (&cfg.login.groups, &cfg.login.exempt_groups);
+            if !groups.is_empty() || !exempt.is_empty() {
+                let gids = group_ids(&pw);
+                let among = |wanted: &[String]| {
+                    (!wanted.is_empty()).then(|| named_among(gids.as_deref()?, wanted))?
+                };
+                login.groups = among(groups);
+                login.exempt_groups = among(exempt);
             }
             Account::Known(pw.name)
         }
@@ -61,8 +65,17 @@ pub fn resolve(cfg: &Config, login: &mut LoginContext) {
 /// GID so that NSS decides what a name means (a case-insensitive directory matches `Admins` to
 /// `admins`). `None` when NSS could not answer: the flow then asks for the factor.
 pub fn member_of(account: &Passwd, wanted: &[String]) -> Option<Vec<String>> {
+    named_among(&group_ids(account)?, wanted)
+}
+
+/// The account's groups (primary and supplementary) as NSS lists them.
+fn group_ids(account: &Passwd) -> Option<Vec<Gid>> {
     let name = CString::new(account.name.as_str()).ok()?;
-    let gids = getgrouplist(&name, Gid::from_raw(account.gid)).ok()?;
+    getgrouplist(&name, Gid::from_raw(account.gid)).ok()
+}
+
+/// Those of `wanted` that are among `gids`; `None` when NSS could not say what a name means.
+fn named_among(gids: &[Gid], wanted: &[String]) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for g in wanted {
         match Group::from_name(g) {

@@ -13,7 +13,6 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -227,8 +226,8 @@ impl Store {
         PathBuf::from(p)
     }
 
-    /// Its folder must be root's and writable by root alone: whoever may write there could
-    /// swap the file.
+    /// Its folder must be root's and closed to others (0700), as `cache::write_private` wants
+    /// it: whoever may write there could swap the file.
     fn check_folder(&self) -> Result<Option<()>, ConfigError> {
         let err = |p: String| ConfigError {
             path: self.path.clone(),
@@ -244,8 +243,8 @@ impl Store {
                 "its folder {} is not a folder",
                 folder.display()
             ))),
-            Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 => Err(err(format!(
-                "its folder {} must be owned by root and writable by root alone; run: chown root: {0} && chmod 700 {0}",
+            Ok(m) if m.uid() != 0 || m.mode() & 0o077 != 0 => Err(err(format!(
+                "its folder {} must be owned by root, writable by root alone and closed to others; run: chown root: {0} && chmod 700 {0}",
                 folder.display()
             ))),
             Ok(_) => Ok(Some(())),
@@ -420,8 +419,9 @@ impl Store {
         }
     }
 
-    /// Writes the whole file through a temporary one and a rename, so a crash, a full disk
-    /// or a file-size limit leaves the old file in place, never a cut one.
+    /// Writes the whole file through a temporary one and a rename (`cache::write_private`), so
+    /// a crash, a full disk or a file-size limit leaves the old file in place, never a cut one;
+    /// then syncs the folder, so a used code stays used after a crash.
     fn write(&self, codes: &Codes) -> Result<(), ConfigError> {
         let mut text = String::from(
             "# Recovery codes of pam_truid: argon2id hashes, one per unused code.\n\
@@ -431,29 +431,10 @@ impl Store {
             path: self.path.clone(),
             problem: format!("cannot be written: {e}"),
         })?);
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".new");
-        let tmp = PathBuf::from(tmp);
-        let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(folder) = self.path.parent() {
-                File::open(folder)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        result.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            self.io_error("cannot be rewritten", &e)
-        })
+        let folder = self.path.parent().unwrap_or(Path::new("/"));
+        crate::cache::write_private(folder, &self.path, text.as_bytes())
+            .and_then(|()| File::open(folder)?.sync_all())
+            .map_err(|e| self.io_error("cannot be rewritten", &e))
     }
 }
 

@@ -10,14 +10,14 @@
 #[allow(unused_imports)]
 mod common;
 use common::logins::*;
+use common::recovery::*;
 use common::*;
 
-use pam_truid::recovery::{self, Store, Used};
+use pam_truid::recovery::{self, Used};
 use pam_truid::secret::Secret;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -26,108 +26,7 @@ use std::time::{Duration, Instant};
 const COMBINED_PROMPT: &str = "Password and tru.ID code: ";
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (as tests/rollout.rs has them; that file's are private to it)
-
-fn store(w: &World) -> Store {
-    let dir = w.path("codes");
-    if !dir.exists() {
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    Store::new(&dir.join("recovery.toml"))
-}
-
-fn give_codes(w: &World, user: &str, n: usize) -> Vec<Secret> {
-    let codes = recovery::generate(n).unwrap();
-    let hashes = codes.iter().map(|c| recovery::hash(c).unwrap()).collect();
-    store(w).set(user, Some(hashes)).unwrap();
-    codes
-}
-
-fn left(w: &World, user: &str) -> usize {
-    store(w).left(user).unwrap()
-}
-
-/// The `[api]` table pointed at a loopback port nothing listens on: tru.ID unreachable.
-fn down_api(w: &World) -> String {
-    let closed = free_port();
-    w.api_table().replace(
-        &w.emu.info().base_url,
-        &format!("https://127.0.0.1:{closed}"),
-    )
-}
-
-fn config(w: &World, api: &str, login: &str, recovery: &str, users: &[(&str, &str)]) {
-    let mut text = format!(
-        "{api}\n[login]\n{login}\n\n[recovery]\nfile = \"{}\"\n{recovery}\n\n[users]\n",
-        store(w).path().display()
-    );
-    for (u, f) in users {
-        text.push_str(&format!("{u} = \"{f}\"\n"));
-    }
-    w.write_config(&text);
-}
-
-fn verifies(w: &World) -> u64 {
-    w.emu
-        .stats()
-        .requests
-        .get("challenge_verify")
-        .copied()
-        .unwrap_or(0)
-}
-
-/// The `outcome=` words logged since the last look.
-fn outcome_names(w: &World) -> Vec<String> {
-    w.outcomes()
-        .iter()
-        .map(|l| {
-            l.split("outcome=")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect()
-}
-
-/// conf/pam.d/sshd-combined's auth lines (pointed at the test module) as service `svc`, with
-/// a pam_exec line after the module's that records PAM_AUTHTOK as the next module sees it.
-fn combined_stack_recording_authtok(w: &World) -> (PathBuf, PathBuf) {
-    let auth: String = conf("pam.d/sshd-combined")
-        .lines()
-        .filter(|l| l.starts_with("auth"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let auth = pointed_at_test_module(w, &auth, "conf/pam.d/sshd-combined");
-    let record = w.path("authtok");
-    let script = w.path("record-authtok");
-    std::fs::write(&script, format!("#!/bin/sh\ncat > {}\n", record.display())).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut text = String::new();
-    for l in auth.lines() {
-        text.push_str(l);
-        text.push('\n');
-        if l.contains("libpam_truid.so") {
-            text.push_str(&format!(
-                "auth optional pam_exec.so quiet expose_authtok {}\n",
-                script.display()
-            ));
-        }
-    }
-    let dir = w.path("pam.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("svc"), text).unwrap();
-    (dir, record)
-}
-
-/// PAM_AUTHTOK as pam_exec recorded it (`None`: the stack never reached it), then forgotten.
-fn take_authtok(record: &std::path::Path) -> Option<Vec<u8>> {
-    let raw = std::fs::read(record).ok()?;
-    std::fs::remove_file(record).unwrap();
-    let end = raw.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-    Some(raw[..end].to_vec())
-}
+// Helpers (the shared ones are in tests/common/recovery.rs)
 
 fn one_prompt(dir: &std::path::Path, user: &str, answer: &str) -> (i32, Script) {
     let mut s = Script::answering(&[answer]);
@@ -556,39 +455,4 @@ fn su_with_a_file_size_limit_cannot_keep_a_recovery_code() {
     let s = su("");
     assert_refused(&s);
     assert_eq!(left(&w, target), 1);
-}
-
-/// How long a wrong recovery code takes (accept = "always", tru.ID up, the module alone, no
-/// fail delay) for a user with 20 codes, with 1, with none, and for a name NSS does not know:
-/// the time shows whether a user has codes, and how many. Measured, not asserted (debug
-/// build, median of 5: 20 codes 11.5 s, 1 code 499 ms, none 286 ms, unknown name 256 ms; a
-/// release build's argon2 is some 20 times quicker, the gap per code stays measurable):
-/// `tests/private-host.sh cargo test --test attack_rollout -- --ignored --nocapture timing`.
-#[test]
-#[ignore]
-fn timing_of_a_wrong_recovery_code() {
-    let (many, one, none) = ("truidak9", "truidaka", "truidakb");
-    let w = World::new();
-    for u in [many, one, none] {
-        ensure_user(u);
-    }
-    let f: Vec<String> = [many, one, none].iter().map(|u| w.enroll(u)).collect();
-    give_codes(&w, many, 20);
-    give_codes(&w, one, 1);
-    config(
-        &w,
-        &w.api_table(),
-        "tries = 1",
-        "accept = \"always\"",
-        &[(many, &f[0]), (one, &f[1]), (none, &f[2])],
-    );
-    w.module_stack();
-    let wrong = recovery::generate(1).unwrap();
-    for u in [many, one, none, "truid-no-such-user"] {
-        let mut t: Vec<Duration> = (0..5)
-            .map(|_| timed(|| w.login(u, &[wrong[0].expose()])).1)
-            .collect();
-        t.sort();
-        println!("{u:20} median {:?}", t[2]);
-    }
 }

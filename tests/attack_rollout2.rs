@@ -11,9 +11,10 @@
 #[allow(unused_imports)]
 mod common;
 use common::logins::*;
+use common::recovery::*;
 use common::*;
 
-use pam_truid::recovery::{self, Store, Used};
+use pam_truid::recovery::{self, Used};
 use pam_truid::secret::Secret;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -29,54 +30,9 @@ const CLI: &str = env!("CARGO_BIN_EXE_truid-pam");
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn store(w: &World) -> Store {
-    let dir = w.path("codes");
-    if !dir.exists() {
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    Store::new(&dir.join("recovery.toml"))
-}
-
-fn give_codes(w: &World, user: &str, n: usize) -> Vec<Secret> {
-    let codes = recovery::generate(n).unwrap();
-    let hashes = codes.iter().map(|c| recovery::hash(c).unwrap()).collect();
-    store(w).set(user, Some(hashes)).unwrap();
-    codes
-}
-
+/// The config, with the emulator's `[api]` (tests/common/recovery.rs's `config`).
 fn config(w: &World, login: &str, recovery: &str, users: &[(&str, &str)]) -> PathBuf {
-    let mut text = format!(
-        "{}\n[login]\n{login}\n\n[recovery]\nfile = \"{}\"\n{recovery}\n\n[users]\n",
-        w.api_table(),
-        store(w).path().display()
-    );
-    for (u, f) in users {
-        text.push_str(&format!("{u} = \"{f}\"\n"));
-    }
-    w.write_config(&text)
-}
-
-fn verifies(w: &World) -> u64 {
-    w.emu
-        .stats()
-        .requests
-        .get("challenge_verify")
-        .copied()
-        .unwrap_or(0)
-}
-
-fn outcome_names(w: &World) -> Vec<String> {
-    w.outcomes()
-        .iter()
-        .map(|l| {
-            l.split("outcome=")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect()
+    common::recovery::config(w, &w.api_table(), login, recovery, users)
 }
 
 /// Sets a Unix password that may not be UTF-8 (chpasswd takes bytes).

@@ -14,12 +14,11 @@
 #[allow(unused_imports)]
 mod common;
 use common::logins::*;
+use common::recovery::*;
 use common::*;
 
-use pam_truid::recovery::{self, Store};
+use pam_truid::recovery;
 use pam_truid::secret::Secret;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Barrier;
 
 const COMBINED_PROMPT: &str = "Password and tru.ID code: ";
@@ -34,61 +33,6 @@ const NOTICE: &str = "<85>";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// The test's recovery-code store: `codes/` in the test's folder, root's and 0700, as the
-/// store demands of its folder.
-fn store(w: &World) -> Store {
-    let dir = w.path("codes");
-    if !dir.exists() {
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    Store::new(&dir.join("recovery.toml"))
-}
-
-/// `n` fresh recovery codes for `user` (replacing any they had).
-fn give_codes(w: &World, user: &str, n: usize) -> Vec<Secret> {
-    let codes = recovery::generate(n).unwrap();
-    let hashes = codes.iter().map(|c| recovery::hash(c).unwrap()).collect();
-    store(w).set(user, Some(hashes)).unwrap();
-    codes
-}
-
-fn left(w: &World, user: &str) -> usize {
-    store(w).left(user).unwrap()
-}
-
-/// The `[api]` table pointed at a loopback port nothing listens on: tru.ID unreachable.
-fn down_api(w: &World) -> String {
-    let closed = free_port();
-    w.api_table().replace(
-        &w.emu.info().base_url,
-        &format!("https://127.0.0.1:{closed}"),
-    )
-}
-
-/// The config: `api`, the `[login]` lines, `[recovery]` with the test's store and the
-/// `recovery` lines (e.g. `accept = "never"`), and `[users]`.
-fn config(w: &World, api: &str, login: &str, recovery: &str, users: &[(&str, &str)]) {
-    let mut text = format!(
-        "{api}\n[login]\n{login}\n\n[recovery]\nfile = \"{}\"\n{recovery}\n\n[users]\n",
-        store(w).path().display()
-    );
-    for (u, f) in users {
-        text.push_str(&format!("{u} = \"{f}\"\n"));
-    }
-    w.write_config(&text);
-}
-
-/// Codes sent to tru.ID so far: every verify request that reached the emulator.
-fn verifies(w: &World) -> u64 {
-    w.emu
-        .stats()
-        .requests
-        .get("challenge_verify")
-        .copied()
-        .unwrap_or(0)
-}
 
 /// Every line the module logged since the last look, and those of them that are outcomes.
 fn log_lines(w: &World) -> (Vec<String>, Vec<String>) {
@@ -686,44 +630,9 @@ fn ssh_password_method_with_one_prompt_for_password_and_code() {
     assert_no_secret(&all, &secrets, "module log");
 }
 
-/// The auth lines of conf/pam.d/sshd-combined (pointed at the test module), with a pam_exec
-/// line right after the module's that writes PAM_AUTHTOK as the next module sees it to
-/// `authtok` in the test's folder (`expose_authtok`: on its stdin; had the module set none,
-/// pam_exec would prompt, which the one-prompt scripts below would show).
-fn combined_stack_recording_authtok(w: &World) -> (PathBuf, PathBuf) {
-    let auth: String = conf("pam.d/sshd-combined")
-        .lines()
-        .filter(|l| l.starts_with("auth"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let auth = pointed_at_test_module(w, &auth, "conf/pam.d/sshd-combined");
-    let record = w.path("authtok");
-    let script = w.path("record-authtok");
-    std::fs::write(&script, format!("#!/bin/sh\ncat > {}\n", record.display())).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut text = String::new();
-    for l in auth.lines() {
-        text.push_str(l);
-        text.push('\n');
-        if l.contains("libpam_truid.so") {
-            text.push_str(&format!(
-                "auth optional pam_exec.so quiet expose_authtok {}\n",
-                script.display()
-            ));
-        }
-    }
-    let dir = w.path("pam.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("svc"), text).unwrap();
-    (dir, record)
-}
-
-/// PAM_AUTHTOK as pam_exec recorded it (`None`: pam_exec did not run), then forgotten.
-fn take_authtok(record: &std::path::Path) -> Option<String> {
-    let raw = std::fs::read(record).ok()?;
-    std::fs::remove_file(record).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    Some(text.trim_end_matches('\0').to_string())
+/// PAM_AUTHTOK as pam_exec recorded it, as text (`None`: pam_exec did not run).
+fn authtok_text(record: &std::path::Path) -> Option<String> {
+    take_authtok(record).map(|t| String::from_utf8(t).unwrap())
 }
 
 /// One prompt through real libpam (a conversation that answers one prompt): after the module,
@@ -751,7 +660,7 @@ fn one_prompt_hands_the_password_part_to_pam_unix() {
         let mut s = Script::answering(&[answer]);
         let rc = pam_login(&dir, "svc", u, &Items::default(), &mut s);
         assert_eq!(s.prompts(), [COMBINED_PROMPT], "{:?}", s.seen);
-        (rc, take_authtok(&record))
+        (rc, authtok_text(&record))
     };
     let wrong_pw = "not-the-password";
     let code0 = code_at(&w, &f, 0);
@@ -852,7 +761,7 @@ fn one_prompt_under_safe_with_tru_id_down_still_hands_the_password_on() {
         s.seen
     );
     assert!(
-        take_authtok(&record).as_deref() == Some(PASSWORD),
+        authtok_text(&record).as_deref() == Some(PASSWORD),
         "PAM_AUTHTOK is not the password part"
     );
     assert_eq!(rc, PAM_SUCCESS);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod logins;
+pub mod recovery;
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
