@@ -513,19 +513,21 @@ fn a_wrong_code_asks_libpam_for_a_delay() {
         let line = w.outcomes().pop().unwrap_or_default();
         (rc, s.fail_delay.map(|(_, usec)| usec).unwrap_or(0), line)
     };
+    // libpam waits base * (1 + r), r the mean of three uniform draws in [-0.5, 0.5): at least
+    // half of the 2 s asked (1.35 s came up in a CI run), never nothing.
     let (rc, usec, line) = delay("alice", &[&w.wrong_code(&f)]);
     assert_eq!(rc, PAM_AUTH_ERR);
     assert!(line.contains("outcome=wrong_code"), "{line}");
-    assert!(usec >= 1_500_000, "wrong code: {usec} µs");
+    assert!(usec >= 1_000_000, "wrong code: {usec} µs");
     // mallory is a user NSS knows (tests/common), without a factor.
     let (rc, usec, line) = delay("mallory", &["123456"]);
     assert_eq!(rc, PAM_AUTH_ERR);
     assert!(line.contains("outcome=not_enrolled_denied"), "{line}");
-    assert!(usec >= 1_500_000, "not enrolled: {usec} µs");
+    assert!(usec >= 1_000_000, "not enrolled: {usec} µs");
     let (rc, usec, line) = delay("nobody-such-user", &["123456"]);
     assert_eq!(rc, PAM_AUTH_ERR);
     assert!(line.contains("outcome=unknown_user"), "{line}");
-    assert!(usec >= 1_500_000, "unknown user: {usec} µs");
+    assert!(usec >= 1_000_000, "unknown user: {usec} µs");
     let (rc, usec, _) = delay("alice", &[&w.code(&f)]);
     assert_eq!((rc, usec), (PAM_SUCCESS, 0), "verified");
     w.emu.set_fault(Fault {

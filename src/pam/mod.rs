@@ -164,7 +164,7 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
 
 /// How long libpam keeps a failed login waiting, as pam_unix asks by default: a wrong guess
 /// costs time, so a caller who starts `sudo` in a loop tries a few codes a second, not a
-/// hundred (libpam varies the wait by up to a quarter, and waits once per `pam_authenticate`).
+/// hundred (libpam varies the wait by up to a half, and waits once per `pam_authenticate`).
 const FAIL_DELAY_USEC: libc::c_uint = 2_000_000;
 
 /// The outcomes where someone typed what was not the code: wrong codes, and the users whose
