@@ -16,6 +16,9 @@ pub const DEFAULT_PATH: &str = "/etc/security/pam_truid.toml";
 pub const DEFAULT_TOKEN_CACHE: &str = "/run/pam_truid";
 /// Where `truid-pam agent` listens by default (the folder tmpfiles.d makes at boot).
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/pam_truid/agent.sock";
+/// Where the agent serves unprivileged callers, each for their own account only (screen
+/// lockers, `truid-pam enroll` run by a user): a folder anyone may enter, unlike the token's.
+pub const DEFAULT_PUBLIC_SOCKET: &str = "/run/pam_truid-public/agent.sock";
 /// Far above any real configuration (a thousand users is ~60 KB); refuses a file that would
 /// make the module read megabytes inside sshd.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -58,6 +61,9 @@ pub enum FailMode {
 pub enum Unenrolled {
     Deny,
     Ignore,
+    /// A user without a factor enrolls inside the login (`[enroll] groups` limit who), once
+    /// the stack's first factor has passed.
+    Enroll,
 }
 
 /// Which trust anchors, besides `ca_file`, verify tru.ID's certificate.
@@ -112,12 +118,23 @@ pub struct RecoveryConfig {
     pub accept: Accept,
 }
 
+/// `[enroll]`: who may enroll without the administrator.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollConfig {
+    /// `truid-pam enroll` run by a user for themselves, through the agent.
+    pub self_service: bool,
+    /// Only members may enroll themselves (self-service and `unenrolled = "enroll"`); empty:
+    /// everyone.
+    pub groups: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
     pub api: ApiConfig,
     pub login: LoginConfig,
     pub recovery: RecoveryConfig,
+    pub enroll: EnrollConfig,
     pub users: BTreeMap<String, FactorId>,
     /// E.164 numbers (digits only) for push: tru.ID's factor does not return the number.
     pub phones: BTreeMap<String, String>,
@@ -182,9 +199,24 @@ pub struct ConsoleConfig {
     pub client_secret: Secret,
 }
 
-/// A tru.ID factor ID: a UUID, checked when the config is read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// A tru.ID factor ID: a UUID, checked when the config is read (and when it is read off the
+/// agent's socket).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct FactorId(String);
+
+impl TryFrom<String> for FactorId {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        FactorId::parse(&s).ok_or("not a factor ID")
+    }
+}
+
+impl From<FactorId> for String {
+    fn from(f: FactorId) -> String {
+        f.0
+    }
+}
 
 impl FactorId {
     pub fn parse(s: &str) -> Option<FactorId> {
@@ -216,6 +248,8 @@ struct RawConfig {
     login: RawLogin,
     #[serde(default)]
     recovery: RawRecovery,
+    #[serde(default)]
+    enroll: RawEnroll,
     #[serde(default)]
     users: BTreeMap<String, String>,
     #[serde(default)]
@@ -267,6 +301,14 @@ struct RawLogin {
 struct RawRecovery {
     file: Option<PathBuf>,
     accept: Option<Accept>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnroll {
+    #[serde(rename = "self")]
+    self_service: Option<bool>,
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -516,6 +558,24 @@ impl Config {
                 ))
             }
         };
+        let enroll = EnrollConfig {
+            self_service: raw.enroll.self_service.unwrap_or(false),
+            groups: raw.enroll.groups.unwrap_or_default(),
+        };
+        if let Some(bad) = enroll.groups.iter().find(|g| !is_valid_name(g)) {
+            return Err(err(
+                "[enroll] groups",
+                format!("\"{}\" is not a group name", crate::text::sanitize(bad, 64)),
+            ));
+        }
+        // Enrolling at the prompt before the password would let anyone who knows a name bind
+        // their own phone to it.
+        if login.unenrolled == Some(Unenrolled::Enroll) && login.combined == Some(true) {
+            return Err(err(
+                "[login] unenrolled",
+                "\"enroll\" cannot go with combined = true: one prompt comes before the password is checked, and enrolment must come after it; use unenrolled = \"deny\" there".into(),
+            ));
+        }
         let recovery = RecoveryConfig {
             file: match raw.recovery.file {
                 None => PathBuf::from(crate::recovery::DEFAULT_FILE),
@@ -628,6 +688,7 @@ impl Config {
                 push_prompt,
             },
             recovery,
+            enroll,
             users,
             phones,
             console,

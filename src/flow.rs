@@ -6,32 +6,13 @@ use crate::api::{ApiError, ChallengeStatus, FactorKind};
 use crate::config::{
     is_valid_name, Accept, Config, FactorId, FailMode, Method, SuFactor, Unenrolled,
 };
+use crate::enrolment::{self, Enrolled, Record};
 use crate::recovery::{self, Used};
 use crate::secret::Secret;
 use crate::text::sanitize;
 use std::time::Duration;
 
-/// What the flow needs to say to and ask of the person logging in.
-pub trait Conversation {
-    /// Asks for a secret answer without echo (`PAM_PROMPT_ECHO_OFF`).
-    fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError>;
-    /// A message (`PAM_TEXT_INFO`); failures are ignored, the login does not depend on them.
-    fn info(&mut self, text: &str);
-    /// An error message (`PAM_ERROR_MSG`); failures are ignored too.
-    fn error(&mut self, text: &str);
-    /// The password part of a one-prompt answer (`combined`), once its code is verified: for
-    /// the rest of the stack (PAM_AUTHTOK). By default it is dropped.
-    fn keep_password(&mut self, _password: Secret) {}
-}
-
-/// The user's recovery codes (`recovery::Store`; a script in the unit tests).
-pub trait Recovery {
-    /// Uses `code` up if it is one of `user`'s unused codes. `Err`: the codes cannot be read or
-    /// the used one cannot be struck off; the login is then refused.
-    fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String>;
-    /// Takes the time a wrong code takes, for a name that has no codes (NSS does not know it).
-    fn check_nothing(&mut self, _code: &Secret) {}
-}
+pub use crate::ports::{Ahead, Authenticator, ConvError, Conversation, NewFactor, Recovery};
 
 impl Recovery for recovery::Store {
     fn use_code(&mut self, user: &str, code: &Secret) -> Result<Used, String> {
@@ -40,66 +21,6 @@ impl Recovery for recovery::Store {
     fn check_nothing(&mut self, code: &Secret) {
         recovery::Store::check_nothing(self, code)
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConvError(pub String);
-
-/// What the flow needs of tru.ID.
-pub trait Authenticator {
-    /// Creates a challenge on the factor; returns its ID.
-    fn create_challenge(
-        &mut self,
-        factor: &FactorId,
-        reference_id: &str,
-    ) -> Result<String, ApiError>;
-    /// Sends the code for the challenge; returns the challenge's status after it.
-    fn verify(
-        &mut self,
-        factor: &FactorId,
-        challenge_id: &str,
-        code: &Secret,
-    ) -> Result<ChallengeStatus, ApiError>;
-    /// The ACTIVE factor whose external user ID is `user`, if tru.ID holds one.
-    fn find_factor(&mut self, user: &str) -> Result<Option<FactorId>, ApiError>;
-    /// TOTP or PUSH.
-    fn factor_kind(&mut self, factor: &FactorId) -> Result<FactorKind, ApiError>;
-    /// Starts a push to the phone (a PhoneCheck, then the push challenge); returns its ID.
-    fn start_push(
-        &mut self,
-        factor: &FactorId,
-        reference_id: &str,
-        phone: &str,
-        message: Option<&str>,
-    ) -> Result<String, ApiError>;
-    /// The challenge's status now.
-    fn challenge_status(
-        &mut self,
-        factor: &FactorId,
-        challenge_id: &str,
-    ) -> Result<ChallengeStatus, ApiError>;
-    /// Waits between two polls of a push (a fake records it instead).
-    fn pause(&mut self, wait: Duration);
-    /// Starts, without waiting for it, what the next code will need, so that it is there once
-    /// the person has typed the code (which then goes to tru.ID in one round trip). The calls
-    /// that need it take it; they must give the same answers as without it. By default nothing
-    /// is done ahead.
-    fn prepare(&mut self, _ahead: Ahead<'_>) {}
-}
-
-/// What a code will need, asked for while the person reads the prompt and types.
-#[derive(Debug, Clone, Copy)]
-pub enum Ahead<'a> {
-    /// A challenge on the factor, for `create_challenge(factor, reference_id)`.
-    Challenge {
-        factor: &'a FactorId,
-        reference_id: &'a str,
-    },
-    /// `find_factor(user)` (`lookup = true`), then a challenge on the factor it finds.
-    LookupThenChallenge {
-        user: &'a str,
-        reference_id: &'a str,
-    },
 }
 
 /// The login as PAM describes it.
@@ -118,6 +39,9 @@ pub struct LoginContext {
     pub groups: Option<Vec<String>>,
     /// Those of `[login] exempt_groups` that user is in; `None`: unknown, so none.
     pub exempt_groups: Option<Vec<String>>,
+    /// Whether that user may enroll themselves (`[enroll] groups` empty, or a member);
+    /// `None`: NSS could not say, so they may not.
+    pub may_enroll: Option<bool>,
     /// That user as NSS names them (`host::resolve`): every lookup and comparison uses this
     /// name, never the one typed.
     pub account: Account,
@@ -146,8 +70,10 @@ pub enum Account {
 }
 
 /// What happened, and so what the module answers. Mapped to a PAM code in `pam.rs` and to a
-/// log line in `log.rs`, each in one place.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// log line in `log.rs`, each in one place. The agent sends it whole to a module it ran a
+/// login for (`agent::services`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Outcome {
     Verified {
         tries: u32,
@@ -164,6 +90,11 @@ pub enum Outcome {
     /// The user is exempt, or outside `[login] groups`: the module stands aside.
     NotRequired {
         reason: String,
+    },
+    /// A user without a factor enrolled inside the login (`unenrolled = "enroll"`): the new
+    /// factor is ACTIVE, activated with its first code.
+    Enrolled {
+        factor: FactorId,
     },
     /// One of the user's recovery codes let them in; it is gone now.
     RecoveryUsed {
@@ -217,6 +148,7 @@ impl Outcome {
             Outcome::NotEnrolled { ignore: true, .. } => "not_enrolled_ignored",
             Outcome::NotRequired { .. } => "not_required",
             Outcome::RecoveryUsed { .. } => "recovery_used",
+            Outcome::Enrolled { .. } => "enrolled",
             Outcome::UnknownUser { .. } => "unknown_user",
             Outcome::Refused { .. } => "refused",
             Outcome::Unavailable { let_in: false, .. } => "unavailable_denied",
@@ -226,6 +158,18 @@ impl Outcome {
             Outcome::BadInput { .. } => "bad_input",
             Outcome::Unprivileged { .. } => "unprivileged_denied",
         }
+    }
+
+    /// Someone typed what was not the code: wrong codes, and the users whose denial must look
+    /// like it (no factor under `deny`, a name NSS does not know). These wait before the
+    /// answer, so a guess costs time.
+    pub fn is_a_wrong_guess(&self) -> bool {
+        matches!(
+            self,
+            Outcome::WrongCode { .. }
+                | Outcome::NotEnrolled { ignore: false, .. }
+                | Outcome::UnknownUser { .. }
+        )
     }
 
     pub fn tries(&self) -> u32 {
@@ -238,6 +182,7 @@ impl Outcome {
             | Outcome::Unavailable { tries, .. }
             | Outcome::ConvError { tries, .. }
             | Outcome::RecoveryUsed { tries, .. } => *tries,
+            Outcome::Enrolled { .. } => 1,
             Outcome::NotRequired { .. }
             | Outcome::ConfigError { .. }
             | Outcome::BadInput { .. }
@@ -257,6 +202,9 @@ impl Outcome {
             }
             Outcome::RecoveryUsed { left, .. } => {
                 format!("a recovery code stood in for the tru.ID code; {left} left")
+            }
+            Outcome::Enrolled { factor } => {
+                format!("enrolled at login: factor {factor} activated with its first code")
             }
             Outcome::Unavailable {
                 reason,
@@ -372,6 +320,20 @@ pub fn authenticate(
     api: &mut impl Authenticator,
     codes: &mut impl Recovery,
 ) -> Outcome {
+    authenticate_or_enroll(cfg, login, conv, api, codes, None)
+}
+
+/// `authenticate`, where a user without a factor may enroll inside the login
+/// (`unenrolled = "enroll"`) and is recorded in `record`. Without a `record` (a caller that
+/// cannot write the config) such a user is denied as under `deny`.
+pub fn authenticate_or_enroll(
+    cfg: &Config,
+    login: &LoginContext,
+    conv: &mut impl Conversation,
+    api: &mut impl Authenticator,
+    codes: &mut impl Recovery,
+    record: Option<&mut dyn Record>,
+) -> Outcome {
     let typed = match factor_user(cfg, login) {
         Ok(name) => name,
         Err(outcome) => return outcome,
@@ -442,7 +404,7 @@ pub fn authenticate(
     let mut who = match cfg.users.get(user) {
         _ if unknown.is_some() => Who::Nobody,
         Some(f) => Who::Found(f.clone()),
-        None if cfg.login.lookup && (maybe_push || cfg.login.unenrolled == Unenrolled::Ignore) => {
+        None if cfg.login.lookup && (maybe_push || cfg.login.unenrolled != Unenrolled::Deny) => {
             match api.find_factor(&lookup_name) {
                 Ok(Some(f)) => Who::Found(f),
                 Ok(None) => Who::Nobody,
@@ -473,6 +435,13 @@ pub fn authenticate(
             ignore: true,
             tries: 0,
         };
+    }
+    if let (Who::Nobody, Some(record)) = (&who, record) {
+        if let Some(outcome) =
+            first_login_enrolment(cfg, login, user, unknown.is_some(), conv, api, record)
+        {
+            return outcome;
+        }
     }
 
     let push = match (&who, cfg.login.method, phone) {
@@ -610,6 +579,76 @@ pub fn authenticate(
             tries,
         },
         _ => Outcome::WrongCode { tries },
+    }
+}
+
+/// A user without a factor enrolls at their first login, if `unenrolled = "enroll"` and
+/// `[enroll] groups` let them; `None`: they may not, and are denied as under `deny`.
+/// Only after the first factor: never with one prompt (it comes before the password), nor in
+/// a process a local user controls (su, sudo: the caller could enroll the target's account).
+fn first_login_enrolment(
+    cfg: &Config,
+    login: &LoginContext,
+    user: &str,
+    unknown: bool,
+    conv: &mut impl Conversation,
+    api: &mut impl Authenticator,
+    record: &mut dyn Record,
+) -> Option<Outcome> {
+    let allowed = cfg.login.unenrolled == Unenrolled::Enroll
+        && !unknown
+        && !cfg.login.combined
+        && login.controlled_by.is_none()
+        && login.may_enroll == Some(true);
+    if !allowed {
+        return None;
+    }
+    conv.info(enrolment::MSG_START);
+    let mut record = DynRecord(record);
+    Some(enrolment_outcome(enrolment::enroll(
+        cfg,
+        user,
+        None,
+        conv,
+        api,
+        &mut record,
+    )))
+}
+
+/// The outcome of an enrolment, as the log and PAM see it: only an ACTIVE, recorded factor
+/// lets in.
+pub fn enrolment_outcome(enrolled: Enrolled) -> Outcome {
+    match enrolled {
+        Enrolled::Active { factor } => Outcome::Enrolled { factor },
+        Enrolled::HasFactor => Outcome::Refused {
+            tries: 0,
+            reason: Enrolled::HasFactor.reason(),
+        },
+        Enrolled::BadPhone | Enrolled::NotActivated { .. } => Outcome::NotEnrolled {
+            ignore: false,
+            tries: enrolment::ACTIVATION_TRIES,
+        },
+        Enrolled::Api(ApiError::Refused(reason)) => Outcome::Refused {
+            tries: 0,
+            reason: format!("enrolment: {reason}"),
+        },
+        // A user without a factor is never let in by `safe`: they have no second factor.
+        Enrolled::Api(e) => Outcome::Unavailable {
+            tries: 0,
+            reason: format!("enrolment: {e}"),
+            let_in: false,
+        },
+        e @ Enrolled::NotRecorded { .. } => Outcome::ConfigError { reason: e.reason() },
+        Enrolled::Conv(reason) => Outcome::ConvError { tries: 0, reason },
+    }
+}
+
+/// A `&mut dyn Record` as an `impl Record`.
+struct DynRecord<'a>(&'a mut dyn Record);
+
+impl Record for DynRecord<'_> {
+    fn record(&mut self, user: &str, factor: &FactorId, phone_digits: &str) -> Result<(), String> {
+        self.0.record(user, factor, phone_digits)
     }
 }
 

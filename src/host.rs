@@ -46,13 +46,21 @@ pub fn resolve(cfg: &Config, login: &mut LoginContext) {
         Ok(Some(pw)) => {
             // One getgrouplist for both lists: NSS may be a directory a round trip away.
             let (groups, exempt) = (&cfg.login.groups, &cfg.login.exempt_groups);
-            if !groups.is_empty() || !exempt.is_empty() {
+            let enroll = &cfg.enroll.groups;
+            if !groups.is_empty() || !exempt.is_empty() || !enroll.is_empty() {
                 let gids = group_ids(&pw);
                 let among = |wanted: &[String]| {
                     (!wanted.is_empty()).then(|| named_among(gids.as_deref()?, wanted))?
                 };
                 login.groups = among(groups);
                 login.exempt_groups = among(exempt);
+                login.may_enroll = if enroll.is_empty() {
+                    Some(true)
+                } else {
+                    among(enroll).map(|g| !g.is_empty())
+                };
+            } else {
+                login.may_enroll = Some(true);
             }
             Account::Known(pw.name)
         }

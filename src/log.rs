@@ -49,6 +49,8 @@ pub fn severity(outcome: &Outcome) -> Severity {
     match outcome {
         Outcome::Verified { .. } => Severity::Info,
         Outcome::NotEnrolled { .. } | Outcome::NotRequired { .. } => Severity::Notice,
+        // A new factor bound to an account: the administrator should see each one.
+        Outcome::Enrolled { .. } => Severity::Warning,
         Outcome::WrongCode { .. }
         | Outcome::UnknownUser { .. }
         | Outcome::Refused { .. }

@@ -9,7 +9,7 @@ use super::protocol::{
 use crate::api::{timed_out_error, ApiError, ChallengeStatus, FactorKind};
 use crate::config::{ApiConfig, FactorId};
 use crate::deadline::Deadline;
-use crate::flow::{Ahead, Authenticator};
+use crate::ports::{Ahead, Authenticator, NewFactor};
 use crate::secret::Secret;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -437,5 +437,45 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
     fn pause(&mut self, wait: Duration) {
         // The person answering on the phone: not charged to the API deadline.
         std::thread::sleep(wait);
+    }
+
+    fn new_factor(&mut self, phone: &str, external_id: &str) -> Result<NewFactor, ApiError> {
+        self.calls()?.ask(
+            || Call::NewFactor {
+                phone: phone.into(),
+                external_id: external_id.into(),
+            },
+            |v| {
+                let v = Secret::new(want_value(v)?);
+                let (id, uri) = v
+                    .expose()
+                    .split_once(' ')
+                    .and_then(|(id, uri)| Some((FactorId::parse(id)?, uri)))
+                    .ok_or_else(|| ApiError::Refused("a malformed new factor came back".into()))?;
+                Ok(NewFactor {
+                    id,
+                    uri: Secret::new(uri),
+                })
+            },
+        )
+    }
+
+    fn activate(&mut self, factor: &FactorId, code: &Secret) -> Result<bool, ApiError> {
+        self.calls()?.ask(
+            || Call::Activate {
+                factor: factor.as_str().into(),
+                code: code.clone(),
+            },
+            |v| Ok(want_value(v)? == "ACTIVE"),
+        )
+    }
+
+    fn factor_active(&mut self, factor: &FactorId) -> Result<bool, ApiError> {
+        self.calls()?.ask(
+            || Call::FactorStatus {
+                factor: factor.as_str().into(),
+            },
+            |v| Ok(want_value(v)? == "ACTIVE"),
+        )
     }
 }

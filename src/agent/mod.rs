@@ -19,15 +19,20 @@
 //! upstream.rs  one Call run against tru.ID with an api::Client                 <- protocol
 //! direct.rs    the calls without an agent: in-process, or the library          <- protocol, upstream
 //! client.rs    the module's side: AgentOrDirect, the Authenticator             <- protocol, direct
+//! relay.rs     a caller's side of the services: its conversation relayed       <- protocol
 //! serving.rs   the daemon's serving: projects, tokens, one root connection     <- protocol, upstream
+//! services.rs  the daemon's services for unprivileged callers (public socket)  <- protocol, serving
 //! ```
 //!
-//! To come, between client.rs and serving.rs: `services.rs`, the daemon's config-aware services
-//! for unprivileged callers (<- protocol, upstream; serving.rs hands it the callers that are not
-//! root). Neither it nor serving.rs uses client.rs or direct.rs: those are the module's.
+//! The agent listens on two sockets: the root socket (serving.rs: calls of root's modules) and
+//! the public socket (services.rs: a screen locker's login, a user's own enrolment, each for the
+//! caller's own account). Neither serving.rs nor services.rs uses client.rs, direct.rs or
+//! relay.rs: those are the callers'.
 
 pub mod client;
 pub mod direct;
 pub mod protocol;
+pub mod relay;
+pub mod services;
 pub mod serving;
 pub mod upstream;

@@ -16,7 +16,8 @@ use zeroize::Zeroizing;
 
 /// The version both sides must speak; a mismatch is answered, not guessed at.
 /// 2: answers carry `Failed` (no verdict, no outage), which a version-1 module cannot read.
-pub const PROTOCOL: u32 = 2;
+/// 3: the enrolment calls (`NewFactor`, `Activate`, `FactorStatus`).
+pub const PROTOCOL: u32 = 3;
 /// A request carries a few IDs and at most a code: far below this.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 /// Room a message is written into from the start: a request is about 600 bytes, so the buffer
@@ -98,6 +99,21 @@ pub enum Call {
         factor: String,
         challenge_id: String,
     },
+    /// Answered with the factor ID and its otpauth URI, a space between.
+    NewFactor {
+        phone: String,
+        external_id: String,
+    },
+    /// Answered with the factor's status after the code.
+    Activate {
+        factor: String,
+        #[serde(serialize_with = "expose")]
+        code: Secret,
+    },
+    /// Answered with "ACTIVE" or another status.
+    FactorStatus {
+        factor: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,10 +130,7 @@ impl Request {
     /// The request as one line, in a buffer that is zeroised when dropped (it holds the client
     /// secret and maybe the code) and that never grows (`MESSAGE_ROOM`).
     pub(crate) fn to_line(&self) -> Option<Zeroizing<Vec<u8>>> {
-        let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
-        serde_json::to_writer(&mut *text, self).ok()?;
-        text.push(b'\n');
-        Some(text)
+        line_of(self)
     }
 }
 
@@ -165,6 +178,68 @@ pub struct Reply {
     /// HTTP requests sent for this call (the module's debug line counts them).
     pub requests: u32,
     pub answer: Answer,
+}
+
+/// What a caller of the public socket asks (`services`): always for the account the socket's
+/// peer credentials name, never for one the request names.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Service {
+    /// Check the caller's own code: a screen locker's login. `user` is PAM_USER, which must
+    /// be the caller's account.
+    Login {
+        user: String,
+        service: String,
+        tty: Option<String>,
+        rhost: Option<String>,
+    },
+    /// Enroll the caller (`truid-pam enroll` run by a user); the phone is asked if not given.
+    Enroll { phone: Option<String> },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRequest {
+    pub(crate) v: u32,
+    pub(crate) service: Service,
+}
+
+impl ServiceRequest {
+    pub fn new(service: Service) -> Self {
+        ServiceRequest {
+            v: PROTOCOL,
+            service,
+        }
+    }
+}
+
+/// The agent's side of a relayed conversation: what to show or ask the person, then the end.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToCaller {
+    PromptSecret(String),
+    PromptEcho(String),
+    Info(String),
+    Error(String),
+    Done(crate::flow::Outcome),
+}
+
+/// The caller's answer to a prompt.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FromCaller {
+    Answer(#[serde(serialize_with = "expose")] Secret),
+    /// The conversation failed on the caller's side.
+    NoAnswer(String),
+}
+
+/// `value` as one line, in a buffer zeroised when dropped (an answer is a code; a prompt may
+/// hold a new factor's QR code).
+pub(crate) fn line_of(value: &impl Serialize) -> Option<Zeroizing<Vec<u8>>> {
+    let mut text = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
+    serde_json::to_writer(&mut *text, value).ok()?;
+    text.push(b'\n');
+    Some(text)
 }
 
 fn expose<S: serde::Serializer>(s: &Secret, ser: S) -> Result<S::Ok, S::Error> {

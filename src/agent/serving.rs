@@ -113,6 +113,23 @@ impl Projects {
         reply
     }
 
+    /// Runs `f` with a client on the project's kept connections and token (the agent's
+    /// services for unprivileged callers, whose calls the flow makes itself).
+    pub fn with_client<T>(
+        &self,
+        api: &ApiConfig,
+        f: impl FnOnce(&mut Client) -> T,
+    ) -> Result<T, String> {
+        let project = self.get(WireApi::new(api), api)?;
+        let mut client = project.client(api);
+        let out = f(&mut client);
+        if project.keep_token(client.held_token()) {
+            let _looked_at = self.known.lock();
+            self.tokens_changed.notify_all();
+        }
+        Ok(out)
+    }
+
     /// Gets each project a new token before its token runs out, so that no login waits for
     /// one (1 token request per project per token lifetime, and no other request). Runs until
     /// the process ends: the agent's refresher thread.

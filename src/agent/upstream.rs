@@ -6,7 +6,7 @@ use super::protocol::{Answer, Call, Reply};
 use crate::api::{ApiError, Client};
 use crate::config::FactorId;
 use crate::deadline::Deadline;
-use crate::flow::Authenticator;
+use crate::ports::Authenticator;
 use std::time::Duration;
 
 /// One call on `client`, for a login whose calls so far took `spent` of its `[api] timeout`:
@@ -57,6 +57,16 @@ fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
             &phone,
             message.as_deref(),
         )?),
+        Call::NewFactor { phone, external_id } => {
+            let f = client.new_factor(&phone, &external_id)?;
+            Some(format!("{} {}", f.id, f.uri.expose()))
+        }
+        Call::Activate { factor, code } => {
+            Some(active_word(client.activate(&factor_id(&factor)?, &code)?))
+        }
+        Call::FactorStatus { factor } => {
+            Some(active_word(client.factor_active(&factor_id(&factor)?)?))
+        }
         Call::ChallengeStatus {
             factor,
             challenge_id,
@@ -67,4 +77,9 @@ fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
                 .to_string(),
         ),
     })
+}
+
+/// A factor's state as the wire carries it.
+fn active_word(active: bool) -> String {
+    if active { "ACTIVE" } else { "PENDING" }.to_string()
 }

@@ -8,7 +8,7 @@ use super::ApiError;
 use crate::cache::{TokenCache, REFRESH_MARGIN_SECS};
 use crate::config::{ApiConfig, FactorId};
 use crate::deadline::Deadline;
-use crate::flow::Authenticator;
+use crate::ports::{Authenticator, NewFactor};
 use crate::secret::Secret;
 use base64::Engine as _;
 use reqwest::header::HeaderValue;
@@ -466,6 +466,25 @@ impl Authenticator for Client {
         // The person answering on the phone: not charged to the API deadline, bounded by
         // push_timeout in the flow.
         std::thread::sleep(wait);
+    }
+
+    fn new_factor(&mut self, phone: &str, external_id: &str) -> Result<NewFactor, ApiError> {
+        let f = self.create_factor(phone, external_id)?;
+        let id = FactorId::parse(&f.factor_id)
+            .ok_or_else(|| ApiError::Refused("tru.ID gave a malformed factor ID".into()))?;
+        let uri = f.url.ok_or_else(|| {
+            ApiError::Refused(format!("tru.ID gave factor {id} without an otpauth URI"))
+        })?;
+        Ok(NewFactor { id, uri })
+    }
+
+    fn activate(&mut self, factor: &FactorId, code: &Secret) -> Result<bool, ApiError> {
+        let patch = serde_json::json!([{ "op": "add", "path": "/code", "value": code.expose() }]);
+        Ok(self.patch_factor(factor.as_str(), patch)?.status == "ACTIVE")
+    }
+
+    fn factor_active(&mut self, factor: &FactorId) -> Result<bool, ApiError> {
+        Ok(self.get_factor(factor.as_str())?.status == "ACTIVE")
     }
 
     fn find_factor(&mut self, external_id: &str) -> Result<Option<FactorId>, ApiError> {

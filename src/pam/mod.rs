@@ -5,6 +5,8 @@ mod conv;
 
 use crate::agent::client::AgentOrDirect;
 use crate::agent::direct::Loaded;
+use crate::agent::protocol::{Service as AgentService, ServiceRequest};
+use crate::agent::relay::{relay, RelayError};
 use crate::config::{Config, DEFAULT_PATH};
 use crate::flow::{self, LoginContext, Outcome};
 use crate::log::{Severity, Sink};
@@ -38,6 +40,9 @@ pub struct Args {
     pub debug: bool,
     /// One prompt for the password and the code (as `[login] combined = true`), for this stack.
     pub combined: bool,
+    /// The agent's public socket, for a module run without root (which cannot read the
+    /// config): `agent=PATH`, by default `config::DEFAULT_PUBLIC_SOCKET`.
+    pub public_agent: PathBuf,
 }
 
 /// Unknown or malformed arguments are errors: a typo in the stack must deny, not be skipped.
@@ -47,6 +52,7 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
         syslog_socket: None,
         debug: false,
         combined: false,
+        public_agent: PathBuf::from(crate::config::DEFAULT_PUBLIC_SOCKET),
     };
     for raw in args {
         let arg =
@@ -56,7 +62,8 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
             Some(("syslog_socket", p)) if p.starts_with('/') => {
                 out.syslog_socket = Some(PathBuf::from(p))
             }
-            Some(("config" | "syslog_socket", _)) => {
+            Some(("agent", p)) if p.starts_with('/') => out.public_agent = PathBuf::from(p),
+            Some(("config" | "syslog_socket" | "agent", _)) => {
                 return Err(format!(
                     "module argument \"{}\" needs an absolute path",
                     crate::text::sanitize(arg, 200)
@@ -66,7 +73,7 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
             None if arg == "combined" => out.combined = true,
             _ => {
                 return Err(format!(
-                    "unknown module argument \"{}\"; known: config=PATH, syslog_socket=PATH, debug, combined",
+                    "unknown module argument \"{}\"; known: config=PATH, syslog_socket=PATH, agent=PATH, debug, combined",
                     crate::text::sanitize(arg, 200)
                 ))
             }
@@ -79,7 +86,9 @@ pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<Args, 
 pub fn pam_code(outcome: &Outcome) -> PamResultCode {
     use PamResultCode::*;
     match outcome {
-        Outcome::Verified { .. } | Outcome::RecoveryUsed { .. } => PAM_SUCCESS,
+        Outcome::Verified { .. } | Outcome::RecoveryUsed { .. } | Outcome::Enrolled { .. } => {
+            PAM_SUCCESS
+        }
         Outcome::Unavailable { let_in: true, .. } => PAM_SUCCESS,
         Outcome::Unavailable { let_in: false, .. } | Outcome::Unprivileged { .. } => {
             PAM_AUTHINFO_UNAVAIL
@@ -156,7 +165,7 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
             ),
         );
     }
-    if asks_for_delay(&outcome) {
+    if outcome.is_a_wrong_guess() {
         fail_delay(pamh);
     }
     pam_code(&outcome)
@@ -166,17 +175,6 @@ fn authenticate(pamh: &mut PamHandle, args: &[&CStr], flags: PamFlag) -> PamResu
 /// costs time, so a caller who starts `sudo` in a loop tries a few codes a second, not a
 /// hundred (libpam varies the wait by up to a half, and waits once per `pam_authenticate`).
 const FAIL_DELAY_USEC: libc::c_uint = 2_000_000;
-
-/// The outcomes where someone typed what was not the code: wrong codes, and the users whose
-/// denial must look like it (no factor under `deny`, a name NSS does not know).
-fn asks_for_delay(outcome: &Outcome) -> bool {
-    matches!(
-        outcome,
-        Outcome::WrongCode { .. }
-            | Outcome::NotEnrolled { ignore: false, .. }
-            | Outcome::UnknownUser { .. }
-    )
-}
 
 extern "C" {
     // libpam's; pam-bindings does not wrap these.
@@ -245,14 +243,7 @@ fn run(
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        if let Some(mut conv) = PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
-            flow::Conversation::error(&mut conv, flow::MSG_UNPRIVILEGED);
-        }
-        return Outcome::Unprivileged {
-            reason: format!(
-                "the module runs as uid {euid}, not root (a screen locker or another program run as the user): it cannot read the root-only config nor ask tru.ID, so it refuses"
-            ),
-        };
+        return unprivileged(pamh, login, &args, flags, euid);
     }
     let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
@@ -297,6 +288,48 @@ fn run(
     }
     // `api` drops here: the direct client's connection closes and its thread ends before PAM
     // returns.
+}
+
+/// The module without root (a screen locker, any program run as the user): it cannot read the
+/// root-only config, so the agent runs the login for the caller's own account, over its public
+/// socket. Without an agent it refuses (never PAM_IGNORE: SECURITY.md, "Programs that run as
+/// the user").
+fn unprivileged(
+    pamh: &mut PamHandle,
+    login: &mut LoginContext,
+    args: &Args,
+    flags: PamFlag,
+    euid: libc::uid_t,
+) -> Outcome {
+    let Some(mut conv) = PamConv::from_handle(pamh, flags & PAM_SILENT != 0) else {
+        return Outcome::ConvError {
+            tries: 0,
+            reason: "the application gave no conversation function".into(),
+        };
+    };
+    let request = ServiceRequest::new(AgentService::Login {
+        user: login.user.clone(),
+        service: login.service.clone(),
+        tty: login.tty.clone(),
+        rhost: login.rhost.clone(),
+    });
+    match relay(&args.public_agent, &request, &mut conv) {
+        Ok(outcome) => outcome,
+        Err(RelayError::NoAgent(why)) => {
+            flow::Conversation::error(&mut conv, flow::MSG_UNPRIVILEGED);
+            Outcome::Unprivileged {
+                reason: format!(
+                    "the module runs as uid {euid}, not root (a screen locker or another program run as the user), and {why}: start the agent (systemctl enable --now pam_truid-agent), which checks such a caller's own code"
+                ),
+            }
+        }
+        // Denies under every failmode: the caller controls this process.
+        Err(RelayError::Broken(reason)) => Outcome::Unavailable {
+            tries: 0,
+            reason,
+            let_in: false,
+        },
+    }
 }
 
 #[cfg(test)]

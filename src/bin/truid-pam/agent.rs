@@ -4,12 +4,14 @@
 use crate::Failure;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
+use pam_truid::agent::services::{Services, MAX_CALLERS};
 use pam_truid::agent::serving::{serve, Projects};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -20,9 +22,16 @@ pub struct Args {
     /// Calls served at once; more wait in the socket's queue.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: u16,
+    /// The socket for unprivileged callers (screen lockers, `truid-pam enroll` by a user), each
+    /// served for their own account with the settings of --config.
+    #[arg(long, default_value = pam_truid::config::DEFAULT_PUBLIC_SOCKET, value_name = "PATH")]
+    public_socket: std::path::PathBuf,
+    /// Serve root's modules only: no public socket.
+    #[arg(long)]
+    no_public_socket: bool,
 }
 
-pub fn run(args: Args) -> Result<ExitCode, Failure> {
+pub fn run(args: Args, config: &Path) -> Result<ExitCode, Failure> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure(
             "the agent must run as root: it reads the root-only token cache and serves root's PAM modules (run it from systemd: systemctl enable --now pam_truid-agent)".into(),
@@ -30,8 +39,19 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     }
     keep_secrets_in()?;
     let socket = args.socket.as_path();
-    let listener = bind(socket)?;
+    let listener = bind(socket, false)?;
     let inode = std::fs::symlink_metadata(socket).map(|m| m.ino()).ok();
+    let public = if args.no_public_socket {
+        None
+    } else {
+        let path = args.public_socket.as_path();
+        let listener = bind(path, true)?;
+        Some((
+            path,
+            listener,
+            std::fs::symlink_metadata(path).map(|m| m.ino()).ok(),
+        ))
+    };
     // Signals go to the main thread's sigwait only: the workers never see them.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -55,6 +75,18 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         let projects = projects.clone();
         std::thread::spawn(move || work(&listener, &projects));
     }
+    if let Some((path, listener, _)) = &public {
+        let listener = listener
+            .try_clone()
+            .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+        let services = Arc::new(Services::new(config.to_path_buf(), Default::default()));
+        let projects = projects.clone();
+        std::thread::Builder::new()
+            .name("public-socket".into())
+            .spawn(move || work_public(&listener, &services, &projects))
+            .map_err(|e| Failure(format!("cannot start the public socket's thread: {e}")))?;
+        println!("truid-pam agent: serving users on {}", path.display());
+    }
     println!("truid-pam agent: listening on {}", socket.display());
     let _ = std::io::stdout().flush();
     // SIGHUP, as for most daemons, is a reload: connections, tokens and the trust anchors (CA
@@ -71,9 +103,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             other => break other,
         }
     };
-    // Only our own socket: a later agent may already have replaced it (then it is theirs).
-    if inode.is_some() && std::fs::symlink_metadata(socket).map(|m| m.ino()).ok() == inode {
-        let _ = std::fs::remove_file(socket);
+    // Only our own sockets: a later agent may already have replaced them (then they are theirs).
+    let mut ours = vec![(socket, inode)];
+    if let Some((path, _, inode)) = &public {
+        ours.push((path, *inode));
+    }
+    for (path, inode) in ours {
+        if inode.is_some() && std::fs::symlink_metadata(path).map(|m| m.ino()).ok() == inode {
+            let _ = std::fs::remove_file(path);
+        }
     }
     eprintln!(
         "truid-pam agent: stopped by {}",
@@ -120,8 +158,49 @@ fn work(listener: &UnixListener, projects: &Projects) {
     }
 }
 
-/// Binds the socket, mode 0600, in a folder only root can write to.
-fn bind(socket: &Path) -> Result<UnixListener, Failure> {
+/// The public socket: a thread per caller, at most `MAX_CALLERS` at once (a caller waits for a
+/// person), and none of them a worker of the root socket.
+fn work_public(listener: &UnixListener, services: &Arc<Services>, projects: &Arc<Projects>) {
+    let running = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("truid-pam agent: accept failed on the public socket: {e}");
+                continue;
+            }
+        };
+        if running.fetch_add(1, Ordering::SeqCst) >= MAX_CALLERS {
+            running.fetch_sub(1, Ordering::SeqCst);
+            eprintln!("truid-pam agent: {MAX_CALLERS} users' requests run already; one more was closed unanswered");
+            continue;
+        }
+        let (services, projects, done) = (services.clone(), projects.clone(), running.clone());
+        let spawned = std::thread::Builder::new()
+            .name("public-caller".into())
+            .spawn(move || {
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    services.serve(stream, &projects)
+                }));
+                done.fetch_sub(1, Ordering::SeqCst);
+                match served {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => eprintln!("truid-pam agent: {why}"),
+                    Err(_) => eprintln!(
+                        "truid-pam agent: a user's request failed inside the agent (a panic)"
+                    ),
+                }
+            });
+        if let Err(e) = spawned {
+            running.fetch_sub(1, Ordering::SeqCst);
+            eprintln!("truid-pam agent: cannot start a thread for a user's request: {e}");
+        }
+    }
+}
+
+/// Binds the socket in a folder only root can write to: mode 0600 for root's modules, or for
+/// the public socket 0666 in a folder anyone may enter (each caller is served for its own uid).
+fn bind(socket: &Path, public: bool) -> Result<UnixListener, Failure> {
     let fail = |what: String| Failure(format!("{}: {what}", socket.display()));
     let dir = socket
         .parent()
@@ -132,7 +211,8 @@ fn bind(socket: &Path) -> Result<UnixListener, Failure> {
             .recursive(true)
             .create(dir)
             .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let mode = if public { 0o755 } else { 0o700 };
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
     if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
@@ -155,8 +235,8 @@ fn bind(socket: &Path) -> Result<UnixListener, Failure> {
         Ok(_) => return Err(fail("exists and is not a socket; remove it".into())),
         Err(_) => {}
     }
-    // The socket is made 0600 from the start: no moment where others could connect.
-    let old = umask(Mode::from_bits_truncate(0o177));
+    // The socket gets its mode from the start: no moment where others could connect to root's.
+    let old = umask(Mode::from_bits_truncate(if public { 0o111 } else { 0o177 }));
     let bound = UnixListener::bind(socket);
     umask(old);
     bound.map_err(|e| fail(format!("cannot listen: {e}")))

@@ -1,27 +1,36 @@
 //! `truid-pam enroll`: factor, QR code, activation with the first code, and only then the
 //! config line.
 
-use crate::{client, edit, load, terminal, Failure};
+use crate::terminal::TerminalConv;
+use crate::{client, load, terminal, Failure};
 use base64::Engine;
+use pam_truid::agent::protocol::{Service, ServiceRequest};
+use pam_truid::agent::relay::{relay, RelayError};
 use pam_truid::api::ApiError;
 use pam_truid::config::{is_valid_name, normalize_phone};
+use pam_truid::enrolment;
 use pam_truid::flow::code_is_well_formed;
+use pam_truid::flow::Outcome;
 use pam_truid::text::sanitize;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Codes a person may type before the factor is left PENDING.
-const ACTIVATION_TRIES: u32 = 3;
+use pam_truid::enrolment::ACTIVATION_TRIES;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The Unix user to enroll.
-    user: String,
-    /// The user's mobile number, E.164 (e.g. +447700900000).
+    /// The Unix user to enroll (run without root: yourself, through the agent; USER may be left
+    /// out).
+    user: Option<String>,
+    /// The user's mobile number, E.164 (e.g. +447700900000); asked if left out when enrolling
+    /// yourself.
     #[arg(long)]
-    phone: String,
+    phone: Option<String>,
+    /// The agent's public socket, for enrolling yourself.
+    #[arg(long, value_name = "PATH", default_value = pam_truid::config::DEFAULT_PUBLIC_SOCKET)]
+    agent: PathBuf,
     /// The external user ID at tru.ID (default: [login] lookup_prefix and the user's name as
     /// NSS gives it).
     #[arg(long, value_name = "ID")]
@@ -35,22 +44,84 @@ pub struct Args {
 }
 
 pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
-    if !is_valid_name(&args.user) {
+    if !nix::unistd::geteuid().is_root() {
+        return self_service(args);
+    }
+    let Some(user) = args.user.clone() else {
+        return Err(Failure(
+            "name the user to enroll (as root; a user enrolls themselves by running truid-pam enroll without root)".into(),
+        ));
+    };
+    let Some(phone) = args.phone.clone() else {
+        return Err(Failure(
+            "give the user's mobile number with --phone, e.g. --phone +447700900000".into(),
+        ));
+    };
+    admin(path, args, &user, &phone)
+}
+
+/// A user enrolls themselves: the agent runs the enrolment for the account this process runs
+/// as, with the system config it reads itself, and this terminal is the conversation.
+fn self_service(args: Args) -> Result<ExitCode, Failure> {
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .ok_or_else(|| Failure("NSS does not name the user this runs as".into()))?;
+    if let Some(user) = &args.user {
+        let same = pam_truid::host::passwd(user)
+            .ok()
+            .flatten()
+            .is_some_and(|pw| pw.name == me.name);
+        if !same {
+            return Err(Failure(format!(
+                "you can enroll only yourself ({}); enrolling \"{}\" takes root",
+                sanitize(&me.name, 128),
+                sanitize(user, 128)
+            )));
+        }
+    }
+    if args.external_id.is_some() || args.qr_png.is_some() || args.force {
+        return Err(Failure(
+            "--external-id, --qr-png and --force are the administrator's (run as root)".into(),
+        ));
+    }
+    let request = ServiceRequest::new(Service::Enroll { phone: args.phone });
+    match relay(&args.agent, &request, &mut TerminalConv) {
+        Ok(Outcome::Enrolled { factor }) => {
+            println!(
+                "Activated: factor {factor} is yours ({}); your logins now ask for its code.",
+                sanitize(&me.name, 128)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(outcome) => Err(Failure(format!(
+            "not enrolled: {}",
+            sanitize(&outcome.reason(), 300)
+        ))),
+        Err(RelayError::NoAgent(why)) => Err(Failure(format!(
+            "enrolling yourself goes through the pam_truid agent, and {why}: ask your administrator to start it (systemctl enable --now pam_truid-agent) or to enroll you"
+        ))),
+        Err(RelayError::Broken(why)) => Err(Failure(format!("not enrolled: {why}"))),
+    }
+}
+
+fn admin(path: &Path, args: Args, user: &str, phone: &str) -> Result<ExitCode, Failure> {
+    if !is_valid_name(user) {
         return Err(Failure(format!(
             "\"{}\" is not a Unix user name (1 to 256 bytes, no control characters)",
-            sanitize(&args.user, 64)
+            sanitize(user, 64)
         )));
     }
-    let Some(phone) = normalize_phone(&args.phone) else {
+    let Some(phone) = normalize_phone(phone) else {
         return Err(Failure(format!(
             "\"{}\" is not an E.164 phone number; give the country code and number, e.g. +447700900000",
-            sanitize(&args.phone, 32)
+            sanitize(phone, 32)
         )));
     };
     let cfg = load(path)?;
     // The module looks users up by the name NSS gives (`Alice` is `alice` on sssd), so that
     // is the name written.
-    let user = canonical_user(&args.user)?;
+    let user = canonical_user(user)?;
     if let Some(why) = crate::rollout_check::exempt(&cfg, &user) {
         eprintln!("warning: {} is exempt ({why}): the module never asks them for this factor's code while that stays so.", sanitize(&user, 128));
     }
@@ -89,7 +160,7 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
     );
     println!("Scan this QR code with the tru.ID Authenticator (or any TOTP app):\n");
     println!("{}", qr_text(uri.expose())?);
-    if let Some(secret) = otpauth_secret(uri.expose()) {
+    if let Some(secret) = enrolment::otpauth_secret(uri.expose()) {
         println!("Or enter this key by hand: {}\n", secret.expose());
     }
     if let (Some(png), Some(file)) = (&args.qr_png, png_file) {
@@ -115,9 +186,9 @@ pub fn run(path: &Path, args: Args) -> Result<ExitCode, Failure> {
         let patch = serde_json::json!([{ "op": "add", "path": "/code", "value": code.expose() }]);
         match api.patch_factor(&id, patch) {
             Ok(f) if f.status == "ACTIVE" => {
-                edit::update(path, |doc| {
-                    edit::set_user(doc, &user, &id);
-                    edit::set_phone(doc, &user, &phone);
+                pam_truid::config_edit::update(path, |doc| {
+                    pam_truid::config_edit::set_user(doc, &user, &id);
+                    pam_truid::config_edit::set_phone(doc, &user, &phone);
                     Ok(())
                 })?;
                 println!(
@@ -171,27 +242,8 @@ pub fn canonical_user(typed: &str) -> Result<String, Failure> {
 }
 
 fn qr_text(uri: &str) -> Result<String, Failure> {
-    let code = qrcode::QrCode::new(uri.as_bytes())
-        .map_err(|e| Failure(format!("cannot draw the QR code: {e}")))?;
-    Ok(code
-        .render::<qrcode::render::unicode::Dense1x2>()
-        .dark_color(qrcode::render::unicode::Dense1x2::Light)
-        .light_color(qrcode::render::unicode::Dense1x2::Dark)
-        .quiet_zone(true)
-        .build())
-}
-
-/// The base32 secret of an `otpauth://` URI, for typing in by hand.
-fn otpauth_secret(uri: &str) -> Option<pam_truid::secret::Secret> {
-    let url = reqwest::Url::parse(uri).ok()?;
-    let secret = url
-        .query_pairs()
-        .find(|(k, _)| k == "secret")
-        .map(|(_, v)| v.into_owned())?;
-    secret
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'=')
-        .then(|| pam_truid::secret::Secret::new(secret))
+    enrolment::qr_text(uri)
+        .ok_or_else(|| Failure("cannot draw the QR code: the URI is too long".into()))
 }
 
 /// A new file for the PNG, mode 0600: it holds the secret, so it is never written through a
@@ -229,14 +281,6 @@ fn save_png(mut file: std::fs::File, path: &Path, data_url: Option<&str>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_from_uri() {
-        let s = otpauth_secret("otpauth://totp/Acme:alice?secret=JBSWY3DPEHPK3PXP&issuer=Acme")
-            .unwrap();
-        assert_eq!(s.expose(), "JBSWY3DPEHPK3PXP");
-        assert!(otpauth_secret("otpauth://totp/x?secret=a%1bb").is_none());
-    }
 
     #[test]
     fn qr_is_drawn() {

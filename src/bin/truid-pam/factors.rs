@@ -1,6 +1,6 @@
 //! `truid-pam list` and `truid-pam deactivate`.
 
-use crate::{client, edit, load, Failure};
+use crate::{client, load, Failure};
 use pam_truid::text::sanitize;
 use serde::Serialize;
 use std::path::Path;
@@ -162,8 +162,8 @@ pub fn deactivate(path: &Path, typed: &str) -> Result<ExitCode, Failure> {
             sanitize(user, 128)
         )));
     }
-    edit::update(path, |doc| {
-        edit::remove_user(doc, user);
+    pam_truid::config_edit::update(path, |doc| {
+        pam_truid::config_edit::remove_user(doc, user);
         Ok(())
     })?;
     println!(

@@ -5,7 +5,6 @@
 
 mod agent;
 mod check;
-mod edit;
 mod enroll;
 mod factors;
 mod project;
@@ -86,6 +85,12 @@ impl From<ApiError> for Failure {
     }
 }
 
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure(e)
+    }
+}
+
 impl From<pam_truid::config::ConfigError> for Failure {
     fn from(e: pam_truid::config::ConfigError) -> Self {
         Failure(e.to_string())
@@ -110,7 +115,7 @@ fn main() -> ExitCode {
         Command::Test { user, service } => test_login::run(&cli.config, &user, &service),
         Command::Project { action } => project::run(&cli.config, action),
         Command::Recovery(args) => recovery::run(&cli.config, args),
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(args, &cli.config),
     };
     match result {
         Ok(code) => code,

@@ -53,6 +53,13 @@ impl Conversation for TerminalConv {
         read_line(text, true).map_err(|e| ConvError(format!("cannot read the code: {e}")))
     }
 
+    fn prompt_echo(&mut self, text: &str) -> Result<Secret, ConvError> {
+        if !std::io::stdin().is_terminal() {
+            eprintln!("{text}");
+        }
+        read_line(text, false).map_err(|e| ConvError(format!("cannot read the answer: {e}")))
+    }
+
     fn info(&mut self, text: &str) {
         eprintln!("{text}");
     }

@@ -1,8 +1,9 @@
 //! Changing the config file: comments, order and formatting kept (toml_edit), owner and mode
 //! kept, the new text checked as the module would check it, written atomically under a lock.
+//! The CLI's commands, the agent's self-service enrolment and first-login enrolment all write
+//! through here.
 
-use crate::Failure;
-use pam_truid::config::{read_text, Config};
+use crate::config::{read_text, Config};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -13,7 +14,7 @@ use toml_edit::DocumentMut;
 /// land their line.
 struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
-fn lock(path: &Path) -> Result<Lock, Failure> {
+fn lock(path: &Path) -> Result<Lock, String> {
     let lock_path = lock_path(path);
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -22,15 +23,10 @@ fn lock(path: &Path) -> Result<Lock, Failure> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)
-        .map_err(|e| {
-            Failure(format!(
-                "{}: cannot open the lock file: {e}",
-                lock_path.display()
-            ))
-        })?;
+        .map_err(|e| format!("{}: cannot open the lock file: {e}", lock_path.display()))?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
         .map(Lock)
-        .map_err(|(_, e)| Failure(format!("{}: cannot lock: {e}", lock_path.display())))
+        .map_err(|(_, e)| format!("{}: cannot lock: {e}", lock_path.display()))
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -44,29 +40,29 @@ fn lock_path(path: &Path) -> PathBuf {
 /// Applies `change` to the file's document and writes the result.
 pub fn update(
     path: &Path,
-    change: impl FnOnce(&mut DocumentMut) -> Result<(), Failure>,
-) -> Result<(), Failure> {
+    change: impl FnOnce(&mut DocumentMut) -> Result<(), String>,
+) -> Result<(), String> {
     let _lock = lock(path)?;
-    let text = read_text(path)?;
+    let text = read_text(path).map_err(|e| e.to_string())?;
     let mut doc: DocumentMut = text
         .parse()
         // In words, never toml_edit's own rendering: it quotes the line, which may be a secret's.
         .map_err(|e: toml_edit::TomlError| {
-            Failure(format!(
+            format!(
                 "{}: {}",
                 path.display(),
-                pam_truid::config::toml_error_in_words(&text, e.message(), e.span())
-            ))
+                crate::config::toml_error_in_words(&text, e.message(), e.span())
+            )
         })?;
     change(&mut doc)?;
     let new_text = doc.to_string();
     // Never write a file the module would refuse.
-    Config::parse(path, &new_text)?;
+    Config::parse(path, &new_text).map_err(|e| e.to_string())?;
     write_atomically(path, new_text.as_bytes()).map_err(|e| {
-        Failure(format!(
+        format!(
             "{}: cannot write: {e}; the file is unchanged",
             path.display()
-        ))
+        )
     })
 }
 
@@ -103,18 +99,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Sets `[users] user = "factor"`, creating the table if needed.
 pub fn set_user(doc: &mut DocumentMut, user: &str, factor: &str) {
-    if doc.get("users").and_then(|u| u.as_table()).is_none() {
-        doc["users"] = toml_edit::table();
-    }
-    doc["users"][user] = toml_edit::value(factor);
+    set_in(doc, "users", user, factor.to_string());
 }
 
 /// Sets `[phones] user = "+number"` (push needs the number; tru.ID's factor does not give it).
 pub fn set_phone(doc: &mut DocumentMut, user: &str, e164_digits: &str) {
-    if doc.get("phones").and_then(|u| u.as_table()).is_none() {
-        doc["phones"] = toml_edit::table();
+    set_in(doc, "phones", user, format!("+{e164_digits}"));
+}
+
+/// `[table] key = "value"`, the table made (or made a table) first.
+fn set_in(doc: &mut DocumentMut, table: &str, key: &str, value: String) {
+    let item = doc.entry(table).or_insert_with(toml_edit::table);
+    if !item.is_table_like() {
+        *item = toml_edit::table();
     }
-    doc["phones"][user] = toml_edit::value(format!("+{e164_digits}"));
+    if let Some(t) = item.as_table_like_mut() {
+        t.insert(key, toml_edit::value(value));
+    }
 }
 
 /// Removes `[users] user`; true when it was there.
