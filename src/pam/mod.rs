@@ -268,7 +268,20 @@ fn run(
     // Without an agent, the calls go through the direct client library (loaded only then).
     let mut api = AgentOrDirect::new(&cfg.api, Loaded::default());
     let mut codes = crate::recovery::Store::new(&cfg.recovery.file);
-    let outcome = flow::authenticate(&cfg, login, &mut conv, &mut api, &mut codes);
+    // A user without a factor may enroll here (`unenrolled = "enroll"`): recorded in this
+    // config, as `truid-pam enroll` records.
+    let mut record = crate::enrolment::ConfigFile {
+        path: &args.config,
+        lookup: cfg.login.lookup,
+    };
+    let outcome = flow::authenticate_or_enroll(
+        &cfg,
+        login,
+        &mut conv,
+        &mut api,
+        &mut codes,
+        Some(&mut record),
+    );
     traffic.http_requests = api.requests();
     traffic.via_agent = api.used_agent();
     let password = conv.take_password();
