@@ -22,13 +22,11 @@ pub struct Args {
     /// Calls served at once; more wait in the socket's queue.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: u16,
-    /// The socket for unprivileged callers (screen lockers, `truid-pam enroll` by a user), each
-    /// served for their own account with the settings of --config.
-    #[arg(long, default_value = pam_truid::config::DEFAULT_PUBLIC_SOCKET, value_name = "PATH")]
-    public_socket: std::path::PathBuf,
-    /// Serve root's modules only: no public socket.
-    #[arg(long)]
-    no_public_socket: bool,
+    /// Also serve unprivileged callers (screen lockers, `truid-pam enroll` by a user) on this
+    /// socket, each for their own account only, with the settings of --config. The unit gives
+    /// /run/pam_truid-public/agent.sock, where the module run without root looks.
+    #[arg(long, value_name = "PATH")]
+    public_socket: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args, config: &Path) -> Result<ExitCode, Failure> {
@@ -41,16 +39,13 @@ pub fn run(args: Args, config: &Path) -> Result<ExitCode, Failure> {
     let socket = args.socket.as_path();
     let listener = bind(socket, false)?;
     let inode = std::fs::symlink_metadata(socket).map(|m| m.ino()).ok();
-    let public = if args.no_public_socket {
-        None
-    } else {
-        let path = args.public_socket.as_path();
-        let listener = bind(path, true)?;
-        Some((
-            path,
-            listener,
-            std::fs::symlink_metadata(path).map(|m| m.ino()).ok(),
-        ))
+    let public = match args.public_socket.as_deref() {
+        None => None,
+        Some(path) => {
+            let listener = bind(path, true)?;
+            let inode = std::fs::symlink_metadata(path).map(|m| m.ino()).ok();
+            Some((path, listener, inode))
+        }
     };
     // Signals go to the main thread's sigwait only: the workers never see them.
     let mut signals = SigSet::empty();
