@@ -2,6 +2,7 @@
 //! scripted conversation, a syslog listener the module logs to, the emulator, config files.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod logins;
 pub mod recovery;
 
