@@ -42,6 +42,10 @@ pub struct LoginContext {
     /// Whether that user may enroll themselves (`[enroll] groups` empty, or a member);
     /// `None`: NSS could not say, so they may not.
     pub may_enroll: Option<bool>,
+    /// An earlier module of the stack took a password (PAM_AUTHTOK is set and not empty):
+    /// first-login enrolment needs it, so that a stack with no first factor before this
+    /// module never lets whoever knows a name bind their own phone to it.
+    pub password_given: bool,
     /// That user as NSS names them (`host::resolve`): every lookup and comparison uses this
     /// name, never the one typed.
     pub account: Account,
@@ -584,8 +588,11 @@ pub fn authenticate_or_enroll(
 
 /// A user without a factor enrolls at their first login, if `unenrolled = "enroll"` and
 /// `[enroll] groups` let them; `None`: they may not, and are denied as under `deny`.
-/// Only after the first factor: never with one prompt (it comes before the password), nor in
-/// a process a local user controls (su, sudo: the caller could enroll the target's account).
+/// Only after the first factor: an earlier module took a password, never with one prompt (it
+/// comes before the password), nor in a process a local user controls (su, sudo: the caller
+/// could enroll the target's account). The stack must end on a wrong password before this
+/// module (`requisite`, or common-auth's jump to pam_deny), as every shipped stack does: a
+/// `required` first factor would let the stack run on to here.
 fn first_login_enrolment(
     cfg: &Config,
     login: &LoginContext,
@@ -599,6 +606,7 @@ fn first_login_enrolment(
         && !unknown
         && !cfg.login.combined
         && login.controlled_by.is_none()
+        && login.password_given
         && login.may_enroll == Some(true);
     if !allowed {
         return None;

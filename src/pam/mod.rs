@@ -11,7 +11,7 @@ use crate::config::{Config, DEFAULT_PATH};
 use crate::flow::{self, LoginContext, Outcome};
 use crate::log::{Severity, Sink};
 use ::pam::constants::{PamFlag, PamResultCode, PAM_SILENT};
-use ::pam::items::{RHost, RUser, Service, Tty};
+use ::pam::items::{AuthTok, RHost, RUser, Service, Tty};
 use ::pam::module::{PamHandle, PamHooks};
 use std::ffi::CStr;
 use std::os::unix::ffi::OsStrExt;
@@ -254,6 +254,11 @@ fn run(
         }
     };
     cfg.login.combined |= args.combined;
+    login.password_given = pamh
+        .get_item::<AuthTok>()
+        .ok()
+        .flatten()
+        .is_some_and(|t| !t.as_bytes().is_empty());
     // The user as NSS names them, and their groups from that name (flow does no I/O).
     crate::host::resolve(&cfg, login);
     let mut conv = match PamConv::from_handle(pamh, flags & PAM_SILENT != 0) {
