@@ -1358,12 +1358,195 @@ mod tests {
                 .pop_front()
                 .unwrap_or(ChallengeStatus::Pending))
         }
+        fn new_factor(&mut self, phone: &str, external: &str) -> Result<NewFactor, ApiError> {
+            self.calls.push(format!("new_factor {phone} {external}"));
+            if let Some(e) = &self.fail_create {
+                return Err(e.clone());
+            }
+            Ok(NewFactor {
+                id: FactorId::parse(NEW_FACTOR).unwrap(),
+                uri: Secret::new("otpauth://totp/t:alice?secret=JBSWY3DPEHPK3PXP&issuer=t"),
+            })
+        }
+        fn activate(&mut self, f: &FactorId, code: &Secret) -> Result<bool, ApiError> {
+            self.calls.push(format!("activate {f} {}", code.expose()));
+            if code.expose() == self.right_code {
+                Ok(true)
+            } else {
+                Err(ApiError::Refused("invalid code".into()))
+            }
+        }
+        fn factor_active(&mut self, f: &FactorId) -> Result<bool, ApiError> {
+            self.calls.push(format!("active? {f}"));
+            Ok(true)
+        }
         fn pause(&mut self, wait: Duration) {
             self.paused += wait;
         }
     }
 
     const FACTOR: &str = "5995afaf-f5d1-47ab-b586-50ad46904eec";
+
+    const NEW_FACTOR: &str = "5995afaf-f5d1-47ab-b586-50ad46904eee";
+
+    /// What the enrolment recorded.
+    #[derive(Default)]
+    struct Recorded(Vec<String>);
+
+    impl Record for Recorded {
+        fn record(&mut self, user: &str, f: &FactorId, phone: &str) -> Result<(), String> {
+            self.0.push(format!("{user} {f} {phone}"));
+            Ok(())
+        }
+    }
+
+    /// An unenrolled `bob` past the password, under `unenrolled = "enroll"`.
+    fn enrolling(extra: &str) -> (Config, LoginContext) {
+        let cfg = config(&format!("unenrolled = \"enroll\"\n{extra}"));
+        let mut l = login("bob");
+        l.password_given = true;
+        l.may_enroll = Some(true);
+        (cfg, l)
+    }
+
+    #[test]
+    fn a_user_without_a_factor_enrolls_at_the_first_login() {
+        let (cfg, l) = enrolling("");
+        let mut conv = Script::answering(&["+44 7700 900123", "123456"]);
+        let mut api = fake("123456");
+        let mut rec = Recorded::default();
+        let out =
+            authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
+        assert_eq!(
+            out,
+            Outcome::Enrolled {
+                factor: FactorId::parse(NEW_FACTOR).unwrap()
+            }
+        );
+        assert_eq!(rec.0, [format!("bob {NEW_FACTOR} 447700900123")]);
+        assert_eq!(
+            api.calls,
+            [
+                "new_factor 447700900123 bob".to_string(),
+                format!("activate {NEW_FACTOR} 123456")
+            ]
+        );
+        assert_eq!(conv.seen[0], format!("info:{}", enrolment::MSG_START));
+        assert_eq!(conv.seen[1], format!("prompt:{}", enrolment::MSG_PHONE));
+        // The QR code and the key are in the code prompt itself (sshd shows info only with a
+        // prompt).
+        let qr = &conv.seen[2];
+        assert!(
+            qr.starts_with("prompt:") && qr.contains(['\u{2580}', '\u{2584}', '\u{2588}']),
+            "{qr}"
+        );
+        assert!(conv.seen[2].contains("enter this key by hand: JBSWY3DPEHPK3PXP"));
+        assert!(conv.seen[2].ends_with(enrolment::MSG_CODE));
+    }
+
+    #[test]
+    fn enrolment_at_login_needs_every_condition() {
+        let cases: Vec<(&str, &str, Box<dyn Fn(&mut LoginContext)>)> = vec![
+            ("unenrolled deny", "", Box::new(|_| {})),
+            (
+                "no password before",
+                "",
+                Box::new(|l| l.password_given = false),
+            ),
+            (
+                "su or sudo",
+                "",
+                Box::new(|l| l.controlled_by = Some("AT_SECURE".into())),
+            ),
+            (
+                "not in [enroll] groups",
+                "",
+                Box::new(|l| l.may_enroll = Some(false)),
+            ),
+            ("groups unknown", "", Box::new(|l| l.may_enroll = None)),
+            (
+                "NSS does not know the name",
+                "",
+                Box::new(|l| l.account = Account::Unknown),
+            ),
+            ("one prompt", "combined = true", Box::new(|_| {})),
+        ];
+        for (why, extra, change) in cases {
+            let (mut cfg, mut l) = enrolling("");
+            if why == "unenrolled deny" {
+                cfg.login.unenrolled = Unenrolled::Deny;
+            }
+            if !extra.is_empty() {
+                cfg.login.combined = true;
+            }
+            change(&mut l);
+            let tries = cfg.login.tries;
+            let answers: Vec<&'static str> = vec!["123456"; tries as usize];
+            let mut conv = Script::answering(&answers);
+            let mut api = fake("123456");
+            let mut rec = Recorded::default();
+            let out =
+                authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
+            assert!(
+                matches!(
+                    out,
+                    Outcome::NotEnrolled { ignore: false, .. } | Outcome::UnknownUser { .. }
+                ),
+                "{why}: {out:?}"
+            );
+            assert!(api.calls.is_empty(), "{why}: {:?}", api.calls);
+            assert!(rec.0.is_empty(), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_failed_enrolment_records_nothing_and_never_lets_in() {
+        // Three wrong codes.
+        let (cfg, l) = enrolling("failmode = \"safe\"");
+        let mut conv = Script::answering(&["+447700900123", "111111", "222222", "333333"]);
+        let mut api = fake("123456");
+        let mut rec = Recorded::default();
+        let out =
+            authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
+        assert!(
+            matches!(out, Outcome::NotEnrolled { ignore: false, .. }),
+            "{out:?}"
+        );
+        assert!(rec.0.is_empty());
+        // Three phone numbers that are none: no factor made.
+        let mut conv = Script::answering(&["12", "+0123", "call me"]);
+        let mut api = fake("123456");
+        let out =
+            authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
+        assert!(
+            matches!(out, Outcome::NotEnrolled { ignore: false, .. }),
+            "{out:?}"
+        );
+        assert!(api.calls.is_empty(), "{:?}", api.calls);
+        // tru.ID down, under safe: denied (a user without a factor has no second factor).
+        let mut conv = Script::answering(&["+447700900123"]);
+        let mut api = fake("123456");
+        api.fail_create = Some(ApiError::Unavailable("down".into()));
+        let out =
+            authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
+        assert!(
+            matches!(out, Outcome::Unavailable { let_in: false, .. }),
+            "{out:?}"
+        );
+        assert_eq!(
+            crate::pam::pam_code(&out),
+            ::pam::constants::PamResultCode::PAM_AUTHINFO_UNAVAIL
+        );
+        assert!(rec.0.is_empty());
+        // Without a record (truid-pam test), such a user is denied as under deny.
+        let mut conv = Script::answering(&["1", "2", "3"]);
+        let mut api = fake("123456");
+        let out = authenticate(&cfg, &l, &mut conv, &mut api, &mut NoCodes);
+        assert!(
+            matches!(out, Outcome::NotEnrolled { ignore: false, .. }),
+            "{out:?}"
+        );
+    }
 
     fn config(extra_login: &str) -> Config {
         let text = format!(
