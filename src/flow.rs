@@ -1446,7 +1446,8 @@ mod tests {
 
     #[test]
     fn enrolment_at_login_needs_every_condition() {
-        let cases: Vec<(&str, &str, Box<dyn Fn(&mut LoginContext)>)> = vec![
+        type Change = Box<dyn Fn(&mut LoginContext)>;
+        let cases: Vec<(&str, &str, Change)> = vec![
             ("unenrolled deny", "", Box::new(|_| {})),
             (
                 "no password before",
