@@ -109,15 +109,14 @@ impl Services {
         };
         // One request per uid at a time: a user cannot hold many threads, nor guess codes in
         // parallel.
-        if !self.state().busy.insert(uid) {
+        let Some(_busy) = Busy::take(self, uid) else {
             relay.error(MSG_BUSY);
             return relay.end(Outcome::Refused {
                 tries: 0,
                 reason: format!("uid {uid} has another request running"),
             });
-        }
+        };
         let outcome = self.run(uid, request.service, &mut relay, projects);
-        self.state().busy.remove(&uid);
         relay.end(outcome)
     }
 
@@ -290,6 +289,28 @@ impl Services {
     fn logged(&self, login: &LoginContext, outcome: Outcome) -> Outcome {
         self.sink.outcome(login, &outcome);
         outcome
+    }
+}
+
+/// A uid's one running request; given back when dropped, also by a panic.
+struct Busy<'a> {
+    services: &'a Services,
+    uid: u32,
+}
+
+impl<'a> Busy<'a> {
+    fn take(services: &'a Services, uid: u32) -> Option<Busy<'a>> {
+        services
+            .state()
+            .busy
+            .insert(uid)
+            .then_some(Busy { services, uid })
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.services.state().busy.remove(&self.uid);
     }
 }
 

@@ -84,14 +84,22 @@ pub fn start_agent(socket: &Path) -> Daemon {
     Daemon::start(cmd, "listening on", false)
 }
 
-/// The agent with its public socket too (unprivileged callers), reading `config` for them.
-pub fn start_agent_serving_users(socket: &Path, public: &Path, config: &Path) -> Daemon {
+/// The agent with its public socket too (unprivileged callers), reading `config` for them and
+/// logging their outcomes to the syslog socket `log`.
+pub fn start_agent_serving_users(
+    socket: &Path,
+    public: &Path,
+    config: &Path,
+    log: &Path,
+) -> Daemon {
     let mut cmd = Command::new(CLI);
     cmd.arg("--config")
         .arg(config)
         .args(["agent", "--workers", "4", "--socket"])
         .arg(socket)
         .arg("--public-socket")
-        .arg(public);
+        .arg(public)
+        .arg("--syslog-socket")
+        .arg(log);
     Daemon::start(cmd, "listening on", false)
 }

@@ -27,6 +27,9 @@ pub struct Args {
     /// /run/pam_truid-public/agent.sock, where the module run without root looks.
     #[arg(long, value_name = "PATH")]
     public_socket: Option<std::path::PathBuf>,
+    /// The syslog socket the public socket's outcome lines go to (one per request).
+    #[arg(long, value_name = "PATH", default_value = "/dev/log")]
+    syslog_socket: std::path::PathBuf,
 }
 
 pub fn run(args: Args, config: &Path) -> Result<ExitCode, Failure> {
@@ -74,7 +77,8 @@ pub fn run(args: Args, config: &Path) -> Result<ExitCode, Failure> {
         let listener = listener
             .try_clone()
             .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
-        let services = Arc::new(Services::new(config.to_path_buf(), Default::default()));
+        let sink = pam_truid::log::Sink::at(&args.syslog_socket);
+        let services = Arc::new(Services::new(config.to_path_buf(), sink));
         let projects = projects.clone();
         std::thread::Builder::new()
             .name("public-socket".into())
