@@ -208,7 +208,7 @@ impl Outcome {
                 format!("a recovery code stood in for the tru.ID code; {left} left")
             }
             Outcome::Enrolled { factor } => {
-                format!("enrolled at login: factor {factor} activated with its first code")
+                format!("enrolled: factor {factor} activated with its first code")
             }
             Outcome::Unavailable {
                 reason,

@@ -192,6 +192,8 @@ pub enum Service {
         service: String,
         tty: Option<String>,
         rhost: Option<String>,
+        /// The stack's `combined` argument: one prompt for password and code.
+        combined: bool,
     },
     /// Enroll the caller (`truid-pam enroll` run by a user); the phone is asked if not given.
     Enroll { phone: Option<String> },
@@ -221,6 +223,9 @@ pub enum ToCaller {
     PromptEcho(String),
     Info(String),
     Error(String),
+    /// The password part of a one-prompt answer whose code was verified, for the caller to
+    /// hand on (PAM_AUTHTOK); it came from the caller's own answer.
+    KeepPassword(#[serde(serialize_with = "expose")] Secret),
     Done(crate::flow::Outcome),
 }
 
@@ -279,6 +284,47 @@ pub(crate) fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Ve
         line.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
     Ok(line)
+}
+
+/// Lines read one at a time off a stream that carries many (the public socket's conversation):
+/// what came after a line in the same read is kept for the next, never dropped or glued on.
+/// Zeroised when dropped, as `read_line`'s buffers.
+pub(crate) struct Lines {
+    pending: Zeroizing<Vec<u8>>,
+}
+
+impl Lines {
+    pub(crate) fn new() -> Self {
+        Lines {
+            pending: Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM)),
+        }
+    }
+
+    /// The next line, without its newline, of at most `MAX_MESSAGE` bytes.
+    pub(crate) fn next(&mut self, stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        let mut chunk = Zeroizing::new([0u8; 4096]);
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line = Zeroizing::new(self.pending.get(..end).unwrap_or_default().to_vec());
+                let rest = Zeroizing::new(self.pending.get(end + 1..).unwrap_or_default().to_vec());
+                self.pending.clear();
+                self.pending.extend_from_slice(&rest);
+                return Ok(line);
+            }
+            let n = stream.read(&mut chunk[..])?;
+            if n == 0 && self.pending.is_empty() {
+                return Err(std::io::ErrorKind::NotConnected.into());
+            }
+            if n == 0 || self.pending.len() + n > MAX_MESSAGE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "message cut short or too long",
+                ));
+            }
+            self.pending
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+    }
 }
 
 /// A request line, or why it cannot be read. serde's message is not passed on: it quotes the
@@ -358,6 +404,27 @@ pub(crate) mod tests {
             let back: Answer = serde_json::from_str(&text).unwrap();
             assert_eq!(back.into_result(), Err(e));
         }
+    }
+
+    #[test]
+    fn lines_sent_together_come_back_one_by_one() {
+        use std::io::Write;
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.write_all(b"{\"error\":\"x\"}\n{\"prompt_secret\":\"y\"}\n{\"in")
+            .unwrap();
+        let mut lines = Lines::new();
+        assert_eq!(&lines.next(&mut b).unwrap()[..], b"{\"error\":\"x\"}");
+        assert_eq!(
+            &lines.next(&mut b).unwrap()[..],
+            b"{\"prompt_secret\":\"y\"}"
+        );
+        a.write_all(b"fo\":\"z\"}\n").unwrap();
+        let third = lines.next(&mut b).unwrap();
+        assert!(
+            matches!(serde_json::from_slice::<ToCaller>(&third), Ok(ToCaller::Info(t)) if t == "z")
+        );
+        drop(a);
+        assert!(lines.next(&mut b).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! agent's conversation relayed to the person, until the outcome comes back. The module run
 //! without root (a screen locker) and `truid-pam enroll` run by a user call this.
 
-use super::protocol::{line_of, peer_uid, read_line, FromCaller, ServiceRequest, ToCaller};
+use super::protocol::{line_of, peer_uid, FromCaller, Lines, ServiceRequest, ToCaller};
 use crate::flow::{ConvError, Conversation, Outcome};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -43,8 +43,9 @@ pub fn relay(
     let line =
         line_of(request).ok_or_else(|| RelayError::Broken("cannot write the request".into()))?;
     stream.write_all(&line).map_err(broken)?;
+    let mut lines = Lines::new();
     loop {
-        let line = read_line(&mut stream).map_err(broken)?;
+        let line = lines.next(&mut stream).map_err(broken)?;
         let message = serde_json::from_slice::<ToCaller>(&line).map_err(|_| {
             RelayError::Broken("the agent sent a message that could not be read".into())
         })?;
@@ -56,6 +57,10 @@ pub fn relay(
             }
             ToCaller::Error(text) => {
                 conv.error(&text);
+                continue;
+            }
+            ToCaller::KeepPassword(password) => {
+                conv.keep_password(password);
                 continue;
             }
             ToCaller::PromptSecret(text) => conv.prompt_secret(&text),

@@ -5,7 +5,7 @@
 //! whole model; each refusal here has a test in tests/agent_services.rs.
 
 use super::protocol::{
-    line_of, peer_uid, read_line, FromCaller, Service, ServiceRequest, ToCaller, PROTOCOL,
+    line_of, peer_uid, FromCaller, Lines, Service, ServiceRequest, ToCaller, PROTOCOL,
 };
 use super::serving::Projects;
 use crate::config::Config;
@@ -85,12 +85,13 @@ impl Services {
         stream
             .set_read_timeout(Some(REQUEST_WAIT))
             .map_err(|e| e.to_string())?;
-        let line = match read_line(&mut stream) {
+        let mut lines = Lines::new();
+        let line = match lines.next(&mut stream) {
             Ok(line) => line,
             Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Ok(()),
             Err(e) => return Err(format!("uid {uid}: reading a request: {e}")),
         };
-        let mut relay = Relay { stream };
+        let mut relay = Relay { stream, lines };
         let request = match serde_json::from_slice::<ServiceRequest>(&line) {
             Ok(r) if r.v == PROTOCOL => r,
             Ok(r) => {
@@ -151,10 +152,14 @@ impl Services {
                 service,
                 tty,
                 rhost,
+                combined,
             } => {
                 let mut login = context(uid, &account, &service);
                 login.tty = tty;
                 login.rhost = rhost;
+                let mut cfg = cfg;
+                // As the module argument does for a root login.
+                cfg.login.combined |= combined;
                 self.login(&cfg, uid, &user, login, relay, projects)
             }
             Service::Enroll { phone } => {
@@ -335,6 +340,7 @@ fn context(uid: u32, account: &str, service: &str) -> LoginContext {
 /// The person's side of the conversation, relayed over the caller's socket.
 struct Relay {
     stream: UnixStream,
+    lines: Lines,
 }
 
 impl Relay {
@@ -351,7 +357,7 @@ impl Relay {
         self.stream
             .set_read_timeout(Some(ANSWER_WAIT))
             .map_err(lost)?;
-        let line = read_line(&mut self.stream).map_err(lost)?;
+        let line = self.lines.next(&mut self.stream).map_err(lost)?;
         match serde_json::from_slice::<FromCaller>(&line) {
             Ok(FromCaller::Answer(a)) => Ok(a),
             Ok(FromCaller::NoAnswer(why)) => Err(ConvError(format!(
@@ -393,5 +399,9 @@ impl Conversation for Relay {
 
     fn error(&mut self, text: &str) {
         let _ = self.send(&ToCaller::Error(text.to_string()));
+    }
+
+    fn keep_password(&mut self, password: Secret) {
+        let _ = self.send(&ToCaller::KeepPassword(password));
     }
 }

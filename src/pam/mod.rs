@@ -291,8 +291,19 @@ fn run(
     traffic.via_agent = api.used_agent();
     let password = conv.take_password();
     drop(conv);
+    hand_on_password(pamh, password, outcome)
+    // `api` drops here: the direct client's connection closes and its thread ends before PAM
+    // returns.
+}
+
+/// Hands the password part of a one-prompt answer to the rest of the stack, only for a login
+/// this module lets in.
+fn hand_on_password(
+    pamh: &mut PamHandle,
+    password: Option<zeroize::Zeroizing<Vec<u8>>>,
+    outcome: Outcome,
+) -> Outcome {
     match password {
-        // Only a login this module lets in hands the stack a password.
         Some(p) if pam_code(&outcome) == PamResultCode::PAM_SUCCESS => {
             if let Err(reason) = set_authtok(pamh, &p) {
                 return Outcome::ConvError {
@@ -304,8 +315,6 @@ fn run(
         }
         _ => outcome,
     }
-    // `api` drops here: the direct client's connection closes and its thread ends before PAM
-    // returns.
 }
 
 /// The module without root (a screen locker, any program run as the user): it cannot read the
@@ -330,9 +339,16 @@ fn unprivileged(
         service: login.service.clone(),
         tty: login.tty.clone(),
         rhost: login.rhost.clone(),
+        combined: args.combined,
     });
     match relay(&args.public_agent, &request, &mut conv) {
-        Ok(outcome) => outcome,
+        // A locker that sends one text (i3lock) unlocks with password and code in it, the
+        // password handed on to pam_unix (`combined`).
+        Ok(outcome) => {
+            let password = conv.take_password();
+            drop(conv);
+            hand_on_password(pamh, password, outcome)
+        }
         Err(RelayError::NoAgent(why)) => {
             flow::Conversation::error(&mut conv, flow::MSG_UNPRIVILEGED);
             Outcome::Unprivileged {
