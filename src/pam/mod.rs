@@ -345,6 +345,16 @@ fn unprivileged(
         // A locker that sends one text (i3lock) unlocks with password and code in it, the
         // password handed on to pam_unix (`combined`).
         Ok(outcome) => {
+            // The agent applies `safe` as `secure` to such a caller; an agent of another
+            // version that did not is not followed.
+            let outcome = match outcome {
+                Outcome::Unavailable { tries, reason, .. } => Outcome::Unavailable {
+                    tries,
+                    reason,
+                    let_in: false,
+                },
+                other => other,
+            };
             let password = conv.take_password();
             drop(conv);
             hand_on_password(pamh, password, outcome)
