@@ -18,16 +18,19 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Time a caller has to send its request once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Time a person has to answer one prompt (sshd's LoginGraceTime is 2 min).
 const ANSWER_WAIT: Duration = Duration::from_secs(120);
-/// Unprivileged requests served at once, all callers together: each holds a thread while a
+/// Connections of unprivileged callers open at once, all together: each holds a thread while a
 /// person types, and the root socket's workers are never among them.
 pub const MAX_CALLERS: usize = 32;
+/// Connections one uid may have open at once: the one served and one more, told it is busy.
+/// So a user cannot take the threads of everyone else's lockers.
+const CONNECTIONS_PER_UID: usize = 2;
 /// Self-service enrolments a uid may start in `ENROL_WINDOW`: each makes a factor at tru.ID.
 const ENROLMENTS_PER_UID: usize = 3;
 const ENROL_WINDOW: Duration = Duration::from_secs(3600);
@@ -57,6 +60,8 @@ pub struct Services {
 
 #[derive(Default)]
 struct State {
+    /// Open connections, by uid.
+    open: HashMap<u32, usize>,
     /// uids with a request running (one each).
     busy: HashSet<u32>,
     /// When each uid started its recent enrolments.
@@ -74,6 +79,25 @@ impl Services {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a new connection, by its peer's uid: none when that uid or everyone
+    /// together have all their places (the connection is then closed unanswered).
+    pub fn admit(self: &Arc<Self>, stream: &UnixStream) -> Result<Admitted, String> {
+        let uid = peer_uid(stream).ok_or("a caller without peer credentials was refused")?;
+        let mut state = self.state();
+        let total: usize = state.open.values().sum();
+        let mine = state.open.get(&uid).copied().unwrap_or(0);
+        if total >= MAX_CALLERS || mine >= CONNECTIONS_PER_UID {
+            return Err(format!(
+                "uid {uid} has {mine} connections open, all users {total}: one more was closed unanswered"
+            ));
+        }
+        state.open.insert(uid, mine + 1);
+        Ok(Admitted {
+            services: self.clone(),
+            uid,
+        })
     }
 
     /// Serves one caller of the public socket to the end: its request, the relayed
@@ -297,6 +321,24 @@ impl Services {
     }
 }
 
+/// A connection's place (`Services::admit`); given back when dropped, also by a panic.
+pub struct Admitted {
+    services: Arc<Services>,
+    uid: u32,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut state = self.services.state();
+        if let Some(n) = state.open.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.open.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// A uid's one running request; given back when dropped, also by a panic.
 struct Busy<'a> {
     services: &'a Services,
@@ -403,5 +445,22 @@ impl Conversation for Relay {
 
     fn keep_password(&mut self, password: Secret) {
         let _ = self.send(&ToCaller::KeepPassword(password));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uid_gets_two_connections_and_gives_them_back() {
+        let services = Arc::new(Services::new("/nonexistent.toml".into(), Sink::default()));
+        let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+        let first = services.admit(&pairs[0].0).unwrap();
+        let _second = services.admit(&pairs[1].0).unwrap();
+        assert!(services.admit(&pairs[2].0).is_err());
+        drop(first);
+        assert!(services.admit(&pairs[2].0).is_ok());
+        assert!(services.state().open.values().sum::<usize>() <= CONNECTIONS_PER_UID);
     }
 }

@@ -4,14 +4,13 @@
 use crate::Failure;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
-use pam_truid::agent::services::{Services, MAX_CALLERS};
+use pam_truid::agent::services::Services;
 use pam_truid::agent::serving::{serve, Projects};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -157,10 +156,9 @@ fn work(listener: &UnixListener, projects: &Projects) {
     }
 }
 
-/// The public socket: a thread per caller, at most `MAX_CALLERS` at once (a caller waits for a
-/// person), and none of them a worker of the root socket.
+/// The public socket: a thread per caller, as many as `Services::admit` gives places (a caller
+/// waits for a person), and none of them a worker of the root socket.
 fn work_public(listener: &UnixListener, services: &Arc<Services>, projects: &Arc<Projects>) {
-    let running = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -169,19 +167,21 @@ fn work_public(listener: &UnixListener, services: &Arc<Services>, projects: &Arc
                 continue;
             }
         };
-        if running.fetch_add(1, Ordering::SeqCst) >= MAX_CALLERS {
-            running.fetch_sub(1, Ordering::SeqCst);
-            eprintln!("truid-pam agent: {MAX_CALLERS} users' requests run already; one more was closed unanswered");
-            continue;
-        }
-        let (services, projects, done) = (services.clone(), projects.clone(), running.clone());
+        let place = match services.admit(&stream) {
+            Ok(place) => place,
+            Err(why) => {
+                eprintln!("truid-pam agent: {why}");
+                continue;
+            }
+        };
+        let (services, projects) = (services.clone(), projects.clone());
         let spawned = std::thread::Builder::new()
             .name("public-caller".into())
             .spawn(move || {
+                let _place = place;
                 let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     services.serve(stream, &projects)
                 }));
-                done.fetch_sub(1, Ordering::SeqCst);
                 match served {
                     Ok(Ok(())) => {}
                     Ok(Err(why)) => eprintln!("truid-pam agent: {why}"),
@@ -191,7 +191,6 @@ fn work_public(listener: &UnixListener, services: &Arc<Services>, projects: &Arc
                 }
             });
         if let Err(e) = spawned {
-            running.fetch_sub(1, Ordering::SeqCst);
             eprintln!("truid-pam agent: cannot start a thread for a user's request: {e}");
         }
     }
