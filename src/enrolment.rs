@@ -163,8 +163,10 @@ pub fn enroll(
     Enrolled::NotActivated { factor: factor.id }
 }
 
-/// Whether tru.ID holds an ACTIVE factor for the user: the one `[users]` names, or with
-/// `lookup = true` one under the external user ID.
+/// Whether tru.ID holds an ACTIVE factor for the user: the one `[users]` names, or one under
+/// the external user ID (which lookup would find, and which a new factor could not take).
+/// Factors under that ID that are not ACTIVE, left PENDING by an enrolment that did not
+/// finish, are retired here, so that one failed try never blocks the next.
 fn has_active_factor(
     cfg: &Config,
     user: &str,
@@ -176,7 +178,7 @@ fn has_active_factor(
             return Ok(true);
         }
     }
-    Ok(cfg.login.lookup && api.find_factor(external)?.is_some())
+    api.claim_external_id(external)
 }
 
 fn ask_phone(conv: &mut impl Conversation) -> Result<Option<String>, ConvError> {

@@ -1380,6 +1380,10 @@ mod tests {
             self.calls.push(format!("active? {f}"));
             Ok(true)
         }
+        fn claim_external_id(&mut self, external: &str) -> Result<bool, ApiError> {
+            self.calls.push(format!("claim {external}"));
+            Ok(false)
+        }
         fn pause(&mut self, wait: Duration) {
             self.paused += wait;
         }
@@ -1427,6 +1431,7 @@ mod tests {
         assert_eq!(
             api.calls,
             [
+                "claim bob".to_string(),
                 "new_factor 447700900123 bob".to_string(),
                 format!("activate {NEW_FACTOR} 123456")
             ]
@@ -1523,7 +1528,7 @@ mod tests {
             matches!(out, Outcome::NotEnrolled { ignore: false, .. }),
             "{out:?}"
         );
-        assert!(api.calls.is_empty(), "{:?}", api.calls);
+        assert_eq!(api.calls, ["claim bob"], "no factor made");
         // tru.ID down, under safe: denied (a user without a factor has no second factor).
         let mut conv = Script::answering(&["+447700900123"]);
         let mut api = fake("123456");

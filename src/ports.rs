@@ -89,6 +89,12 @@ pub trait Authenticator {
     fn factor_active(&mut self, _factor: &FactorId) -> Result<bool, ApiError> {
         Err(ApiError::Refused("enrolment is not offered here".into()))
     }
+    /// Frees the external user ID for a new factor (tru.ID holds it unique): factors under it
+    /// that are not ACTIVE (left PENDING by an enrolment that did not finish) are retired.
+    /// `true`: an ACTIVE factor holds it, and stays.
+    fn claim_external_id(&mut self, _external_id: &str) -> Result<bool, ApiError> {
+        Err(ApiError::Refused("enrolment is not offered here".into()))
+    }
 }
 
 /// A factor just made: its ID, and the `otpauth://` URI the app scans (it holds the secret).

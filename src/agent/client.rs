@@ -470,6 +470,15 @@ impl<D: Direct + Send + 'static> Authenticator for AgentOrDirect<D> {
         )
     }
 
+    fn claim_external_id(&mut self, external_id: &str) -> Result<bool, ApiError> {
+        self.calls()?.ask(
+            || Call::ClaimExternalId {
+                external_id: external_id.into(),
+            },
+            |v| Ok(want_value(v)? == "ACTIVE"),
+        )
+    }
+
     fn factor_active(&mut self, factor: &FactorId) -> Result<bool, ApiError> {
         self.calls()?.ask(
             || Call::FactorStatus {

@@ -114,6 +114,10 @@ pub enum Call {
     FactorStatus {
         factor: String,
     },
+    /// Answered with "ACTIVE" when an ACTIVE factor holds the ID, else "FREE".
+    ClaimExternalId {
+        external_id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

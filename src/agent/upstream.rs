@@ -64,6 +64,14 @@ fn run(client: &mut Client, call: Call) -> Result<Option<String>, ApiError> {
         Call::Activate { factor, code } => {
             Some(active_word(client.activate(&factor_id(&factor)?, &code)?))
         }
+        Call::ClaimExternalId { external_id } => Some(
+            if client.claim_external_id(&external_id)? {
+                "ACTIVE"
+            } else {
+                "FREE"
+            }
+            .to_string(),
+        ),
         Call::FactorStatus { factor } => {
             Some(active_word(client.factor_active(&factor_id(&factor)?)?))
         }

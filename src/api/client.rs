@@ -344,6 +344,17 @@ impl Client {
         decode(&b)
     }
 
+    /// Deactivates a factor and renames its external user ID (which tru.ID holds unique), so
+    /// that the ID may be enrolled again; the factor as tru.ID left it.
+    pub fn retire_factor(&mut self, factor: &str) -> Result<Factor, ApiError> {
+        let renamed = format!("disabled-{}", crate::text::random_hex(8));
+        let patch = serde_json::json!([
+            { "op": "replace", "path": "/status", "value": "INACTIVE" },
+            { "op": "replace", "path": "/external_user_id", "value": renamed },
+        ]);
+        self.patch_factor(factor, patch)
+    }
+
     /// GET or PATCH any JSON path (the console API of `truid-pam project`).
     pub fn json(
         &mut self,
@@ -485,6 +496,22 @@ impl Authenticator for Client {
 
     fn factor_active(&mut self, factor: &FactorId) -> Result<bool, ApiError> {
         Ok(self.get_factor(factor.as_str())?.status == "ACTIVE")
+    }
+
+    fn claim_external_id(&mut self, external_id: &str) -> Result<bool, ApiError> {
+        let mut active = false;
+        // The search may match more than the exact ID (RSQL wildcards): only exact ones count.
+        for f in self.search_factors(external_id)? {
+            if f.external_user_id != external_id {
+                continue;
+            }
+            if f.status == "ACTIVE" {
+                active = true;
+            } else {
+                self.retire_factor(&f.factor_id)?;
+            }
+        }
+        Ok(active)
     }
 
     fn find_factor(&mut self, external_id: &str) -> Result<Option<FactorId>, ApiError> {

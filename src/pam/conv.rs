@@ -2,7 +2,7 @@
 
 use crate::flow::{ConvError, Conversation};
 use crate::secret::Secret;
-use ::pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_TEXT_INFO};
+use ::pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_TEXT_INFO};
 use ::pam::conv::Conv;
 use ::pam::module::PamHandle;
 use zeroize::Zeroizing;
@@ -34,9 +34,13 @@ impl<'a> PamConv<'a> {
     }
 }
 
-impl Conversation for PamConv<'_> {
-    fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError> {
-        match self.conv.send(PAM_PROMPT_ECHO_OFF, text) {
+impl PamConv<'_> {
+    fn prompt(
+        &mut self,
+        style: ::pam::constants::PamMessageStyle,
+        text: &str,
+    ) -> Result<Secret, ConvError> {
+        match self.conv.send(style, text) {
             // Invalid UTF-8 becomes U+FFFD, which no code contains: a wrong try, never sent.
             Ok(Some(answer)) => {
                 let raw = Zeroizing::new(answer.as_bytes().to_vec());
@@ -50,6 +54,17 @@ impl Conversation for PamConv<'_> {
             }
             Err(code) => Err(ConvError(format!("the conversation failed ({code:?})"))),
         }
+    }
+}
+
+impl Conversation for PamConv<'_> {
+    fn prompt_secret(&mut self, text: &str) -> Result<Secret, ConvError> {
+        self.prompt(PAM_PROMPT_ECHO_OFF, text)
+    }
+
+    /// The phone number of an enrolment: shown as it is typed.
+    fn prompt_echo(&mut self, text: &str) -> Result<Secret, ConvError> {
+        self.prompt(PAM_PROMPT_ECHO_ON, text)
     }
 
     fn info(&mut self, text: &str) {

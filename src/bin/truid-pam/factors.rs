@@ -149,12 +149,7 @@ pub fn deactivate(path: &Path, typed: &str) -> Result<ExitCode, Failure> {
     })?;
     let mut api = client(&cfg)?;
     // Renaming the external user ID frees it, so the user can be enrolled again.
-    let renamed = format!("disabled-{}", pam_truid::text::random_hex(8));
-    let patch = serde_json::json!([
-        { "op": "replace", "path": "/status", "value": "INACTIVE" },
-        { "op": "replace", "path": "/external_user_id", "value": renamed },
-    ]);
-    let f = api.patch_factor(factor.as_str(), patch)?;
+    let f = api.retire_factor(factor.as_str())?;
     if f.status != "INACTIVE" {
         return Err(Failure(format!(
             "tru.ID left factor {factor} {}; {} stays in the config",
