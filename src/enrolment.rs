@@ -22,6 +22,8 @@ pub const MSG_BAD_PHONE: &str =
 pub const MSG_CODE: &str = "Code shown by the app: ";
 pub const MSG_WRONG_CODE: &str =
     "tru.ID refused that code: wait for the app's next code and type it.";
+pub const MSG_HAS_FACTOR: &str =
+    "You have a tru.ID factor already: ask your administrator to replace it.";
 pub const MSG_START: &str =
     "You have no tru.ID factor yet: enroll now with the tru.ID Authenticator on your phone.";
 

@@ -613,14 +613,14 @@ fn first_login_enrolment(
     }
     conv.info(enrolment::MSG_START);
     let mut record = DynRecord(record);
-    Some(enrolment_outcome(enrolment::enroll(
-        cfg,
-        user,
-        None,
-        conv,
-        api,
-        &mut record,
-    )))
+    let enrolled = enrolment::enroll(cfg, user, None, conv, api, &mut record);
+    match &enrolled {
+        Enrolled::Api(ApiError::Unavailable(_)) => conv.error(MSG_UNAVAILABLE),
+        Enrolled::Api(_) | Enrolled::NotRecorded { .. } => conv.error(MSG_FAILED),
+        Enrolled::HasFactor => conv.error(enrolment::MSG_HAS_FACTOR),
+        _ => {}
+    }
+    Some(enrolment_outcome(enrolled))
 }
 
 /// The outcome of an enrolment, as the log and PAM see it: only an ACTIVE, recorded factor
