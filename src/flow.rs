@@ -100,6 +100,12 @@ pub enum Outcome {
     Enrolled {
         factor: FactorId,
     },
+    /// An enrolment that did not end in an active factor: no usable phone number, or no code
+    /// that activated it. Denied, like wrong codes.
+    EnrolmentFailed {
+        tries: u32,
+        reason: String,
+    },
     /// One of the user's recovery codes let them in; it is gone now.
     RecoveryUsed {
         tries: u32,
@@ -153,6 +159,7 @@ impl Outcome {
             Outcome::NotRequired { .. } => "not_required",
             Outcome::RecoveryUsed { .. } => "recovery_used",
             Outcome::Enrolled { .. } => "enrolled",
+            Outcome::EnrolmentFailed { .. } => "enrolment_failed",
             Outcome::UnknownUser { .. } => "unknown_user",
             Outcome::Refused { .. } => "refused",
             Outcome::Unavailable { let_in: false, .. } => "unavailable_denied",
@@ -173,6 +180,7 @@ impl Outcome {
             Outcome::WrongCode { .. }
                 | Outcome::NotEnrolled { ignore: false, .. }
                 | Outcome::UnknownUser { .. }
+                | Outcome::EnrolmentFailed { .. }
         )
     }
 
@@ -185,7 +193,8 @@ impl Outcome {
             | Outcome::Refused { tries, .. }
             | Outcome::Unavailable { tries, .. }
             | Outcome::ConvError { tries, .. }
-            | Outcome::RecoveryUsed { tries, .. } => *tries,
+            | Outcome::RecoveryUsed { tries, .. }
+            | Outcome::EnrolmentFailed { tries, .. } => *tries,
             Outcome::Enrolled { .. } => 1,
             Outcome::NotRequired { .. }
             | Outcome::ConfigError { .. }
@@ -221,6 +230,7 @@ impl Outcome {
             | Outcome::Unavailable { reason, .. }
             | Outcome::ConfigError { reason }
             | Outcome::ConvError { reason, .. }
+            | Outcome::EnrolmentFailed { reason, .. }
             | Outcome::BadInput { reason }
             | Outcome::Unprivileged { reason } => reason.clone(),
         }
@@ -632,9 +642,9 @@ pub fn enrolment_outcome(enrolled: Enrolled) -> Outcome {
             tries: 0,
             reason: Enrolled::HasFactor.reason(),
         },
-        Enrolled::BadPhone | Enrolled::NotActivated { .. } => Outcome::NotEnrolled {
-            ignore: false,
+        e @ (Enrolled::BadPhone | Enrolled::NotActivated { .. }) => Outcome::EnrolmentFailed {
             tries: enrolment::ACTIVATION_TRIES,
+            reason: e.reason(),
         },
         Enrolled::Api(ApiError::Refused(reason)) => Outcome::Refused {
             tries: 0,
@@ -1514,20 +1524,14 @@ mod tests {
         let mut rec = Recorded::default();
         let out =
             authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
-        assert!(
-            matches!(out, Outcome::NotEnrolled { ignore: false, .. }),
-            "{out:?}"
-        );
+        assert!(matches!(out, Outcome::EnrolmentFailed { .. }), "{out:?}");
         assert!(rec.0.is_empty());
         // Three phone numbers that are none: no factor made.
         let mut conv = Script::answering(&["12", "+0123", "call me"]);
         let mut api = fake("123456");
         let out =
             authenticate_or_enroll(&cfg, &l, &mut conv, &mut api, &mut NoCodes, Some(&mut rec));
-        assert!(
-            matches!(out, Outcome::NotEnrolled { ignore: false, .. }),
-            "{out:?}"
-        );
+        assert!(matches!(out, Outcome::EnrolmentFailed { .. }), "{out:?}");
         assert_eq!(api.calls, ["claim bob"], "no factor made");
         // tru.ID down, under safe: denied (a user without a factor has no second factor).
         let mut conv = Script::answering(&["+447700900123"]);

@@ -52,6 +52,7 @@ pub fn severity(outcome: &Outcome) -> Severity {
         // A new factor bound to an account: the administrator should see each one.
         Outcome::Enrolled { .. } => Severity::Warning,
         Outcome::WrongCode { .. }
+        | Outcome::EnrolmentFailed { .. }
         | Outcome::UnknownUser { .. }
         | Outcome::Refused { .. }
         | Outcome::BadInput { .. } => Severity::Warning,

@@ -468,7 +468,7 @@ fn wrong_codes_leave_the_factor_pending_and_the_config_as_it_was() {
     );
     let line = one_outcome(&w);
     assert!(
-        line.contains("outcome=not_enrolled_denied user=\"bob\""),
+        line.contains("outcome=enrolment_failed user=\"bob\""),
         "{line}"
     );
     assert_eq!(std::fs::read(w.path("pam_truid.toml")).unwrap(), before);
@@ -482,6 +482,43 @@ fn wrong_codes_leave_the_factor_pending_and_the_config_as_it_was() {
     let factors = factors_of(&w, "bob");
     assert_eq!(factors.len(), 1, "{factors:?}");
     assert_eq!(factors[0].status, "PENDING");
+}
+
+/// A failed enrolment leaves a PENDING factor under the user's external ID, which tru.ID holds
+/// unique: the next try retires it and enrols; and with no password taken before the module
+/// (a stack with the module alone), no one is offered enrolment at all.
+#[test]
+fn a_failed_enrolment_never_blocks_the_next_and_none_comes_without_a_password() {
+    let w = enrol_world("", "[users]\n");
+    let (rc, _) = login_after_password(&w, "ivan", &[PHONE, "000000", "111111", "222222"]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert_eq!(factors_of(&w, "ivan")[0].status, "PENDING");
+    let mut s = Script::answering(&[PASSWORD, PHONE]);
+    s.answer_from = Some(Box::new(|text: &str| key_in(text).map(|k| app_code(&k))));
+    let rc = pam_login(&w.path("pam.d"), "svc", "ivan", &Items::default(), &mut s);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", redacted(&s.seen));
+    let lines = w.outcomes();
+    assert!(
+        lines[0].contains("outcome=enrolment_failed user=\"ivan\""),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("outcome=enrolled user=\"ivan\""),
+        "{lines:?}"
+    );
+    let now = factors_of(&w, "ivan");
+    assert_eq!(now.len(), 1, "the PENDING one was renamed away: {now:?}");
+    assert_eq!(now[0].status, "ACTIVE");
+    let cfg = Config::load(&w.path("pam_truid.toml")).unwrap();
+    assert_eq!(cfg.users["ivan"].as_str(), now[0].factor_id);
+
+    // The module alone: no first factor before it, so nobody enrols, whatever they type.
+    w.module_stack();
+    let (rc, s) = w.login("judy", &["x", "x", "x"]);
+    assert_eq!(rc, PAM_AUTH_ERR);
+    assert_eq!(s.prompts(), [PROMPT; 3], "{:?}", redacted(&s.seen));
+    assert!(!s.seen.contains(&Seen::Info(MSG_START.into())));
+    assert!(factors_of(&w, "judy").is_empty());
 }
 
 /// No usable phone number in three tries: denied, and no factor made.
@@ -504,7 +541,7 @@ fn a_bad_phone_three_times_makes_no_factor() {
         redacted(&s.seen)
     );
     let line = one_outcome(&w);
-    assert!(line.contains("outcome=not_enrolled_denied"), "{line}");
+    assert!(line.contains("outcome=enrolment_failed"), "{line}");
     assert_eq!(factors_created(&w), 0);
     assert!(factors_of(&w, "carol").is_empty());
 }
@@ -546,7 +583,7 @@ fn outside_enroll_groups_is_denied_as_under_deny() {
     assert_eq!(rc, PAM_AUTH_ERR);
     assert_eq!(s.seen[0], Seen::Info(MSG_START.into()));
     assert!(is_phone_prompt(&s.seen[1]), "{:?}", redacted(&s.seen));
-    assert!(one_outcome(&w).contains("outcome=not_enrolled_denied"));
+    assert!(one_outcome(&w).contains("outcome=enrolment_failed"));
     assert_eq!(factors_created(&w), 0);
 }
 
@@ -726,5 +763,5 @@ fn su_by_another_user_offers_no_enrolment() {
         "{:?}",
         redacted(&s.seen)
     );
-    assert!(one_outcome(&w).contains("outcome=not_enrolled_denied"));
+    assert!(one_outcome(&w).contains("outcome=enrolment_failed"));
 }

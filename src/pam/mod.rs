@@ -95,6 +95,7 @@ pub fn pam_code(outcome: &Outcome) -> PamResultCode {
         }
         Outcome::NotEnrolled { ignore: true, .. } | Outcome::NotRequired { .. } => PAM_IGNORE,
         Outcome::WrongCode { .. }
+        | Outcome::EnrolmentFailed { .. }
         | Outcome::NotEnrolled { ignore: false, .. }
         | Outcome::UnknownUser { .. }
         | Outcome::Refused { .. }

@@ -96,6 +96,9 @@ pub struct Script {
     /// How long the person takes to type each echo-off answer (slept before it is given):
     /// the time a login spends at the prompt, which the link faults are about.
     pub typing: Duration,
+    /// Answers an echo-off prompt from its text when the list has none left (the person who
+    /// reads a key off the prompt and types what the app shows).
+    pub answer_from: Option<Box<dyn FnMut(&str) -> Option<String>>>,
 }
 
 impl Script {
@@ -140,7 +143,18 @@ extern "C" fn scripted_conv(
                 script.seen.push(Seen::Prompt(text));
                 // The scenario itself (the person typing), not a wait for anything.
                 std::thread::sleep(script.typing);
-                match script.answers.pop_front() {
+                let from_text = |script: &mut Script, text: &str| {
+                    script.answer_from.as_mut().and_then(|f| f(text))
+                };
+                let text = match &script.seen.last() {
+                    Some(Seen::Prompt(t)) => t.clone(),
+                    _ => String::new(),
+                };
+                match script
+                    .answers
+                    .pop_front()
+                    .or_else(|| from_text(script, &text))
+                {
                     Some(a) => Some(a),
                     None => {
                         unsafe { libc::free(out as *mut c_void) };
