@@ -98,8 +98,11 @@ pub struct Script {
     pub typing: Duration,
     /// Answers an echo-off prompt from its text when the list has none left (the person who
     /// reads a key off the prompt and types what the app shows).
-    pub answer_from: Option<Box<dyn FnMut(&str) -> Option<String>>>,
+    pub answer_from: Option<AnswerFrom>,
 }
+
+/// What `Script::answer_from` holds.
+pub type AnswerFrom = Box<dyn FnMut(&str) -> Option<String>>;
 
 impl Script {
     pub fn answering(answers: &[&str]) -> Script {
