@@ -102,7 +102,7 @@ pub struct Script {
 }
 
 /// What `Script::answer_from` holds.
-pub type AnswerFrom = Box<dyn FnMut(&str) -> Option<String>>;
+pub type AnswerFrom = Box<dyn FnMut(&str) -> Option<String> + Send>;
 
 impl Script {
     pub fn answering(answers: &[&str]) -> Script {
