@@ -16,6 +16,7 @@ packages=(
   libnss-wrapper gcc  # tests/names.rs: NSS from files and a case-insensitive NSS module built there
   iproute2 python3-minimal   # tests/faults.rs: a private network namespace where a user holds every local port
   selinux-policy-dev checkpolicy semodule-utils setools   # the .rpm's SELinux policy module: built by packaging/build.sh, checked by tests/selinux.sh
+  i3lock xvfb xdotool   # tests/locker.rs: a real screen locker on a headless X server, typed at
 )
 
 if [ "$(id -u)" -ne 0 ]; then
