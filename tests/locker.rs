@@ -300,8 +300,14 @@ fn i3lock_stack(w: &World, agent: &Path) -> PathBuf {
     p
 }
 
+/// The agent, its own outcome lines sent where nothing listens: these tests read the module's.
 fn agent_for(w: &World, config: &Path) -> Daemon {
-    start_agent_serving_users(&w.path("agent.sock"), &public_socket(w), config)
+    start_agent_serving_users(
+        &w.path("agent.sock"),
+        &public_socket(w),
+        config,
+        &w.path("agent-log-unread"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,10 +378,70 @@ fn i3lock_unlocks_with_the_users_code_through_the_agent() {
 }
 
 /// Two tries: both prompts of one pam_authenticate get the one wrong code typed.
+/// Two tries: both prompts of one pam_authenticate get the one wrong code typed (the agent's
+/// "Wrong code" and its next prompt come in one read: the relay takes them line by line).
 #[test]
-#[ignore = "src/agent/protocol.rs read_line: the agent's \"Wrong code, try again.\" and next prompt come in one read, and the relay cannot parse the two lines (unavailable_denied)"]
 fn i3lock_answers_every_try_with_the_one_code_typed() {
     wrong_then_right_code("truidlk5", 2);
+}
+
+/// i3lock sends one text: with `combined` before pam_unix it takes the password and the code
+/// in it. The agent checks the code, the module hands the password part on, pam_unix checks
+/// it: the right pair unlocks; a wrong password with the right code stays locked.
+#[test]
+fn i3lock_unlocks_with_password_and_code_in_one_text() {
+    let u = "truidlk6";
+    ensure_user(u);
+    set_password(u);
+    let w = World::new();
+    let f = w.enroll(u);
+    let cfg = w.config("", &[(u, f.as_str())]);
+    open_log(&w);
+    let _agent = agent_for(&w, &cfg);
+    let p = w.path("pam-i3lock-combined");
+    std::fs::write(
+        &p,
+        format!(
+            "auth requisite {} combined\nauth required pam_unix.so try_first_pass\n",
+            module_line_args(&w, &public_socket(&w))
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let x = Xvfb::start(&w);
+    let mut lock = Locker::start(&w, u, x.display, &[(&p, "/etc/pam.d/i3lock")]);
+    let mut seen = Vec::new();
+
+    type_at(
+        u,
+        x.display,
+        &format!("not-the-password{}", w.emu.code(&f, 0).unwrap()),
+    );
+    let line = next_outcome(&w, &mut seen);
+    // The code was right; pam_unix, after the module, refused the password.
+    assert!(line.contains("outcome=verified"), "{line}");
+    assert!(
+        lock.running(),
+        "unlocked on a wrong password: {}",
+        lock.output()
+    );
+    // A second pam_authenticate runs only in a locker still locked.
+    type_at(
+        u,
+        x.display,
+        &format!("{PASSWORD}{}", w.emu.code(&f, 1).unwrap()),
+    );
+    let line = next_outcome(&w, &mut seen);
+    assert!(line.contains("outcome=verified"), "{line}");
+    let st = lock.exit();
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(0),
+        "{st:?}: {}",
+        lock.output()
+    );
+    let s = w.emu.stats();
+    assert_eq!((s.verification_attempts, s.verifications), (2, 2), "{s:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
