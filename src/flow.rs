@@ -46,6 +46,9 @@ pub struct LoginContext {
     /// first-login enrolment needs it, so that a stack with no first factor before this
     /// module never lets whoever knows a name bind their own phone to it.
     pub password_given: bool,
+    /// The uid of the unprivileged caller the agent runs this login for (its public socket):
+    /// the log line says so, since the caller named the service, rhost and tty itself.
+    pub agent_caller: Option<u32>,
     /// That user as NSS names them (`host::resolve`): every lookup and comparison uses this
     /// name, never the one typed.
     pub account: Account,

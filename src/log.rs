@@ -25,14 +25,19 @@ pub enum Severity {
 
 /// The one line for an outcome, without the syslog header.
 /// When NSS names the account whose factor was asked differently from `user=` (a
-/// case-insensitive directory, or `su = "caller"`), ` account="<name>"` ends the line.
+/// case-insensitive directory, or `su = "caller"`), ` account="<name>"` ends the line; a login
+/// the agent ran for an unprivileged caller ends in ` via="agent" caller_uid=N` (that caller
+/// named the service, rhost and tty).
 pub fn outcome_line(login: &LoginContext, outcome: &Outcome) -> String {
-    let account = match &login.account {
+    let mut account = match &login.account {
         Account::Known(name) if *name != login.user => {
             format!(" account=\"{}\"", sanitize(name, 128))
         }
         _ => String::new(),
     };
+    if let Some(uid) = login.agent_caller {
+        account.push_str(&format!(" via=\"agent\" caller_uid={uid}"));
+    }
     format!(
         "outcome={} user=\"{}\" service=\"{}\" rhost=\"{}\" tty=\"{}\" tries={} reason=\"{}\"{account}",
         outcome.name(),

@@ -1,13 +1,15 @@
 //! Red-team tests of the agent's public socket (issue #17): what a local unprivileged user can
-//! make the agent's services do for, or against, other people. Tests marked
-//! `#[ignore = "ATTACK WORKS: ..."]` fail on the code they were written against; the others
-//! assert a refusal that holds.
+//! make the agent's services do for, or against, other people. Four attacks worked on the code
+//! they were written against (8efdc51) and their tests failed there: a second request of one
+//! uid deadlocked the services, one uid trickling requests held every place, a uid alias
+//! stood an enrolled user's locker aside, and a caller's made-up rhost was logged unmarked.
+//! The other test asserts refusals that held.
 //!
 //! Real parts only: the real agent binary (tests/common/daemon.rs), real NSS users
 //! (tests/private-host.sh), the module through real libpam (pamtester + pam_wrapper run as the
 //! user by runuser, as tests/unprivileged.rs), the emulator; a raw caller of the public socket
 //! is socat run with the user's uid, so the agent's SO_PEERCRED sees that uid.
-//! Run: `tests/private-host.sh cargo test --test attack_agent -- --include-ignored`
+//! Run: `tests/private-host.sh cargo test --test attack_agent`
 
 #[allow(unused_imports)]
 mod common;
@@ -252,7 +254,6 @@ impl Drop for Trickle {
 /// request every second: the agent's 5 s is a timeout per read, not for the request. Another
 /// user's screen locker is then closed unanswered and cannot unlock, though its code is right.
 #[test]
-#[ignore = "ATTACK WORKS: one uid trickling requests holds all 32 public-socket slots; other users' lockers are refused"]
 fn one_user_trickling_requests_cannot_shut_other_users_out() {
     let (attacker, victim) = ("truidaa1", "truidaa2");
     ensure_user(attacker);
@@ -312,7 +313,6 @@ fn uid_alias_pair() -> (&'static str, &'static str) {
 /// alias has no factor, the module stands aside and the locker unlocks on the password alone,
 /// where a root login of the same user asks the code.
 #[test]
-#[ignore = "ATTACK WORKS: with a uid alias first in passwd, the agent checks the alias's factor, and an enrolled user's locker unlocks without the code"]
 fn a_uid_alias_does_not_stand_an_enrolled_users_locker_aside() {
     let (_alias, user) = uid_alias_pair();
     let w = World::new();
@@ -342,7 +342,6 @@ fn a_uid_alias_does_not_stand_an_enrolled_users_locker_aside() {
 /// (for their own name) into the auth log, which log watchers (fail2ban-style bans, audits)
 /// read as SSH logins from that address.
 #[test]
-#[ignore = "ATTACK WORKS: the agent logs a caller's made-up service/rhost as if the login came from there, unmarked"]
 fn a_callers_made_up_rhost_is_not_logged_as_a_real_login() {
     let user = "truidaa3";
     ensure_user(user);
@@ -454,7 +453,6 @@ fn the_public_socket_serves_only_the_callers_own_account() {
 /// slots fill, and no locker of anyone on the host is served until the agent restarts. A
 /// locker's double click is enough.
 #[test]
-#[ignore = "ATTACK WORKS: two requests of one uid at once deadlock the agent's services state mutex; the public socket then serves nobody"]
 fn a_second_request_of_one_uid_is_refused_and_wedges_nothing() {
     let (me, other) = ("truidaa6", "truidaa7");
     ensure_user(me);

@@ -306,6 +306,23 @@ impl Lines {
 
     /// The next line, without its newline, of at most `MAX_MESSAGE` bytes.
     pub(crate) fn next(&mut self, stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        self.read(stream, None)
+    }
+
+    /// `next`, whole by `deadline` however slowly it comes (each read waits what is left).
+    pub(crate) fn next_by(
+        &mut self,
+        stream: &mut UnixStream,
+        deadline: std::time::Instant,
+    ) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        self.read(stream, Some(deadline))
+    }
+
+    fn read(
+        &mut self,
+        stream: &mut UnixStream,
+        deadline: Option<std::time::Instant>,
+    ) -> std::io::Result<Zeroizing<Vec<u8>>> {
         let mut chunk = Zeroizing::new([0u8; 4096]);
         loop {
             if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
@@ -314,6 +331,13 @@ impl Lines {
                 self.pending.clear();
                 self.pending.extend_from_slice(&rest);
                 return Ok(line);
+            }
+            if let Some(by) = deadline {
+                let left = by.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                stream.set_read_timeout(Some(left))?;
             }
             let n = stream.read(&mut chunk[..])?;
             if n == 0 && self.pending.is_empty() {

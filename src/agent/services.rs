@@ -106,11 +106,10 @@ impl Services {
         let Some(uid) = peer_uid(&stream) else {
             return Err("a caller without peer credentials was refused".into());
         };
-        stream
-            .set_read_timeout(Some(REQUEST_WAIT))
-            .map_err(|e| e.to_string())?;
+        // One deadline for the whole request line, not one per read: a caller that trickles a
+        // byte at a time is cut off all the same.
         let mut lines = Lines::new();
-        let line = match lines.next(&mut stream) {
+        let line = match lines.next_by(&mut stream, Instant::now() + REQUEST_WAIT) {
             Ok(line) => line,
             Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Ok(()),
             Err(e) => return Err(format!("uid {uid}: reading a request: {e}")),
@@ -204,12 +203,17 @@ impl Services {
         projects: &Projects,
     ) -> Outcome {
         // The name the program gave must be the caller's own account: NSS must give it the
-        // caller's uid (`Alice` for `alice` is fine, `root` or `bob` is not).
-        let same = nix::unistd::User::from_name(user)
+        // caller's uid (`Alice` for `alice` is fine, `root` or `bob` is not). That name, as NSS
+        // gives it, is then the one checked, as a root login checks it: of two names sharing a
+        // uid, the other one's factor (or its lack) must not stand in.
+        let named = nix::unistd::User::from_name(user)
             .ok()
             .flatten()
-            .is_some_and(|u| u.uid.as_raw() == uid);
-        if !same || matches!(login.service.as_str(), "su" | "su-l") {
+            .filter(|u| u.uid.as_raw() == uid && crate::config::is_valid_name(&u.name));
+        if let Some(u) = &named {
+            login.user = u.name.clone();
+        }
+        if named.is_none() || matches!(login.service.as_str(), "su" | "su-l") {
             relay.error(MSG_NOT_YOURS);
             return self.logged(
                 &login,
@@ -347,11 +351,9 @@ struct Busy<'a> {
 
 impl<'a> Busy<'a> {
     fn take(services: &'a Services, uid: u32) -> Option<Busy<'a>> {
-        services
-            .state()
-            .busy
-            .insert(uid)
-            .then_some(Busy { services, uid })
+        // The lock is let go before a `Busy` exists: one dropped under it would take it again.
+        let taken = services.state().busy.insert(uid);
+        taken.then(|| Busy { services, uid })
     }
 }
 
@@ -375,6 +377,7 @@ fn context(uid: u32, account: &str, service: &str) -> LoginContext {
         controlled_by: Some(format!(
             "an unprivileged caller (uid {uid}) asked the agent"
         )),
+        agent_caller: Some(uid),
         ..Default::default()
     }
 }
@@ -396,10 +399,8 @@ impl Relay {
         let lost =
             |e: std::io::Error| ConvError(format!("the caller's conversation was lost ({e})"));
         self.send(&message).map_err(lost)?;
-        self.stream
-            .set_read_timeout(Some(ANSWER_WAIT))
-            .map_err(lost)?;
-        let line = self.lines.next(&mut self.stream).map_err(lost)?;
+        let by = Instant::now() + ANSWER_WAIT;
+        let line = self.lines.next_by(&mut self.stream, by).map_err(lost)?;
         match serde_json::from_slice::<FromCaller>(&line) {
             Ok(FromCaller::Answer(a)) => Ok(a),
             Ok(FromCaller::NoAnswer(why)) => Err(ConvError(format!(
