@@ -777,3 +777,131 @@ fn check_reports_recovery_failmode_exemptions_and_one_prompt() {
     assert!(line(&out, "WARN group no-such-group-here: ").contains("nobody is asked"));
     assert!(line(&out, "ok   group truid-tests: ").contains("asked for a code"));
 }
+
+/// `check`'s line about the agent's public socket (the fixed path programs run as a user look
+/// at), run in a mount namespace with an empty /run of its own, so that nothing of the host's
+/// serves there: a warning when `[enroll] self` needs it, a plain line when nothing does, and
+/// ok once an agent of root serves it in that namespace.
+#[test]
+fn check_reports_the_public_socket() {
+    let w = World::new();
+    let public = pam_truid::config::DEFAULT_PUBLIC_SOCKET;
+    let line = |out: &Output| {
+        let t = text(out);
+        t.lines()
+            .find(|l| l.contains(" public socket: "))
+            .unwrap_or_else(|| panic!("no public socket line: {t}"))
+            .to_string()
+    };
+    // CMD in a new mount namespace whose /run is an empty tmpfs.
+    let private_run = |cmd: &[&std::ffi::OsStr]| {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs -o mode=0755 truid-run /run && exec \"$@\"")
+            .arg("sh")
+            .args(cmd);
+        c
+    };
+    let check = |cfg: &Path| {
+        private_run(&[
+            CLI.as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "check".as_ref(),
+        ])
+        .output()
+        .unwrap()
+    };
+
+    let self_cfg = w.write_config(&format!("{}\n[enroll]\nself = true\n", w.api_table()));
+    let out = check(&self_cfg);
+    assert!(
+        out.status.success(),
+        "a warning is no failure: {}",
+        text(&out)
+    );
+    let warn = line(&out);
+    assert!(
+        warn.starts_with(&format!(
+            "WARN public socket: no agent of root's serves {public}"
+        )) && warn.contains("[enroll] self = true")
+            && warn.contains("systemctl enable --now pam_truid-agent"),
+        "{warn}"
+    );
+
+    let plain_cfg = w.write_config(&w.api_table());
+    let out = check(&plain_cfg);
+    assert!(out.status.success(), "{}", text(&out));
+    let ok = line(&out);
+    assert!(
+        ok.starts_with(&format!(
+            "ok   public socket: no agent of root's serves {public}"
+        )),
+        "{ok}"
+    );
+
+    // The shared stack names the module (pam-auth-update's profile on): lockers need it. A
+    // copy of common-auth with the line, bound over it in that namespace only.
+    let stack = w.path("common-auth");
+    let host_stack = std::fs::read_to_string("/etc/pam.d/common-auth").unwrap();
+    std::fs::write(
+        &stack,
+        format!("{host_stack}auth requisite pam_truid.so # added by the test\n"),
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 truid-run /run && mount --bind \"$0\" /etc/pam.d/common-auth && exec \"$@\"")
+        .arg(&stack)
+        .arg(CLI)
+        .arg("--config")
+        .arg(&plain_cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let warn = line(&out);
+    assert!(
+        warn.starts_with("WARN public socket: ")
+            && warn.contains("screen lockers, which run the module as the user (/etc/pam.d/common-auth names pam_truid.so)")
+            && !warn.contains("[enroll] self"),
+        "{warn}"
+    );
+
+    // An agent of root on the public socket, in its own namespace; check runs in that one.
+    let root_socket = w.path("agent.sock");
+    let agent = common::daemon::Daemon::start(
+        private_run(&[
+            CLI.as_ref(),
+            "--config".as_ref(),
+            self_cfg.as_os_str(),
+            "agent".as_ref(),
+            "--workers".as_ref(),
+            "2".as_ref(),
+            "--socket".as_ref(),
+            root_socket.as_os_str(),
+            "--public-socket".as_ref(),
+            public.as_ref(),
+        ]),
+        "listening on",
+        false,
+    );
+    let out = Command::new("nsenter")
+        .arg("--mount")
+        .arg(format!("--target={}", agent.child.id()))
+        .arg("--")
+        .arg(CLI)
+        .arg("--config")
+        .arg(&self_cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        line(&out),
+        format!(
+            "ok   public socket: {public}: root's agent serves users (screen lockers, truid-pam enroll by a user)"
+        )
+    );
+    drop(agent);
+}

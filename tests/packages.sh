@@ -9,7 +9,9 @@
 #   - installs the .deb (without a running systemd here, its postinst only enables the
 #     agent's unit), then: the sshd login test against the INSTALLED module, the installed
 #     truid-pam check against the emulator, and the installed agent started by hand: its
-#     socket, a login that can reach tru.ID only through it, and its stop on SIGTERM,
+#     socket, a login that can reach tru.ID only through it, its public socket (a user's
+#     truid-pam enroll reaches it and is refused as [enroll] self is off), and its stop on
+#     SIGTERM; the unit's public socket, the folders it may write and its syscall filter,
 #   - enables the pam-auth-update profile in a private mount namespace (the host's
 #     /etc/pam.d is never written) to check where its line lands,
 #   - upgrades (same version again, then a -2 revision) with a changed config: kept,
@@ -278,7 +280,7 @@ scriptlet postun.erase postun.sh 0
 scriptlet postun.upgrade postun.sh 1
 grep -qx 'semodule -X 200 -i /usr/share/selinux/packages/pam_truid.pp' "$work/se/post.install" ||
     fail "rpm %post: no semodule -i: $(cat "$work/se/post.install")"
-grep -qx 'restorecon -R /usr/bin/truid-pam /etc/security/pam_truid.toml /run/pam_truid /var/lib/pam_truid' "$work/se/post.install" ||
+grep -qx 'restorecon -R /usr/bin/truid-pam /etc/security/pam_truid.toml /run/pam_truid /run/pam_truid-public /var/lib/pam_truid' "$work/se/post.install" ||
     fail "rpm %post: no restorecon: $(cat "$work/se/post.install")"
 # The module before the folders are made (so that they get its labels), the relabel last.
 awk '/^semodule/ { s = NR } /^systemd-tmpfiles/ { t = NR } /^restorecon/ { r = NR } END { exit !(s && t && r && s < t && t < r) }' \
@@ -313,6 +315,9 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$repo/$deb" >/dev/null
     fail "/etc/security/pam_truid.toml: $(stat -c '%a %U %G' /etc/security/pam_truid.toml)"
 if command -v systemd-tmpfiles >/dev/null; then
     [ "$(stat -c '%a %U' /run/pam_truid)" = "700 root" ] || fail "/run/pam_truid not created 0700 root"
+    # The public socket's folder: the unit's agent cannot make it (ProtectSystem=strict).
+    [ "$(stat -c '%a %U %G' /run/pam_truid-public)" = "755 root root" ] ||
+        fail "/run/pam_truid-public not created 0755 root root: $(stat -c '%a %U %G' /run/pam_truid-public 2>&1)"
 fi
 grep -qx truid /var/lib/pam/seen || fail "pam-auth-update did not register the profile"
 assert_pam_untouched "by installing"
@@ -323,6 +328,27 @@ wants=/etc/systemd/system/multi-user.target.wants/pam_truid-agent.service
 [ "$wants" -ef "$unit" ] || fail "postinst did not enable $unit ($wants)"
 # The agent holds every project's secret: no core file of it.
 grep -qx 'LimitCORE=0' "$unit" || fail "$unit has no LimitCORE=0"
+# Its public socket, at the path the module run without root and truid-pam enroll look at
+# (src/config.rs), in the folder tmpfiles.d makes for it.
+public=/run/pam_truid-public/agent.sock
+grep -q "^pub const DEFAULT_PUBLIC_SOCKET: &str = \"$public\";" src/config.rs ||
+    fail "src/config.rs: DEFAULT_PUBLIC_SOCKET is not $public"
+grep -qx "ExecStart=/usr/bin/truid-pam agent --socket /run/pam_truid/agent.sock --public-socket $public" "$unit" ||
+    fail "$unit: ExecStart does not give --public-socket $public"
+grep -qx 'd /run/pam_truid-public 0755 root root -' /usr/lib/tmpfiles.d/pam_truid.conf ||
+    fail "tmpfiles.d/pam_truid.conf does not make /run/pam_truid-public 0755 root"
+# Under ProtectSystem=strict: the folders it writes besides its RuntimeDirectory (the public
+# socket's, the config's for self-service enrolment, the recovery codes'), each "-" (a
+# missing one must not keep the unit from starting).
+grep -qx 'ProtectSystem=strict' "$unit" || fail "$unit: no ProtectSystem=strict"
+rw=$(sed -n 's/^ReadWritePaths=//p' "$unit" | tr ' ' '\n' | LC_ALL=C sort | tr '\n' ' ')
+[ "$rw" = "-/etc/security -/run/pam_truid-public -/var/lib/pam_truid " ] || fail "$unit: ReadWritePaths $rw"
+# fchown (a rewritten config keeps its owner) comes back after ~@privileged took it: the
+# order of the lines is what counts (systemd.exec(5), SystemCallFilter=).
+awk '/^SystemCallFilter=@system-service$/ { a = NR } /^SystemCallFilter=~@privileged/ { d = NR } /^SystemCallFilter=@chown$/ { c = NR }
+     END { exit !(a && d && c && a < d && d < c) }' "$unit" ||
+    fail "$unit: SystemCallFilter=@chown is not after ~@privileged"
+note "ok: the unit serves $public and may write /run/pam_truid-public, /etc/security and /var/lib/pam_truid, fchown allowed"
 if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify "$unit" > "$work/verify.out" 2>&1 ||
         fail "systemd-analyze verify $unit: $(cat "$work/verify.out")"
@@ -393,6 +419,9 @@ chown root:root /etc/security/pam_truid.toml
 chmod 600 /etc/security/pam_truid.toml
 /usr/bin/truid-pam check > "$work/check.out" 2>&1 || { cat "$work/check.out"; fail "truid-pam check against the emulator"; }
 sed 's/^/    /' "$work/check.out"
+# No agent yet, and nothing configured needs the public socket: said, not warned.
+grep -q "^ok   public socket: no agent of root's serves $public" "$work/check.out" ||
+    fail "truid-pam check without an agent: no ok line about $public"
 grep -qx "ok   direct client: /usr/lib/$multiarch/security/libpam_truid_direct.so: root's, writable by root alone; logins that find no agent load it" "$work/check.out" ||
     fail "truid-pam check does not report the installed direct client library"
 note "ok: installed truid-pam check against the emulator (the direct client library beside the module)"
@@ -402,17 +431,39 @@ note "ok: installed truid-pam check against the emulator (the direct client libr
 
 sock=/run/pam_truid/agent.sock
 mkfifo "$work/agent.fifo"
-/usr/bin/truid-pam agent --socket "$sock" > "$work/agent.fifo" 2> "$work/agent.err" &
+# As the unit starts it: with the public socket.
+/usr/bin/truid-pam agent --socket "$sock" --public-socket "$public" > "$work/agent.fifo" 2> "$work/agent.err" &
 agent_pid=$!
-# Its ready line, read from its stdout: EOF (it exited) or 30 s without it fail.
+# Its ready lines, read from its stdout: EOF (it exited) or 30 s without them fail.
 exec 3< "$work/agent.fifo"
+agent_public=""
 agent_ready=""
+read -r -t 30 agent_public <&3 || true
 read -r -t 30 agent_ready <&3 || true
+[ "$agent_public" = "truid-pam agent: serving users on $public" ] ||
+    fail "agent: first line \"$agent_public\": $(cat "$work/agent.err")"
 [ "$agent_ready" = "truid-pam agent: listening on $sock" ] ||
     fail "agent: ready line \"$agent_ready\": $(cat "$work/agent.err")"
 [ "$(stat -c '%F %a %U' "$sock")" = "socket 600 root" ] || fail "agent: $sock is $(stat -c '%F %a %U' "$sock")"
 [ "$(stat -c '%a %U' /run/pam_truid)" = "700 root" ] || fail "agent: /run/pam_truid is $(stat -c '%a %U' /run/pam_truid)"
+[ "$(stat -c '%F %a %U' "$public")" = "socket 666 root" ] || fail "agent: $public is $(stat -c '%F %a %U' "$public")"
+[ "$(stat -c '%a %U' /run/pam_truid-public)" = "755 root" ] || fail "agent: /run/pam_truid-public is $(stat -c '%a %U' /run/pam_truid-public)"
 socat -u /dev/null "UNIX-CONNECT:$sock" || fail "agent: $sock does not accept connections"
+# A user reaches the public socket: truid-pam enroll run as nobody gets the agent's answer
+# for [enroll] self, off in this config (MSG_SELF_OFF of src/agent/services.rs), which only
+# the agent gives.
+self_off=$(awk '/^pub const MSG_SELF_OFF: &str =$/ { getline; print }' src/agent/services.rs | sed 's/^ *"//; s/";$//')
+[ -n "$self_off" ] || fail "no MSG_SELF_OFF in src/agent/services.rs"
+if setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups \
+    /usr/bin/truid-pam enroll < /dev/null > "$work/enroll.user" 2>&1; then
+    fail "truid-pam enroll by nobody succeeded with [enroll] self off: $(cat "$work/enroll.user")"
+fi
+grep -qxF "$self_off" "$work/enroll.user" ||
+    fail "truid-pam enroll by nobody: no refusal from the agent: $(cat "$work/enroll.user") / agent: $(cat "$work/agent.err")"
+/usr/bin/truid-pam check > "$work/check.agent" 2>&1 || { cat "$work/check.agent"; fail "truid-pam check with the agent running"; }
+grep -q "^ok   public socket: $public: root's agent serves users" "$work/check.agent" ||
+    fail "truid-pam check with the agent running: $(grep 'public socket' "$work/check.agent")"
+note "ok: the agent's public socket $public (0666, folder 0755): a user's truid-pam enroll reaches the agent and is refused ([enroll] self off); truid-pam check sees it served"
 if /usr/bin/truid-pam agent --socket "$sock" > /dev/null 2> "$work/agent2.err"; then
     fail "a second agent started on $sock"
 fi
@@ -448,6 +499,7 @@ agent_pid=""
 exec 3<&-
 [ "$agent_rc" = 0 ] || fail "agent: exit status $agent_rc on SIGTERM: $(cat "$work/agent.err")"
 [ ! -e "$sock" ] || fail "agent: $sock left after SIGTERM"
+[ ! -e "$public" ] || fail "agent: $public left after SIGTERM"
 grep -q 'stopped by SIGTERM' "$work/agent.err" || fail "agent: $(cat "$work/agent.err")"
 # No agent now: the same login goes direct, and so fails without a network.
 if totp 0 | unshare --net /usr/bin/truid-pam test root > "$work/test3.out" 2>&1; then
@@ -534,6 +586,7 @@ DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libpam-truid >/dev/null
 [ ! -e /etc/security/pam_truid.toml ] || fail "purge left /etc/security/pam_truid.toml"
 [ ! -e /etc/security/.pam_truid.toml.lock ] || fail "purge left the lock file"
 [ ! -e /run/pam_truid ] || fail "purge left /run/pam_truid"
+[ ! -e /run/pam_truid-public ] || fail "purge left /run/pam_truid-public"
 ! grep -qx truid /var/lib/pam/seen || fail "purge left the profile in /var/lib/pam/seen"
 left=$(find /etc/systemd/system /var/lib/systemd -name 'pam_truid-agent.service*' 2>/dev/null)
 [ -z "$left" ] || fail "purge left the agent's unit state: $left"

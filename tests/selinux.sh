@@ -11,7 +11,8 @@
 #     the other must be in EXPECTED below, and every line of EXPECTED must be there. A rule
 #     missing or extra fails;
 #   - seinfo: the types' attributes, the login domains in pam_truid_login_domain, the
-#     boolean pam_truid_connect_http off by default, system_r allowed the agent's domain;
+#     lockers' own domains in pam_truid_locker_domain, the booleans pam_truid_connect_http and
+#     pam_truid_enroll_at_login off by default, system_r allowed the agent's domain;
 #   - the file contexts packed in the .pp;
 #   - pam_truid.if: a local module calling each interface builds and links;
 #   - the authselect profile (packaging/authselect): every {...} directive parses as
@@ -112,10 +113,13 @@ note "linked and expanded with and without pam_truid ($(secs "$t") s): $(wc -l <
 
 # Every rule pam_truid adds to Debian 12's refpolicy. Most are pam_truid.te's own lines; the
 # others come from the base policy's rules on attributes the new types join (domain:
-# ifplugd_t reading a domain's /proc, "self" rules of every domain; file_type: filesystem
+# ifplugd_t reading a domain's /proc, "self" rules of every domain; nsswitch_domain: the
+# agent's "self" rules for NSS, some under refpolicy's booleans; file_type: filesystem
 # associate), and the login domains' self rules under the boolean merge into the rules those
-# domains already have on themselves. sshd_session_t (RHEL 10) is not in this policy, so its
-# optional block is not linked here.
+# domains already have on themselves; a type_transition on the login domains' attribute is
+# listed per domain. syslogd_var_run_t and init_var_run_t are refpolicy's aliases of
+# syslogd_runtime_t and init_runtime_t. sshd_session_t (RHEL 10) is not in this policy, so
+# its optional block is not linked here.
 cat > "$work/expected" <<'EOF'
 allow ifplugd_t pam_truid_agent_t:dir { getattr ioctl lock open read search };
 allow ifplugd_t pam_truid_agent_t:file { getattr ioctl lock open read };
@@ -128,40 +132,68 @@ allow local_login_t local_login_t:udp_socket { append bind connect create getatt
 allow pam_truid_agent_t cert_t:dir { getattr open read search };
 allow pam_truid_agent_t cert_t:file { getattr ioctl lock open read };
 allow pam_truid_agent_t cert_t:lnk_file { getattr read };
+allow pam_truid_agent_t device_t:dir { getattr search };
+allow pam_truid_agent_t devlog_t:lnk_file { getattr read };
+allow pam_truid_agent_t devlog_t:sock_file { getattr write };
 allow pam_truid_agent_t dns_port_t:tcp_socket name_connect;
-allow pam_truid_agent_t etc_t:dir { getattr open read search };
+allow pam_truid_agent_t etc_t:dir { add_name getattr open read remove_name search write };
 allow pam_truid_agent_t etc_t:file { getattr ioctl lock open read };
 allow pam_truid_agent_t etc_t:lnk_file { getattr read };
 allow pam_truid_agent_t http_cache_port_t:tcp_socket name_connect;
 allow pam_truid_agent_t http_port_t:tcp_socket name_connect;
+allow pam_truid_agent_t init_runtime_t:dir { getattr search };
 allow pam_truid_agent_t init_t:fd use;
 allow pam_truid_agent_t init_t:process sigchld;
 allow pam_truid_agent_t init_t:unix_stream_socket { append getattr ioctl read write };
+allow pam_truid_agent_t kernel_t:unix_dgram_socket sendto;
 allow pam_truid_agent_t net_conf_t:dir { getattr open read search };
 allow pam_truid_agent_t net_conf_t:file { getattr ioctl lock open read };
 allow pam_truid_agent_t net_conf_t:lnk_file { getattr read };
 allow pam_truid_agent_t pam_truid_agent_t:association sendto;
+allow pam_truid_agent_t pam_truid_agent_t:capability net_bind_service; [ allow_ypbind ]:True
 allow pam_truid_agent_t pam_truid_agent_t:dir { getattr ioctl lock open read search };
 allow pam_truid_agent_t pam_truid_agent_t:fifo_file { append getattr ioctl lock open read write };
 allow pam_truid_agent_t pam_truid_agent_t:file { append getattr ioctl lock open read write };
+allow pam_truid_agent_t pam_truid_agent_t:key { create link read search setattr view write };
 allow pam_truid_agent_t pam_truid_agent_t:lnk_file { getattr ioctl lock read };
 allow pam_truid_agent_t pam_truid_agent_t:lockdown { confidentiality integrity };
+allow pam_truid_agent_t pam_truid_agent_t:netlink_route_socket { append bind connect create getattr getopt ioctl nlmsg_read read setattr setopt shutdown write };
 allow pam_truid_agent_t pam_truid_agent_t:process { fork getsched sigchld signal };
+allow pam_truid_agent_t pam_truid_agent_t:tcp_socket { accept append bind connect create getattr getopt ioctl listen read setattr setopt shutdown write }; [ allow_ypbind ]:True
 allow pam_truid_agent_t pam_truid_agent_t:tcp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write };
+allow pam_truid_agent_t pam_truid_agent_t:tcp_socket { append bind connect create getattr getopt ioctl read setattr setopt shutdown write }; [ allow_kerberos ]:True
+allow pam_truid_agent_t pam_truid_agent_t:tcp_socket { append bind connect create getattr getopt ioctl read setattr setopt shutdown write }; [ authlogin_nsswitch_use_ldap ]:True
 allow pam_truid_agent_t pam_truid_agent_t:udp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write };
+allow pam_truid_agent_t pam_truid_agent_t:udp_socket { append bind connect create getattr getopt ioctl read setattr setopt shutdown write }; [ allow_kerberos ]:True
+allow pam_truid_agent_t pam_truid_agent_t:udp_socket { append bind connect create getattr getopt ioctl read setattr setopt shutdown write }; [ allow_ypbind ]:True
+allow pam_truid_agent_t pam_truid_agent_t:unix_dgram_socket { append connect create getattr getopt ioctl read setopt shutdown write };
 allow pam_truid_agent_t pam_truid_agent_t:unix_stream_socket { accept append bind connect connectto create getattr getopt ioctl listen lock read setattr setopt shutdown write };
-allow pam_truid_agent_t pam_truid_conf_t:file { getattr ioctl lock open read };
+allow pam_truid_agent_t pam_truid_agent_t:unix_stream_socket { accept append bind connect create getattr getopt ioctl listen read setattr setopt shutdown write }; [ nscd_use_shm ]:True
+allow pam_truid_agent_t pam_truid_agent_t:unix_stream_socket { append bind connect create getattr getopt ioctl read setattr setopt shutdown write }; [ nscd_use_shm ]:False
+allow pam_truid_agent_t pam_truid_conf_t:file { append create getattr ioctl lock open read rename setattr unlink write };
 allow pam_truid_agent_t pam_truid_exec_t:file { entrypoint execute getattr ioctl lock map open read };
+allow pam_truid_agent_t pam_truid_public_var_run_t:dir { add_name getattr open read remove_name search write };
+allow pam_truid_agent_t pam_truid_public_var_run_t:sock_file { create getattr unlink write };
+allow pam_truid_agent_t pam_truid_var_lib_t:dir { add_name getattr open read remove_name search write };
+allow pam_truid_agent_t pam_truid_var_lib_t:file { append create getattr ioctl lock open read rename setattr unlink write };
 allow pam_truid_agent_t pam_truid_var_run_t:dir { add_name getattr open read remove_name search write };
 allow pam_truid_agent_t pam_truid_var_run_t:file { append create getattr ioctl lock open read rename setattr unlink write };
 allow pam_truid_agent_t pam_truid_var_run_t:sock_file { create getattr unlink write };
+allow pam_truid_agent_t syslogd_runtime_t:dir { getattr search };
+allow pam_truid_agent_t syslogd_t:unix_dgram_socket sendto;
+allow pam_truid_agent_t var_lib_t:dir { getattr search };
 allow pam_truid_agent_t var_run_t:dir { getattr search };
 allow pam_truid_conf_t pam_truid_conf_t:filesystem associate;
 allow pam_truid_exec_t pam_truid_exec_t:filesystem associate;
+allow pam_truid_locker_domain pam_truid_agent_t:unix_stream_socket connectto;
+allow pam_truid_locker_domain pam_truid_public_var_run_t:dir { getattr search };
+allow pam_truid_locker_domain pam_truid_public_var_run_t:sock_file { getattr write };
+allow pam_truid_locker_domain var_run_t:dir { getattr search };
 allow pam_truid_login_domain cert_t:dir { getattr open read search };
 allow pam_truid_login_domain cert_t:file { getattr ioctl lock open read };
 allow pam_truid_login_domain cert_t:lnk_file { getattr read };
 allow pam_truid_login_domain dns_port_t:tcp_socket name_connect; [ pam_truid_connect_http ]:True
+allow pam_truid_login_domain etc_t:dir { add_name open read remove_name write }; [ pam_truid_enroll_at_login ]:True
 allow pam_truid_login_domain etc_t:dir { getattr search };
 allow pam_truid_login_domain etc_t:file { getattr ioctl lock open read };
 allow pam_truid_login_domain http_cache_port_t:tcp_socket name_connect; [ pam_truid_connect_http ]:True
@@ -170,6 +202,7 @@ allow pam_truid_login_domain net_conf_t:dir { getattr open read search }; [ pam_
 allow pam_truid_login_domain net_conf_t:file { getattr ioctl lock open read }; [ pam_truid_connect_http ]:True
 allow pam_truid_login_domain net_conf_t:lnk_file { getattr read }; [ pam_truid_connect_http ]:True
 allow pam_truid_login_domain pam_truid_agent_t:unix_stream_socket connectto;
+allow pam_truid_login_domain pam_truid_conf_t:file { append create rename setattr unlink write }; [ pam_truid_enroll_at_login ]:True
 allow pam_truid_login_domain pam_truid_conf_t:file { getattr ioctl lock open read };
 allow pam_truid_login_domain pam_truid_var_lib_t:dir { add_name getattr open read remove_name search write };
 allow pam_truid_login_domain pam_truid_var_lib_t:file { append create getattr ioctl lock open read rename setattr unlink write };
@@ -178,16 +211,28 @@ allow pam_truid_login_domain pam_truid_var_run_t:file { append create getattr io
 allow pam_truid_login_domain pam_truid_var_run_t:sock_file { getattr write };
 allow pam_truid_login_domain var_lib_t:dir { getattr search };
 allow pam_truid_login_domain var_run_t:dir { getattr search };
+allow pam_truid_public_var_run_t pam_truid_public_var_run_t:filesystem associate;
 allow pam_truid_var_lib_t pam_truid_var_lib_t:filesystem associate;
 allow pam_truid_var_run_t pam_truid_var_run_t:filesystem associate;
 allow policykit_auth_t policykit_auth_t:tcp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write }; [ pam_truid_connect_http ]:True
 allow policykit_auth_t policykit_auth_t:udp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write }; [ pam_truid_connect_http ]:True
 allow sshd_t sshd_t:tcp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write }; [ pam_truid_connect_http ]:True
 allow sshd_t sshd_t:udp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write }; [ pam_truid_connect_http ]:True
+allow userdomain pam_truid_agent_t:unix_stream_socket connectto;
+allow userdomain pam_truid_public_var_run_t:dir { getattr search };
+allow userdomain pam_truid_public_var_run_t:sock_file { getattr write };
+allow userdomain var_run_t:dir { getattr search };
 allow xdm_t xdm_t:tcp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write }; [ pam_truid_connect_http ]:True
 allow xdm_t xdm_t:udp_socket { append bind connect create getattr getopt ioctl lock read setattr setopt shutdown write }; [ pam_truid_connect_http ]:True
+dontaudit pam_truid_agent_t pam_truid_agent_t:process setfscreate;
 dontaudit pam_truid_agent_t pam_truid_agent_t:udp_socket listen;
 type_transition init_t pam_truid_exec_t:process pam_truid_agent_t;
+type_transition local_login_t etc_t:file pam_truid_conf_t; [ pam_truid_enroll_at_login ]:True
+type_transition pam_truid_agent_t etc_t:file pam_truid_conf_t;
+type_transition policykit_auth_t etc_t:file pam_truid_conf_t; [ pam_truid_enroll_at_login ]:True
+type_transition sshd_t etc_t:file pam_truid_conf_t; [ pam_truid_enroll_at_login ]:True
+type_transition unconfined_t etc_t:file pam_truid_conf_t .pam_truid.toml.lock;
+type_transition xdm_t etc_t:file pam_truid_conf_t; [ pam_truid_enroll_at_login ]:True
 EOF
 LC_ALL=C sort -o "$work/expected" "$work/expected"
 if ! diff -u "$work/expected" "$work/added" > "$work/rules.diff"; then
@@ -214,13 +259,36 @@ for d in sshd_t local_login_t xdm_t policykit_auth_t; do
     ask "$d reads the config" -A -s "$d" -t pam_truid_conf_t -c file -p read,open
     ask "$d rewrites the recovery codes" -A -s "$d" -t pam_truid_var_lib_t -c file -p create,rename,write,lock
     ask "$d reaches HTTPS with the boolean" -A -s "$d" -t http_port_t -c tcp_socket -p name_connect -b pam_truid_connect_http
+    ask "$d rewrites the config with the boolean" -A -s "$d" -t pam_truid_conf_t -c file -p create,rename,write,setattr -b pam_truid_enroll_at_login
+    ask "$d makes its files in /etc/security the config's type, with the boolean" -T -s "$d" -t etc_t -c file -D pam_truid_conf_t -b pam_truid_enroll_at_login
 done
+# Lockers run in the user's domain (xscreensaver in its own): the public socket only.
+for d in user_t staff_t unconfined_t xscreensaver_t vlock_t; do
+    ask "$d connects to the agent" -A -s "$d" -t pam_truid_agent_t -c unix_stream_socket -p connectto
+    ask "$d writes its public socket" -A -s "$d" -t pam_truid_public_var_run_t -c sock_file -p write
+    ask "$d searches its folder" -A -s "$d" -t pam_truid_public_var_run_t -c dir -p search
+done
+# ...and nothing else of pam_truid's: not the root socket, the caches, the config, the codes.
+for t in pam_truid_var_run_t pam_truid_conf_t pam_truid_var_lib_t; do
+    sesearch -A -s user_t -t "$t" "$work/with.bin" > "$work/user.$t"
+    ! grep pam_truid "$work/user.$t" > /dev/null || fail "user_t may use $t: $(cat "$work/user.$t")"
+done
+ask "the agent makes and removes the public socket" -A -s pam_truid_agent_t -t pam_truid_public_var_run_t -c sock_file -p create,unlink
+ask "the agent rewrites the config (self-service)" -A -s pam_truid_agent_t -t pam_truid_conf_t -c file -p create,write,rename,unlink,setattr,lock
+ask "the agent makes its files in /etc/security the config's type" -T -s pam_truid_agent_t -t etc_t -c file -D pam_truid_conf_t
+ask "the agent strikes used recovery codes" -A -s pam_truid_agent_t -t pam_truid_var_lib_t -c file -p create,rename,write,lock
+ask "the agent logs to syslog" -A -s pam_truid_agent_t -t syslogd_t -c unix_dgram_socket -p sendto
 ask "systemd enters the agent's domain" -T -s init_t -t pam_truid_exec_t -c process
 ask "the agent reaches tru.ID" -A -s pam_truid_agent_t -t http_port_t -c tcp_socket -p name_connect
-# The agent connects to no port but HTTP, an HTTP proxy and DNS, whatever rule grants it.
-ports=$(sesearch -A -s pam_truid_agent_t -c tcp_socket -p name_connect "$work/with.bin" | awk '{ print $3 }' | sort -u | tr '\n' ' ')
+# The agent connects to no port but HTTP, an HTTP proxy and DNS, whatever rule grants it,
+# except what NSS needs once the host's NSS booleans turn it on (as an nsswitch_domain, it
+# resolves each caller's account: Kerberos, LDAP, NIS), and only through those booleans.
+sesearch -A -s pam_truid_agent_t -c tcp_socket -p name_connect "$work/with.bin" > "$work/agent.ports"
+ports=$(grep -v '\]:True' "$work/agent.ports" | awk '{ print $3 }' | sort -u | tr '\n' ' ')
 [ "$ports" = "dns_port_t:tcp_socket http_cache_port_t:tcp_socket http_port_t:tcp_socket " ] ||
     fail "the agent may connect to: $ports"
+nss=$(grep '\]:True' "$work/agent.ports" | grep -vE '^allow nsswitch_domain [a-z_]+:tcp_socket [^;]+; \[ (allow_kerberos|authlogin_nsswitch_use_ldap|allow_ypbind) \]:True$' || true)
+[ -z "$nss" ] || fail "the agent may connect under other booleans: $nss"
 # Without the boolean the login domains that refpolicy does not already let connect anywhere
 # (sshd_t and xdm_t may, for port forwarding and XDMCP) get no HTTP: every rule is the boolean's.
 for d in local_login_t policykit_auth_t; do
@@ -229,7 +297,7 @@ for d in local_login_t policykit_auth_t; do
         fail "$d may connect to http_port_t without the boolean"
     fi
 done
-note "ok: each intended rule found by sesearch; the agent's ports: $ports"
+note "ok: each intended rule found by sesearch; the agent's ports: $ports(and NSS's under the host's NSS booleans)"
 
 # seinfo: types and their attributes, the login domains, the boolean, the role.
 # "type T, a, b;" with its attributes sorted (seinfo prints them in no fixed order).
@@ -245,21 +313,25 @@ expect_seinfo() { # EXPECTED SEINFO-ARGS...
     got=$(seinfo_line "$@")
     [ "$got" = "$want" ] || fail "seinfo $*: \"$got\", expected \"$want\""
 }
-expect_seinfo "type pam_truid_agent_t, daemon, domain;" -t pam_truid_agent_t
+expect_seinfo "type pam_truid_agent_t, daemon, domain, nsswitch_domain;" -t pam_truid_agent_t
 expect_seinfo "type pam_truid_exec_t, entry_type, exec_type, file_type, non_auth_file_type, non_security_file_type;" -t pam_truid_exec_t
 expect_seinfo "type pam_truid_var_run_t, file_type, non_auth_file_type, non_security_file_type, pidfile;" -t pam_truid_var_run_t
+expect_seinfo "type pam_truid_public_var_run_t, file_type, non_auth_file_type, non_security_file_type, pidfile;" -t pam_truid_public_var_run_t
 expect_seinfo "type pam_truid_conf_t, configfile, file_type, non_auth_file_type, non_security_file_type;" -t pam_truid_conf_t
 expect_seinfo "type pam_truid_var_lib_t, file_type, non_auth_file_type, non_security_file_type;" -t pam_truid_var_lib_t
 expect_seinfo "bool pam_truid_connect_http false;" -b pam_truid_connect_http
+expect_seinfo "bool pam_truid_enroll_at_login false;" -b pam_truid_enroll_at_login
 members=$(seinfo -x -a pam_truid_login_domain "$work/with.bin" | sed -n '/attribute pam_truid_login_domain/,$p' | tail -n +2 | tr -s ' \t\n' ' ' | sed 's/^ //; s/ $//')
 [ "$members" = "local_login_t policykit_auth_t sshd_t xdm_t" ] || fail "pam_truid_login_domain: $members"
+user_clients=$(seinfo -x -a pam_truid_locker_domain "$work/with.bin" | sed -n '/attribute pam_truid_locker_domain/,$p' | tail -n +2 | tr -s ' \t\n' ' ' | sed 's/^ //; s/ $//')
+[ "$user_clients" = "vlock_t xscreensaver_t" ] || fail "pam_truid_locker_domain: $user_clients"
 # (Into files, not "| grep -q": grep leaving early would fail the pipeline under pipefail.)
 seinfo -x -r system_r "$work/with.bin" > "$work/system_r"
 grep -w pam_truid_agent_t "$work/system_r" > /dev/null || fail "system_r may not hold pam_truid_agent_t"
 new_types=$(LC_ALL=C comm -13 <(seinfo "$work/without.bin" -t | sed 's/^ *//' | LC_ALL=C sort) <(seinfo "$work/with.bin" -t | sed 's/^ *//' | LC_ALL=C sort) | grep -v '^Types:' | tr '\n' ' ')
-[ "$new_types" = "pam_truid_agent_t pam_truid_conf_t pam_truid_exec_t pam_truid_var_lib_t pam_truid_var_run_t " ] ||
+[ "$new_types" = "pam_truid_agent_t pam_truid_conf_t pam_truid_exec_t pam_truid_public_var_run_t pam_truid_var_lib_t pam_truid_var_run_t " ] ||
     fail "new types: $new_types"
-note "ok: seinfo: types ($new_types), attributes, login domains ($members), boolean off by default, role system_r"
+note "ok: seinfo: types ($new_types), attributes, login domains ($members), lockers' own domains ($user_clients), booleans off by default, role system_r"
 
 # The file contexts packed in the .pp.
 semodule_unpackage "$pp" "$work/unpacked.mod" "$work/unpacked.fc"
@@ -267,12 +339,15 @@ grep -v '^[[:space:]]*\(#\|$\)' "$work/unpacked.fc" | tr -s ' \t' ' ' > "$work/f
 cat > "$work/fc.expected" <<'EOF'
 /usr/bin/truid-pam -- system_u:object_r:pam_truid_exec_t:s0
 /etc/security/pam_truid\.toml -- system_u:object_r:pam_truid_conf_t:s0
+/etc/security/\.pam_truid\.toml\.lock -- system_u:object_r:pam_truid_conf_t:s0
 /run/pam_truid(/.*)? system_u:object_r:pam_truid_var_run_t:s0
 /var/run/pam_truid(/.*)? system_u:object_r:pam_truid_var_run_t:s0
+/run/pam_truid-public(/.*)? system_u:object_r:pam_truid_public_var_run_t:s0
+/var/run/pam_truid-public(/.*)? system_u:object_r:pam_truid_public_var_run_t:s0
 /var/lib/pam_truid(/.*)? system_u:object_r:pam_truid_var_lib_t:s0
 EOF
 diff -u "$work/fc.expected" "$work/fc" >&2 || fail "file contexts in pam_truid.pp"
-note "ok: file contexts: /usr/bin/truid-pam, /etc/security/pam_truid.toml, /run/pam_truid, /var/lib/pam_truid"
+note "ok: file contexts: /usr/bin/truid-pam, /etc/security/pam_truid.toml and its lock, /run/pam_truid, /run/pam_truid-public, /var/lib/pam_truid"
 
 # pam_truid.if: a local module using every interface, as an administrator would write one
 # (e.g. for a confined user's sudo domain), builds against the shipped .if and links. (The
@@ -284,9 +359,10 @@ cp packaging/selinux/pam_truid.if packaging/selinux/pam_truid.te packaging/selin
 cat > "$work/local/pam_truid_local.te" <<'EOF'
 policy_module(pam_truid_local, 1.0.0)
 gen_require(`
-	type staff_sudo_t, sysadm_t, user_t;
+	type staff_sudo_t, sysadm_t, user_t, staff_screen_t;
 ')
 pam_truid_client(staff_sudo_t)
+pam_truid_user_client(staff_screen_t)
 pam_truid_admin(sysadm_t)
 pam_truid_stream_connect(user_t)
 pam_truid_read_config(user_t)
@@ -305,7 +381,12 @@ sesearch -A -s user_t -t pam_truid_agent_t -c unix_stream_socket -p connectto -d
 [ -s "$work/local.connect" ] || fail "pam_truid_stream_connect(user_t)"
 sesearch -A -s user_t -t pam_truid_conf_t -c file -p read -ds -dt "$work/local.bin" > "$work/local.read"
 [ -s "$work/local.read" ] || fail "pam_truid_read_config(user_t)"
-note "ok: pam_truid.if: pam_truid_client, pam_truid_admin, pam_truid_stream_connect, pam_truid_read_config build and link ($(secs "$t") s)"
+seinfo -x -a pam_truid_locker_domain "$work/local.bin" > "$work/local.user_clients"
+grep -w staff_screen_t "$work/local.user_clients" > /dev/null ||
+    fail "pam_truid_user_client(staff_screen_t) did not add it to the lockers' domains: $(cat "$work/local.user_clients")"
+sesearch -A -s sysadm_t -t pam_truid_public_var_run_t -c sock_file -p write -ds -dt "$work/local.bin" > "$work/local.admin_public"
+[ -s "$work/local.admin_public" ] || fail "pam_truid_admin(sysadm_t): no write on the public socket"
+note "ok: pam_truid.if: pam_truid_client, pam_truid_user_client, pam_truid_admin, pam_truid_stream_connect, pam_truid_read_config build and link ($(secs "$t") s)"
 
 # --------------------------------------------------------------------------------------
 # The authselect profile

@@ -1,4 +1,6 @@
-# %post of pam_truid: the token cache folder (/usr/lib/tmpfiles.d/pam_truid.conf).
+# %post of pam_truid: the folders of /usr/lib/tmpfiles.d/pam_truid.conf (the token cache,
+# and the agent's public socket's, which the unit's agent cannot create under
+# ProtectSystem=strict).
 # No PAM stack is changed: add the module with authselect or by hand, see pam_truid(8).
 
 # SELinux (RHEL, Fedora): the policy module first, so that the folders below are made with
@@ -26,6 +28,6 @@ if [ "$1" = 1 ] && command -v systemctl >/dev/null 2>&1; then
 fi
 # The labels of what the policy names (rpm laid the files down before the module existed).
 if [ -e /sys/fs/selinux/enforce ] && command -v restorecon >/dev/null 2>&1; then
-    restorecon -R /usr/bin/truid-pam /etc/security/pam_truid.toml /run/pam_truid /var/lib/pam_truid \
+    restorecon -R /usr/bin/truid-pam /etc/security/pam_truid.toml /run/pam_truid /run/pam_truid-public /var/lib/pam_truid \
         >/dev/null 2>&1 || :
 fi

@@ -6,7 +6,7 @@ if [ -d /run/systemd/system ]; then
 fi
 if [ "$1" = 0 ]; then
     rm -f /etc/security/.pam_truid.toml.lock
-    rm -rf /run/pam_truid
+    rm -rf /run/pam_truid /run/pam_truid-public
     # The SELinux policy module (installed by %post at priority 200). The recovery codes in
     # /var/lib/pam_truid and a kept pam_truid.toml.rpmsave stay: relabelled, as their type
     # is gone with the module.

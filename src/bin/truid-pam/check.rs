@@ -30,12 +30,12 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             detail,
         });
     };
-    let mut rollout = Vec::new();
+    // Lines that may be warnings: the public socket's, then rolling out without lockouts.
+    let mut verdicts = Vec::new();
     match Config::load(path) {
         Err(e) => {
             add("config", Err(format!("{e}")));
-            let sock = Path::new(pam_truid::config::DEFAULT_AGENT_SOCKET);
-            add("selinux", crate::selinux::state(Some(sock)));
+            add("selinux", crate::selinux::state(None));
         }
         Ok(cfg) => {
             add(
@@ -49,11 +49,12 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             check_api(&cfg, &mut add);
             add("agent", Ok(agent_state(&cfg)));
             add("direct client", direct_library_state());
-            add("selinux", crate::selinux::state(cfg.api.agent.as_deref()));
-            rollout = crate::rollout_check::items(&cfg);
+            add("selinux", crate::selinux::state(Some(&cfg)));
+            verdicts.push(("public socket".into(), public_socket_state(&cfg)));
+            verdicts.extend(crate::rollout_check::items(&cfg));
         }
     }
-    for (check, v) in rollout {
+    for (check, v) in verdicts {
         use crate::rollout_check::Verdict;
         let (ok, warning, detail) = match v {
             Verdict::Ok(d) => (true, false, d),
@@ -210,5 +211,46 @@ fn agent_state(cfg: &Config) -> String {
                 sock.display()
             ),
         },
+    }
+}
+
+/// The agent's public socket, where programs run as a user reach it. A warning when something
+/// configured needs it and nothing of root's serves it.
+fn public_socket_state(cfg: &Config) -> crate::rollout_check::Verdict {
+    use crate::rollout_check::Verdict;
+    let sock = Path::new(pam_truid::config::DEFAULT_PUBLIC_SOCKET);
+    if pam_truid::agent::client::connect(sock).is_some() {
+        return Verdict::Ok(format!(
+            "{}: root's agent serves users (screen lockers, truid-pam enroll by a user)",
+            sock.display()
+        ));
+    }
+    let mut needs = Vec::new();
+    if cfg.enroll.self_service {
+        needs.push("[enroll] self = true (truid-pam enroll by a user)".to_string());
+    }
+    // Screen lockers run the module as the user, and most include the shared stack.
+    let shared = ["/etc/pam.d/common-auth", "/etc/pam.d/system-auth"];
+    if let Some(stack) = shared.iter().find(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split('#').next().unwrap_or("").contains("pam_truid.so"))
+        })
+    }) {
+        needs.push(format!(
+            "screen lockers, which run the module as the user ({stack} names pam_truid.so)"
+        ));
+    }
+    if needs.is_empty() {
+        Verdict::Ok(format!(
+            "no agent of root's serves {}: only programs run as a user need it (screen lockers, truid-pam enroll by a user)",
+            sock.display()
+        ))
+    } else {
+        Verdict::Warn(format!(
+            "no agent of root's serves {}, which {} need: they are refused until one does (systemctl enable --now pam_truid-agent; its unit gives --public-socket)",
+            sock.display(),
+            needs.join(" and ")
+        ))
     }
 }

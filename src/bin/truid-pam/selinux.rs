@@ -3,10 +3,15 @@
 //! with the boolean on). On RHEL and Fedora an enforcing policy without the module denies
 //! every login the agent's socket, the caches and the config, whatever the config says.
 
-use std::path::Path;
+use pam_truid::config::{Config, Unenrolled};
+use std::path::{Path, PathBuf};
 
 /// The boolean that lets the login domains connect to HTTPS themselves (pam_truid.te).
 const BOOLEAN: &str = "pam_truid_connect_http";
+/// The boolean that lets the login domains rewrite the config (first-login enrolment).
+const ENROLL_BOOLEAN: &str = "pam_truid_enroll_at_login";
+/// The config's type: the only one the agent and the login domains may replace it as.
+const CONF_TYPE: &str = "pam_truid_conf_t";
 /// The agent's domain (pam_truid.te): the login domains may connect to this one only.
 const AGENT_DOMAIN: &str = "pam_truid_agent_t";
 const MODULE_FILE: &str = "/usr/share/selinux/packages/pam_truid.pp";
@@ -26,10 +31,69 @@ struct Seen {
     /// The agent's socket: None for `[api] agent = ""`; Some(None) when none listens there,
     /// Some(Some(type)) with the SELinux type of the process that does.
     agent: Option<Option<String>>,
+    /// `[login] unenrolled = "enroll"`: a login domain rewrites the config.
+    enroll_at_login: bool,
+    /// `[enroll] self = true`: the agent rewrites the config.
+    self_service: bool,
+    /// ENROLL_BOOLEAN in the running policy (None: not there, as with an older module).
+    enroll_boolean: Option<bool>,
+    /// The config or its lock file with another type than CONF_TYPE, and that type.
+    mislabelled: Option<(PathBuf, String)>,
 }
 
-pub fn state(agent: Option<&Path>) -> Result<String, String> {
-    judge(&observe(agent))
+/// The SELinux line for `cfg` (None: the config could not be read; the default agent socket).
+pub fn state(cfg: Option<&Config>) -> Result<String, String> {
+    let default = Path::new(pam_truid::config::DEFAULT_AGENT_SOCKET);
+    let agent = match cfg {
+        Some(c) => c.api.agent.as_deref(),
+        None => Some(default),
+    };
+    let mut seen = observe(agent);
+    if let (Some(cfg), Some(_)) = (cfg, seen.boolean) {
+        seen.enroll_at_login = cfg.login.unenrolled == Unenrolled::Enroll;
+        seen.self_service = cfg.enroll.self_service;
+        seen.enroll_boolean = read_boolean(ENROLL_BOOLEAN);
+        if seen.enroll_at_login || seen.self_service {
+            let lock = cfg.path.with_file_name(format!(
+                ".{}.lock",
+                cfg.path.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            seen.mislabelled = [cfg.path.clone(), lock].into_iter().find_map(|p| {
+                let t = file_type(&p)?;
+                (t != CONF_TYPE).then_some((p, t))
+            });
+        }
+    }
+    judge(&seen)
+}
+
+/// A boolean of the running policy: "1 1" is the current value, then the pending one.
+fn read_boolean(name: &str) -> Option<bool> {
+    std::fs::read_to_string(format!("/sys/fs/selinux/booleans/{name}"))
+        .ok()
+        .map(|s| s.split_whitespace().next() == Some("1"))
+}
+
+/// The SELinux type of a file (its security.selinux attribute); None when it has none.
+fn file_type(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings end in NUL; the kernel writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            c"security.selinux".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let context = String::from_utf8_lossy(buf.get(..usize::try_from(n).ok()?)?).into_owned();
+    context
+        .trim_end_matches('\0')
+        .split(':')
+        .nth(2)
+        .map(str::to_string)
 }
 
 fn observe(agent: Option<&Path>) -> Seen {
@@ -64,9 +128,7 @@ fn observe(agent: Option<&Path>) -> Seen {
         }
         any.then_some(false)
     });
-    // "1 1": the current value, then the pending one.
-    let boolean = read(&format!("/sys/fs/selinux/booleans/{BOOLEAN}"))
-        .map(|s| s.split_whitespace().next() == Some("1"));
+    let boolean = read_boolean(BOOLEAN);
     Seen {
         enforcing,
         config_mode: key("SELINUX"),
@@ -77,6 +139,7 @@ fn observe(agent: Option<&Path>) -> Seen {
             let stream = pam_truid::agent::client::connect(sock)?;
             Some(peer_type(&stream).unwrap_or_else(|| "unknown".into()))
         }),
+        ..Seen::default()
     }
 }
 
@@ -122,7 +185,7 @@ fn judge(s: &Seen) -> Result<String, String> {
         };
     };
     let boolean_text = format!("{BOOLEAN} {}", if boolean { "on" } else { "off" });
-    let problem = match &s.agent {
+    let route_problem = match &s.agent {
         Some(Some(domain)) if domain == AGENT_DOMAIN => None,
         Some(Some(domain)) => Some(format!(
             "the agent runs as {domain}, not {AGENT_DOMAIN}, so the login programs may not \
@@ -139,18 +202,39 @@ fn judge(s: &Seen) -> Result<String, String> {
              tru.ID: setsebool -P {BOOLEAN} on, or use the agent"
         )),
     };
+    let mut problems: Vec<String> = route_problem.into_iter().collect();
+    if s.enroll_at_login && s.enroll_boolean != Some(true) {
+        problems.push(format!(
+            "[login] unenrolled = \"enroll\" and {ENROLL_BOOLEAN} is off, so a first login \
+             cannot record its enrolment in the config: setsebool -P {ENROLL_BOOLEAN} on"
+        ));
+    }
+    if let Some((path, t)) = &s.mislabelled {
+        problems.push(format!(
+            "{} is {t}, not {CONF_TYPE}, so enrolments ({}) cannot rewrite it: restorecon {0}",
+            path.display(),
+            match (s.self_service, s.enroll_at_login) {
+                (true, true) => "[enroll] self, unenrolled = \"enroll\"",
+                (true, false) => "[enroll] self",
+                _ => "unenrolled = \"enroll\"",
+            }
+        ));
+    }
     let route = match &s.agent {
         Some(Some(_)) => "logins go through the agent",
         _ => "logins go to tru.ID directly",
     };
-    match problem {
-        None => Ok(format!(
+    let p = problems.join("; ");
+    if problems.is_empty() {
+        Ok(format!(
             "{mode}, policy module pam_truid loaded, {boolean_text}; {route}"
-        )),
-        Some(p) if enforcing => Err(format!("{mode}, policy module pam_truid loaded: {p}")),
-        Some(p) => Ok(format!(
+        ))
+    } else if enforcing {
+        Err(format!("{mode}, policy module pam_truid loaded: {p}"))
+    } else {
+        Ok(format!(
             "{mode}, policy module pam_truid loaded, {boolean_text}; once enforcing: {p}"
-        )),
+        ))
     }
 }
 
@@ -166,6 +250,7 @@ mod tests {
             in_store: Some(true),
             boolean: Some(false),
             agent: Some(Some(AGENT_DOMAIN.into())),
+            ..Seen::default()
         }
     }
 
@@ -228,6 +313,43 @@ mod tests {
         };
         let e = judge(&s).unwrap_err();
         assert!(e.contains("runs as unconfined_t"), "{e}");
+    }
+
+    #[test]
+    fn enrolments_need_the_boolean_and_the_config_s_type() {
+        let at_login = Seen {
+            enroll_at_login: true,
+            enroll_boolean: Some(false),
+            ..enforcing()
+        };
+        let e = judge(&at_login).unwrap_err();
+        assert!(
+            e.contains("setsebool -P pam_truid_enroll_at_login on"),
+            "{e}"
+        );
+        let on = Seen {
+            enroll_boolean: Some(true),
+            ..at_login
+        };
+        assert!(judge(&on).is_ok());
+        // Self-service needs no boolean (the agent's domain may write), but the config's type.
+        let relabel = Seen {
+            self_service: true,
+            mislabelled: Some(("/etc/security/pam_truid.toml".into(), "etc_t".into())),
+            ..enforcing()
+        };
+        let e = judge(&relabel).unwrap_err();
+        assert!(
+            e.contains("pam_truid.toml is etc_t, not pam_truid_conf_t")
+                && e.contains("([enroll] self)")
+                && e.contains("restorecon /etc/security/pam_truid.toml"),
+            "{e}"
+        );
+        let permissive = Seen {
+            enforcing: Some(false),
+            ..relabel
+        };
+        assert!(judge(&permissive).unwrap().contains("once enforcing"));
     }
 
     #[test]
