@@ -86,6 +86,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
         nix::unistd::fchown(&f, Some(meta.uid().into()), Some(meta.gid().into()))?;
+        copy_label(path, &f);
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -95,6 +96,41 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives the new file the old one's SELinux label (`pam_truid_conf_t`), which a file made in
+/// the folder would not get (it would be `etc_t`, which the agent and the login domains may
+/// not replace). Nothing to copy without SELinux: then nothing is done.
+fn copy_label(old: &Path, new: &File) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let name = c"security.selinux";
+    let Ok(old) = std::ffi::CString::new(old.as_os_str().as_bytes()) else {
+        return;
+    };
+    let mut label = [0u8; 256];
+    // SAFETY: `old` and `name` are NUL-terminated; `label` is a buffer of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            old.as_ptr(),
+            name.as_ptr(),
+            label.as_mut_ptr().cast(),
+            label.len(),
+        )
+    };
+    let Ok(n) = usize::try_from(n) else { return };
+    if let Some(value) = label.get(..n) {
+        // SAFETY: `new` is an open file; `value` is a buffer of the length given.
+        let _ = unsafe {
+            libc::fsetxattr(
+                new.as_raw_fd(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+    }
 }
 
 /// Sets `[users] user = "factor"`, creating the table if needed.
@@ -172,6 +208,42 @@ mod tests {
         );
         assert!(remove_user(&mut doc, "AD\\bob"));
         assert!(!doc.to_string().contains("AD"));
+    }
+
+    /// The config's SELinux label survives a rewrite (needs root to set a security.* label; CI
+    /// runs the unit tests as root, and ext4 keeps such labels without SELinux too).
+    #[test]
+    fn a_rewrite_keeps_the_files_selinux_label() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pam_truid.toml");
+        std::fs::write(&p, "old").unwrap();
+        let label = c"system_u:object_r:pam_truid_conf_t:s0";
+        let cpath = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        let set = unsafe {
+            libc::setxattr(
+                cpath.as_ptr(),
+                c"security.selinux".as_ptr(),
+                label.as_ptr().cast(),
+                label.to_bytes_with_nul().len(),
+                0,
+            )
+        };
+        assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+        write_atomically(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let mut got = [0u8; 256];
+        let n = unsafe {
+            libc::getxattr(
+                cpath.as_ptr(),
+                c"security.selinux".as_ptr(),
+                got.as_mut_ptr().cast(),
+                got.len(),
+            )
+        };
+        assert_eq!(&got[..n as usize], label.to_bytes_with_nul());
     }
 
     #[test]
