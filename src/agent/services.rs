@@ -115,30 +115,42 @@ impl Services {
             Err(e) => return Err(format!("uid {uid}: reading a request: {e}")),
         };
         let mut relay = Relay { stream, lines };
+        // Refusals before the request runs are logged too, under the caller's name.
+        let caller = || {
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_default();
+            context(uid, &name, "pam_truid-agent")
+        };
         let request = match serde_json::from_slice::<ServiceRequest>(&line) {
             Ok(r) if r.v == PROTOCOL => r,
             Ok(r) => {
-                return relay.end(Outcome::ConfigError {
+                let outcome = Outcome::ConfigError {
                     reason: format!(
                         "the agent speaks protocol {PROTOCOL}, the caller {}: install the same version of both",
                         r.v
                     ),
-                })
+                };
+                return relay.end(self.logged(&caller(), outcome));
             }
             Err(e) => {
-                return relay.end(Outcome::BadInput {
+                let outcome = Outcome::BadInput {
                     reason: format!("the request could not be read ({:?} error)", e.classify()),
-                })
+                };
+                return relay.end(self.logged(&caller(), outcome));
             }
         };
         // One request per uid at a time: a user cannot hold many threads, nor guess codes in
         // parallel.
         let Some(_busy) = Busy::take(self, uid) else {
             relay.error(MSG_BUSY);
-            return relay.end(Outcome::Refused {
+            let outcome = Outcome::Refused {
                 tries: 0,
                 reason: format!("uid {uid} has another request running"),
-            });
+            };
+            return relay.end(self.logged(&caller(), outcome));
         };
         let outcome = self.run(uid, request.service, &mut relay, projects);
         relay.end(outcome)
