@@ -177,6 +177,8 @@ impl Outcome {
     /// Someone typed what was not the code: wrong codes, and the users whose denial must look
     /// like it (no factor under `deny`, a name NSS does not know). These wait before the
     /// answer, so a guess costs time.
+    /// A conversation that fails after wrong tries (the caller gives up at the last prompt)
+    /// counts too: otherwise giving up would skip the wait.
     pub fn is_a_wrong_guess(&self) -> bool {
         matches!(
             self,
@@ -184,7 +186,7 @@ impl Outcome {
                 | Outcome::NotEnrolled { ignore: false, .. }
                 | Outcome::UnknownUser { .. }
                 | Outcome::EnrolmentFailed { .. }
-        )
+        ) || matches!(self, Outcome::ConvError { tries, .. } if *tries > 0)
     }
 
     pub fn tries(&self) -> u32 {

@@ -25,21 +25,24 @@ pub enum Severity {
 
 /// The one line for an outcome, without the syslog header.
 /// When NSS names the account whose factor was asked differently from `user=` (a
-/// case-insensitive directory, or `su = "caller"`), ` account="<name>"` ends the line; a login
-/// the agent ran for an unprivileged caller ends in ` via="agent" caller_uid=N` (that caller
-/// named the service, rhost and tty).
+/// case-insensitive directory, or `su = "caller"`), ` account="<name>"` ends the line. A login
+/// the agent ran for an unprivileged caller has ` via="agent" caller_uid=N` right after the
+/// outcome (that caller named the service, rhost and tty).
 pub fn outcome_line(login: &LoginContext, outcome: &Outcome) -> String {
-    let mut account = match &login.account {
+    let account = match &login.account {
         Account::Known(name) if *name != login.user => {
             format!(" account=\"{}\"", sanitize(name, 128))
         }
         _ => String::new(),
     };
-    if let Some(uid) = login.agent_caller {
-        account.push_str(&format!(" via=\"agent\" caller_uid={uid}"));
-    }
+    // First after the outcome: whatever the caller wrote comes after it, even in a line a
+    // relay cuts at 1024 bytes.
+    let via = login
+        .agent_caller
+        .map(|uid| format!(" via=\"agent\" caller_uid={uid}"))
+        .unwrap_or_default();
     format!(
-        "outcome={} user=\"{}\" service=\"{}\" rhost=\"{}\" tty=\"{}\" tries={} reason=\"{}\"{account}",
+        "outcome={}{via} user=\"{}\" service=\"{}\" rhost=\"{}\" tty=\"{}\" tries={} reason=\"{}\"{account}",
         outcome.name(),
         sanitize(&login.user, 128),
         sanitize(&login.service, 64),
