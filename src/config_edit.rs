@@ -210,13 +210,14 @@ mod tests {
         assert!(!doc.to_string().contains("AD"));
     }
 
-    /// The config's SELinux label survives a rewrite (needs root to set a security.* label; CI
-    /// runs the unit tests as root, and ext4 keeps such labels without SELinux too).
+    /// The config's SELinux label survives a rewrite (root sets a security.* label; ext4 and
+    /// tmpfs keep such labels without SELinux too).
     #[test]
     fn a_rewrite_keeps_the_files_selinux_label() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "sets a security.* label, which needs root: run the tests as root (sudo .ci/run)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pam_truid.toml");
         std::fs::write(&p, "old").unwrap();

@@ -105,7 +105,7 @@ pub fn enroll(
     phone: Option<&str>,
     conv: &mut impl Conversation,
     api: &mut impl Authenticator,
-    record: &mut impl Record,
+    record: &mut dyn Record,
 ) -> Enrolled {
     let external = format!("{}{user}", cfg.login.lookup_prefix);
     match has_active_factor(cfg, user, &external, api) {

@@ -627,8 +627,7 @@ fn first_login_enrolment(
         return None;
     }
     conv.info(enrolment::MSG_START);
-    let mut record = DynRecord(record);
-    let enrolled = enrolment::enroll(cfg, user, None, conv, api, &mut record);
+    let enrolled = enrolment::enroll(cfg, user, None, conv, api, record);
     match &enrolled {
         Enrolled::Api(ApiError::Unavailable(_)) => conv.error(MSG_UNAVAILABLE),
         Enrolled::Api(_) | Enrolled::NotRecorded { .. } => conv.error(MSG_FAILED),
@@ -663,15 +662,6 @@ pub fn enrolment_outcome(enrolled: Enrolled) -> Outcome {
         },
         e @ Enrolled::NotRecorded { .. } => Outcome::ConfigError { reason: e.reason() },
         Enrolled::Conv(reason) => Outcome::ConvError { tries: 0, reason },
-    }
-}
-
-/// A `&mut dyn Record` as an `impl Record`.
-struct DynRecord<'a>(&'a mut dyn Record);
-
-impl Record for DynRecord<'_> {
-    fn record(&mut self, user: &str, factor: &FactorId, phone_digits: &str) -> Result<(), String> {
-        self.0.record(user, factor, phone_digits)
     }
 }
 

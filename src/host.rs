@@ -1,7 +1,7 @@
 //! Facts about the host the flow needs but must not look up itself: who the user is, as NSS
 //! names them, and which of `[login] groups` they are in.
 
-use crate::config::{is_valid_name, Config};
+use crate::config::{is_valid_name, Config, Unenrolled};
 use crate::flow::{self, Account, LoginContext};
 use nix::unistd::{getgrouplist, Gid, Group, User};
 use std::ffi::CString;
@@ -46,7 +46,9 @@ pub fn resolve(cfg: &Config, login: &mut LoginContext) {
         Ok(Some(pw)) => {
             // One getgrouplist for both lists: NSS may be a directory a round trip away.
             let (groups, exempt) = (&cfg.login.groups, &cfg.login.exempt_groups);
-            let enroll = &cfg.enroll.groups;
+            // `[enroll] groups` only where a user may enroll: no NSS work for it otherwise.
+            let enrolling = cfg.enroll.self_service || cfg.login.unenrolled == Unenrolled::Enroll;
+            let enroll: &[String] = if enrolling { &cfg.enroll.groups } else { &[] };
             if !groups.is_empty() || !exempt.is_empty() || !enroll.is_empty() {
                 let gids = group_ids(&pw);
                 let among = |wanted: &[String]| {

@@ -22,6 +22,7 @@
 mod common;
 use common::daemon::*;
 use common::logins::*;
+use common::services::uid_of;
 use common::*;
 
 use pam_truid::agent::protocol::{ToCaller, PROTOCOL};
@@ -1171,15 +1172,6 @@ fn safe_never_lets_a_locker_in_when_tru_id_is_down() {
 
 // ---------------------------------------------------------------------------------------------
 // Every refusal as the agent sends it (a raw request: what reaches the caller, exactly)
-
-/// The uid NSS gives `user`.
-fn uid_of(user: &str) -> u32 {
-    nix::unistd::User::from_name(user)
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
-}
 
 fn enroll_line(phone: Option<&str>) -> String {
     let phone = phone.map_or("null".to_string(), |p| format!("\"{p}\""));

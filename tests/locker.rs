@@ -490,26 +490,10 @@ fn i3lock_stays_locked_without_an_agent() {
 // ---------------------------------------------------------------------------------------------
 // 3. The pam-auth-update profile
 
-/// The folders `pam-auth-update` reads and writes, each bound over by a private copy
-/// (as tests/real_logins.rs does).
-const PAM_AUTH_UPDATE_STATE: [(&str, &str); 4] = [
-    ("pam.d", "/etc/pam.d"),
-    ("pam-configs", "/usr/share/pam-configs"),
-    ("var-lib-pam", "/var/lib/pam"),
-    ("debconf", "/var/cache/debconf"),
-];
-
-/// Runs the real `pam-auth-update --enable truid --package` with the shipped profile (its
-/// `pam_truid.so` pointed at the built module, the agent and the log) on copies of what it
-/// writes; returns the copy of /etc/pam.d it left.
+/// The shipped pam-auth-update profile (its `pam_truid.so` pointed at the built module, the
+/// agent and the log), enabled by the real pam-auth-update on copies; the copy of /etc/pam.d.
 fn pam_auth_update_enabled(w: &World, agent: &Path) -> PathBuf {
-    for (copy, of) in PAM_AUTH_UPDATE_STATE {
-        run_ok(Command::new("cp").arg("-a").arg(of).arg(w.path(copy)));
-    }
-    let profile = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/pam-configs/truid"),
-    )
-    .unwrap();
+    let profile = shipped_profile();
     let module = module_line_args(w, agent);
     let mut replaced = 0;
     let rendered: String = profile
@@ -525,23 +509,7 @@ fn pam_auth_update_enabled(w: &World, agent: &Path) -> PathBuf {
         })
         .collect();
     assert_eq!(replaced, 1, "packaging/pam-configs/truid: one module line");
-    std::fs::write(w.path("pam-configs").join("truid"), rendered).unwrap();
-    let copies: Vec<PathBuf> = PAM_AUTH_UPDATE_STATE
-        .iter()
-        .map(|(copy, _)| w.path(copy))
-        .collect();
-    let binds: Vec<(&Path, &str)> = copies
-        .iter()
-        .zip(PAM_AUTH_UPDATE_STATE)
-        .map(|(c, (_, of))| (c.as_path(), of))
-        .collect();
-    let mut cmd = in_namespace(
-        &binds,
-        &["pam-auth-update", "--enable", "truid", "--package"],
-    );
-    cmd.env("DEBIAN_FRONTEND", "noninteractive");
-    run_ok(&mut cmd);
-    let dir = w.path("pam.d");
+    let dir = pam_auth_update_with(w, &rendered);
     let common_auth = std::fs::read_to_string(dir.join("common-auth")).unwrap();
     assert!(common_auth.contains(&module), "{common_auth}");
     // The locker's own file is Debian's: its auth is login's, which includes common-auth.

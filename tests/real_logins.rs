@@ -782,48 +782,11 @@ fn desktop_stacks_ask_the_password_of_a_user_the_module_stands_aside_for() {
 // ---------------------------------------------------------------------------------------------
 // The pam-auth-update profile
 
-/// The folders `pam-auth-update` reads and writes, each bound over by a private copy: the PAM
-/// stacks, the profiles, its own record of what it wrote and debconf's answers.
-const PAM_AUTH_UPDATE_STATE: [(&str, &str); 4] = [
-    ("pam.d", "/etc/pam.d"),
-    ("pam-configs", "/usr/share/pam-configs"),
-    ("var-lib-pam", "/var/lib/pam"),
-    ("debconf", "/var/cache/debconf"),
-];
-
-/// Runs the real `pam-auth-update --enable truid --package` in a private mount namespace in
-/// which /usr/share/pam-configs/truid is the shipped profile (its module line pointed at the
-/// built module and this test's config) and every folder it writes is a copy. Returns the
-/// copy of /etc/pam.d it left: the host's PAM stacks as the profile makes them.
+/// The shipped profile, its module line pointed at the built module and this test's config,
+/// enabled by the real pam-auth-update on copies; the copy of /etc/pam.d it left.
 fn pam_auth_update_enabled(w: &World) -> PathBuf {
-    for (copy, of) in PAM_AUTH_UPDATE_STATE {
-        run_ok(Command::new("cp").arg("-a").arg(of).arg(w.path(copy)));
-    }
-    let profile = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/pam-configs/truid"),
-    )
-    .unwrap();
-    std::fs::write(
-        w.path("pam-configs").join("truid"),
-        pointed_at_test_module(w, &profile, "packaging/pam-configs/truid"),
-    )
-    .unwrap();
-    let copies: Vec<PathBuf> = PAM_AUTH_UPDATE_STATE
-        .iter()
-        .map(|(copy, _)| w.path(copy))
-        .collect();
-    let binds: Vec<(&Path, &str)> = copies
-        .iter()
-        .zip(PAM_AUTH_UPDATE_STATE)
-        .map(|(c, (_, of))| (c.as_path(), of))
-        .collect();
-    let mut cmd = in_namespace(
-        &binds,
-        &["pam-auth-update", "--enable", "truid", "--package"],
-    );
-    cmd.env("DEBIAN_FRONTEND", "noninteractive");
-    run_ok(&mut cmd);
-    w.path("pam.d")
+    let profile = pointed_at_test_module(w, &shipped_profile(), "packaging/pam-configs/truid");
+    pam_auth_update_with(w, &profile)
 }
 
 /// The pam-auth-update profile, enabled by the real pam-auth-update, then logins through the

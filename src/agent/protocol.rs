@@ -267,27 +267,11 @@ pub(crate) fn peer_uid(stream: &UnixStream) -> Option<u32> {
         .map(|c| c.uid())
 }
 
-/// The one line a peer sends, of at most `MAX_MESSAGE` bytes. Every buffer it passes through
-/// is zeroised when dropped, since a request holds the client secret and the code. Read
-/// straight from the socket, without a `BufReader`, whose buffer would not be.
+/// The one line a peer sends (one call per connection), of at most `MAX_MESSAGE` bytes. Every
+/// buffer it passes through is zeroised when dropped, since a request holds the client secret
+/// and the code. Read straight from the socket, without a `BufReader`, whose buffer would not be.
 pub(crate) fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let mut line = Zeroizing::new(Vec::with_capacity(MESSAGE_ROOM));
-    let mut chunk = Zeroizing::new([0u8; 4096]);
-    while line.last() != Some(&b'\n') {
-        let n = stream.read(&mut chunk[..])?;
-        if n == 0 && line.is_empty() {
-            // `truid-pam check` connects to see whether an agent listens, and sends nothing.
-            return Err(std::io::ErrorKind::NotConnected.into());
-        }
-        if n == 0 || line.len() + n > MAX_MESSAGE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "message cut short or too long",
-            ));
-        }
-        line.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-    Ok(line)
+    Lines::new().next(stream)
 }
 
 /// Lines read one at a time off a stream that carries many (the public socket's conversation):

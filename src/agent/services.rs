@@ -381,7 +381,8 @@ impl Drop for Busy<'_> {
 fn context(uid: u32, account: &str, service: &str) -> LoginContext {
     LoginContext {
         user: account.to_string(),
-        service: sanitize(service, 32),
+        // Raw, as PAM's items are: the log line and the reference ID escape it themselves.
+        service: service.chars().take(64).collect(),
         host: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),

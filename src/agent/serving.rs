@@ -1,7 +1,9 @@
 //! The daemon's serving (the socket, threads and signals are `truid-pam agent`'s): the projects
 //! whose connections and tokens it keeps, and one connection of root answered.
 
-use super::protocol::{peer_uid, read_line, read_request, Answer, Reply, Request, WireApi};
+use super::protocol::{
+    line_of, peer_uid, read_line, read_request, Answer, Reply, Request, WireApi,
+};
 use super::upstream::reply_on;
 use crate::api::{Client, HeldToken, Scope, Transport};
 use crate::config::ApiConfig;
@@ -258,8 +260,8 @@ pub fn serve(mut stream: UnixStream, projects: &Projects) -> Result<(), String> 
         Err(e) => return Err(format!("reading a request: {e}")),
     };
     let reply = reply_to(&line, projects);
-    let mut text = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
-    text.push(b'\n');
+    // Zeroised: a new factor's reply holds its otpauth secret.
+    let text = line_of(&reply).ok_or("the answer could not be written")?;
     stream
         .set_write_timeout(Some(REQUEST_WAIT))
         .and_then(|()| stream.write_all(&text))

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod logins;
 pub mod recovery;
+pub mod services;
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
