@@ -521,6 +521,67 @@ fn a_failed_enrolment_never_blocks_the_next_and_none_comes_without_a_password() 
     assert!(factors_of(&w, "judy").is_empty());
 }
 
+/// The network on each call an enrolment makes (the claim's search, the factor's creation,
+/// its activation), under `failmode = "safe"`: refused, 429, not JSON, the wrong shape,
+/// dropped, cut mid-body. None becomes a login or writes the config; and the same user
+/// enrols once the network is back.
+#[test]
+fn network_faults_on_enrolment_never_let_in_nor_write() {
+    let w = enrol_world("failmode = \"safe\"", "[users]\n");
+    let before = std::fs::read(w.path("pam_truid.toml")).unwrap();
+    let login = |w: &World| {
+        let mut s = Script::answering(&[PASSWORD, PHONE]);
+        s.answer_from = Some(Box::new(|text: &str| key_in(text).map(|k| app_code(&k))));
+        set_password("kim");
+        let rc = pam_login(&w.path("pam.d"), "svc", "kim", &Items::default(), &mut s);
+        (rc, s)
+    };
+    let kinds = [
+        FaultKind::Status(503),
+        FaultKind::TooManyRequests { retry_after: None },
+        FaultKind::NotJson,
+        FaultKind::WrongShape,
+        FaultKind::Drop,
+        FaultKind::DropMidBody,
+    ];
+    for route in [Route::FactorList, Route::FactorCreate, Route::FactorPatch] {
+        for kind in kinds.clone() {
+            // A search of the wrong shape reads as "no factor": the enrolment then goes on,
+            // on calls that work, as it should.
+            if route == Route::FactorList && kind == FaultKind::WrongShape {
+                continue;
+            }
+            let what = format!("{route:?} {kind:?}");
+            w.emu.clear_faults();
+            w.emu.set_fault(Fault {
+                route,
+                kind,
+                times: None,
+            });
+            let (rc, s) = login(&w);
+            assert_ne!(rc, PAM_SUCCESS, "{what}: {:?}", redacted(&s.seen));
+            let line = w.outcomes().pop().unwrap_or_default();
+            assert!(
+                !line.contains("outcome=enrolled") && !line.contains("unavailable_allowed"),
+                "{what}: {line}"
+            );
+            assert_eq!(
+                std::fs::read(w.path("pam_truid.toml")).unwrap(),
+                before,
+                "{what}"
+            );
+        }
+    }
+    w.emu.clear_faults();
+    let (rc, s) = login(&w);
+    assert_eq!(rc, PAM_SUCCESS, "{:?}", redacted(&s.seen));
+    let active: Vec<_> = factors_of(&w, "kim")
+        .into_iter()
+        .filter(|f| f.status == "ACTIVE")
+        .collect();
+    assert_eq!(active.len(), 1, "{active:?}");
+}
+
 /// No usable phone number in three tries: denied, and no factor made.
 #[test]
 fn a_bad_phone_three_times_makes_no_factor() {
